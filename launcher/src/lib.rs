@@ -1,0 +1,15 @@
+//! The tellus launcher: the trusted VMM side of a tellus host.
+//!
+//! - [`vm_config`]: what a VM is launched with and the checks before launch;
+//! - [`accel`]: hardware KVM vs. TCG (PVM's `/dev/kvm` does not count);
+//! - [`backend`]: the one interface for running a VM, and its QEMU implementation;
+//! - [`channel`]: host side of the guest-agent channel;
+//! - [`control`]: the availability-only control socket;
+//! - [`run`]: `tellus run`, tying the above together.
+
+pub mod accel;
+pub mod backend;
+pub mod channel;
+pub mod control;
+pub mod run;
+pub mod vm_config;

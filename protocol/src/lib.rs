@@ -1,0 +1,23 @@
+//! Wire types shared by the tellus guest agent, the launcher and (later) the verifier.
+//!
+//! The guest ↔ launcher channel carries length-prefixed CBOR frames over the
+//! second serial port (COM2, `/dev/ttyS1` in the guest):
+//!
+//! ```text
+//! +----------------------+---------------------------+
+//! | u32 big-endian len L | L bytes of CBOR (1..=64K) |
+//! +----------------------+---------------------------+
+//! ```
+//!
+//! Everything that arrives from the guest is hostile input: [`FrameDecoder`]
+//! bounds every length, never allocates more than [`MAX_FRAME_LEN`] per frame,
+//! reports what it drops and resynchronises on the next valid frame.
+//!
+//! This crate is deliberately small: no async, no server dependencies, so the
+//! static guest agent can link it.
+
+mod frame;
+mod messages;
+
+pub use frame::{encode_frame, Decoded, DropReason, FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use messages::{GuestMessage, HostMessage};
