@@ -12,17 +12,9 @@ use std::io::Write;
 /// The line speed is left alone: a virtual UART does not pace bytes by it
 /// (and glibc's versioned `cfsetspeed` does not link statically).
 pub fn open(path: &str) -> Result<File, AgentError> {
-    let fd =
-        fcntl::open(path, OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty()).map_err(|source| {
-            AgentError::OpenChannel {
-                path: path.into(),
-                source,
-            }
-        })?;
-    let raw = |source| AgentError::RawMode {
-        path: path.into(),
-        source,
-    };
+    let fd = fcntl::open(path, OFlag::O_RDWR | OFlag::O_NOCTTY, Mode::empty())
+        .map_err(|source| AgentError::OpenChannel { path: path.into(), source })?;
+    let raw = |source| AgentError::RawMode { path: path.into(), source };
     let mut t = tcgetattr(&fd).map_err(raw)?;
     cfmakeraw(&mut t);
     tcsetattr(&fd, SetArg::TCSANOW, &t).map_err(raw)?;

@@ -7,6 +7,8 @@
 //!
 //! Kernel command-line options it reads:
 //! - `tellus.channel=/dev/ttyS1`: the channel device (default `/dev/ttyS1`, COM2).
+//! - `tellus.oneshot`: power off right after announcing `Ready` (a boot check
+//!   that needs no host request; later issues power off after the secrets).
 //! - `tellus.test.channel_noise`: before `Ready`, write garbage and an
 //!   oversized frame to the channel (used by the launcher's resync test; it
 //!   only ever harms the guest's own channel).
@@ -23,10 +25,7 @@ use tellus_protocol::{Decoded, FrameDecoder, GuestMessage, HostMessage};
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot mount {target}: {source}")]
-    Mount {
-        target: &'static str,
-        source: nix::Error,
-    },
+    Mount { target: &'static str, source: nix::Error },
     #[error(
         "cannot open agent channel {path}: {source} (is COM2 present? pass tellus.channel=DEV)"
     )]
@@ -72,11 +71,11 @@ fn run(pid1: bool) -> Result<HostMessage, AgentError> {
     };
     chan.write_all(&tellus_protocol::encode_frame(&ready)?)?;
     chan.flush()?;
-    println!(
-        "tellus-agent {}: ready on {}",
-        env!("CARGO_PKG_VERSION"),
-        opts.channel
-    );
+    println!("tellus-agent {}: ready on {}", env!("CARGO_PKG_VERSION"), opts.channel);
+    if opts.oneshot {
+        println!("tellus-agent: tellus.oneshot: powering off");
+        return Ok(HostMessage::PowerOff);
+    }
 
     let mut decoder = FrameDecoder::<HostMessage>::new();
     let mut buf = [0u8; 4096];
@@ -112,19 +111,19 @@ fn run(pid1: bool) -> Result<HostMessage, AgentError> {
 struct Options {
     channel: String,
     channel_noise: bool,
+    oneshot: bool,
 }
 
 impl Options {
     fn from_cmdline(cmdline: &str) -> Self {
-        let mut o = Options {
-            channel: "/dev/ttyS1".into(),
-            channel_noise: false,
-        };
+        let mut o = Options { channel: "/dev/ttyS1".into(), channel_noise: false, oneshot: false };
         for word in cmdline.split_ascii_whitespace() {
             if let Some(v) = word.strip_prefix("tellus.channel=") {
                 o.channel = v.to_string();
             } else if word == "tellus.test.channel_noise" {
                 o.channel_noise = true;
+            } else if word == "tellus.oneshot" {
+                o.oneshot = true;
             }
         }
         o
@@ -138,20 +137,12 @@ mod tests {
     #[test]
     fn cmdline_options() {
         let o = Options::from_cmdline("console=ttyS0 quiet\n");
-        assert_eq!(
-            o,
-            Options {
-                channel: "/dev/ttyS1".into(),
-                channel_noise: false
-            }
+        let default =
+            Options { channel: "/dev/ttyS1".into(), channel_noise: false, oneshot: false };
+        assert_eq!(o, default);
+        let o = Options::from_cmdline(
+            "tellus.channel=/dev/hvc1 tellus.test.channel_noise tellus.oneshot",
         );
-        let o = Options::from_cmdline("tellus.channel=/dev/hvc1 tellus.test.channel_noise");
-        assert_eq!(
-            o,
-            Options {
-                channel: "/dev/hvc1".into(),
-                channel_noise: true
-            }
-        );
+        assert_eq!(o, Options { channel: "/dev/hvc1".into(), channel_noise: true, oneshot: true });
     }
 }

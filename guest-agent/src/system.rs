@@ -15,12 +15,7 @@ pub fn mount_basics() -> Result<(), AgentError> {
         ("proc", "/proc", nosuid, None),
         ("sysfs", "/sys", nosuid, None),
         ("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
-        (
-            "tmpfs",
-            "/run",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        ),
+        ("tmpfs", "/run", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
     ];
     for (fstype, target, flags, data) in mounts {
         let _ = std::fs::create_dir_all(target);

@@ -41,11 +41,7 @@ fn detect_in(root: &Path) -> KvmKind {
     if !dev.exists() {
         return KvmKind::Unavailable("/dev/kvm does not exist".into());
     }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&dev)
-    {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
         return KvmKind::Unavailable(format!("/dev/kvm cannot be opened: {e}"));
     }
     let module = |m: &str| root.join("sys/module").join(m).exists();
@@ -132,17 +128,9 @@ mod tests {
     fn hardware_and_missing() {
         let h = fake_host(&["kvm", "kvm_intel"], true);
         assert_eq!(detect_in(h.path()), KvmKind::Hardware("kvm_intel"));
-        assert_eq!(
-            choose(AccelChoice::Auto, &detect_in(h.path())).unwrap().0,
-            Accel::Kvm
-        );
+        assert_eq!(choose(AccelChoice::Auto, &detect_in(h.path())).unwrap().0, Accel::Kvm);
         let h = fake_host(&[], false);
         assert!(matches!(detect_in(h.path()), KvmKind::Unavailable(_)));
-        assert_eq!(
-            choose(AccelChoice::Tcg, &KvmKind::Hardware("kvm_amd"))
-                .unwrap()
-                .0,
-            Accel::Tcg
-        );
+        assert_eq!(choose(AccelChoice::Tcg, &KvmKind::Hardware("kvm_amd")).unwrap().0, Accel::Tcg);
     }
 }

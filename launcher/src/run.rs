@@ -59,15 +59,9 @@ pub enum RunError {
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error("cannot create console log {path}: {source}")]
-    ConsoleLog {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ConsoleLog { path: PathBuf, source: std::io::Error },
     #[error("the VMM died while the VM was running ({status}){}", qemu_said(.stderr_tail))]
-    VmmDied {
-        status: ExitStatus,
-        stderr_tail: String,
-    },
+    VmmDied { status: ExitStatus, stderr_tail: String },
 }
 
 impl RunError {
@@ -129,10 +123,7 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let host = accel::detect();
     let (accel, why) = accel::choose(opts.accel, &host)?;
     progress!("accelerator: {accel} ({why})");
-    let cmdline = opts
-        .cmdline
-        .clone()
-        .unwrap_or_else(|| default_cmdline(accel));
+    let cmdline = opts.cmdline.clone().unwrap_or_else(|| default_cmdline(accel));
     if accel == Accel::Tcg && !cmdline.contains("tsc_early_khz=") {
         progress!("warning: under TCG the guest may hang in TSC calibration without tsc_early_khz=2000000 on its command line");
     }
@@ -158,10 +149,7 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
                 .truncate(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|source| RunError::ConsoleLog {
-                    path: path.clone(),
-                    source,
-                })
+                .map_err(|source| RunError::ConsoleLog { path: path.clone(), source })
         })
         .transpose()?;
 
@@ -181,11 +169,7 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         let _ = vmm_tx.send(Event::Vmm(e));
     });
     let started = backend.start(&vm, accel, sink)?;
-    progress!(
-        "started {} with backend {}",
-        started.description,
-        backend.name()
-    );
+    progress!("started {} with backend {}", started.description, backend.name());
     let console = spawn_console(started.streams.console, log);
     let chan_tx = tx.clone();
     channel::spawn_reader(started.streams.channel_rx, move |e| {
@@ -238,10 +222,7 @@ struct Loop<'a> {
 impl Loop<'_> {
     fn run_until_exit(&mut self, rx: &mpsc::Receiver<Event>) -> Result<Outcome, RunError> {
         self.power.start_vcpus()?;
-        progress!(
-            "vCPUs running after {} ms",
-            self.opts.started.elapsed().as_millis()
-        );
+        progress!("vCPUs running after {} ms", self.opts.started.elapsed().as_millis());
         loop {
             let deadline = match self.stopping {
                 Some(Stopping::Agent(d) | Stopping::PowerButton(d)) => Some(d),
@@ -260,20 +241,11 @@ impl Loop<'_> {
             };
             match ev {
                 None => self.escalate(),
-                Some(Event::Vmm(VmmEvent::Exited {
-                    status,
-                    stderr_tail,
-                })) => {
+                Some(Event::Vmm(VmmEvent::Exited { status, stderr_tail })) => {
                     return if status.success() {
-                        Ok(Outcome {
-                            reason: self.last_reason.clone(),
-                            boots: self.boots,
-                        })
+                        Ok(Outcome { reason: self.last_reason.clone(), boots: self.boots })
                     } else {
-                        Err(RunError::VmmDied {
-                            status,
-                            stderr_tail,
-                        })
+                        Err(RunError::VmmDied { status, stderr_tail })
                     };
                 }
                 Some(Event::Vmm(VmmEvent::Shutdown { reason })) => {
@@ -306,10 +278,7 @@ impl Loop<'_> {
 
     fn on_channel(&mut self, e: ChannelEvent) {
         match e {
-            ChannelEvent::Message(GuestMessage::Ready {
-                agent_version,
-                uptime_ms,
-            }) => {
+            ChannelEvent::Message(GuestMessage::Ready { agent_version, uptime_ms }) => {
                 let again = if self.boots > 1 { " again" } else { "" };
                 progress!(
                     "guest agent ready{again} after {} ms (tellus-agent {agent_version}, guest uptime {uptime_ms} ms)",
@@ -331,17 +300,12 @@ impl Loop<'_> {
     }
 
     fn on_control(&mut self, req: ControlRequest) -> ControlResponse {
-        let ok = |message: &str| ControlResponse {
-            ok: true,
-            message: message.into(),
-            status: None,
-        };
+        let ok =
+            |message: &str| ControlResponse { ok: true, message: message.into(), status: None };
         match req {
-            ControlRequest::Status => ControlResponse {
-                ok: true,
-                message: "ok".into(),
-                status: Some(self.status()),
-            },
+            ControlRequest::Status => {
+                ControlResponse { ok: true, message: "ok".into(), status: Some(self.status()) }
+            }
             ControlRequest::Shutdown if self.stopping.is_some() => ok("already shutting down"),
             ControlRequest::Shutdown => ok(self.shutdown()),
             ControlRequest::Reboot if self.stopping.is_some() => ControlResponse {

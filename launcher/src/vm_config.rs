@@ -18,17 +18,11 @@ pub const MAX_VCPUS: u32 = 255;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read kernel {path}: {source}")]
-    KernelUnreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    KernelUnreadable { path: PathBuf, source: std::io::Error },
     #[error("kernel {path} is not a bzImage ({reason}); pass the vmlinuz file, not vmlinux or an initrd")]
     NotBzImage { path: PathBuf, reason: &'static str },
     #[error("cannot read initrd {path}: {source}; pass an existing initramfs (scripts/setup.sh builds the test one)")]
-    InitrdUnreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    InitrdUnreadable { path: PathBuf, source: std::io::Error },
     #[error("initrd {path} is empty")]
     InitrdEmpty { path: PathBuf },
     #[error("--memory {mib} MiB is too small: at least {MIN_MEMORY_MIB} MiB is needed")]
@@ -41,6 +35,8 @@ pub enum ConfigError {
     TooManyVcpus(u32),
     #[error("kernel command line contains a NUL byte or a newline")]
     BadCmdline,
+    #[error("kernel command line is {len} bytes; this kernel accepts at most {max}")]
+    CmdlineTooLong { len: usize, max: usize },
 }
 
 /// A memory size in MiB, parsed from `256M`, `1G`, `1024` (MiB) or `65536K`.
@@ -62,14 +58,9 @@ impl FromStr for MemorySize {
             "K" | "KIB" => Some(n / 1024).filter(|_| n % 1024 == 0),
             "M" | "MIB" => Some(n),
             "G" | "GIB" => n.checked_mul(1024),
-            _ => {
-                return Err(format!(
-                    "unknown size unit '{unit}' in '{s}'; use K, M or G"
-                ))
-            }
+            _ => return Err(format!("unknown size unit '{unit}' in '{s}'; use K, M or G")),
         };
-        mib.map(MemorySize)
-            .ok_or_else(|| format!("'{s}' is not a whole number of MiB"))
+        mib.map(MemorySize).ok_or_else(|| format!("'{s}' is not a whole number of MiB"))
     }
 }
 
@@ -92,7 +83,7 @@ pub struct VmConfig {
 impl VmConfig {
     /// Checks every field; reads the kernel header and opens the initrd.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_bzimage(&self.kernel)?;
+        let kernel = check_bzimage(&self.kernel)?;
         let meta = std::fs::metadata(&self.initrd)
             .and_then(|m| std::fs::File::open(&self.initrd).map(|_| m))
             .map_err(|source| ConfigError::InitrdUnreadable {
@@ -106,9 +97,7 @@ impl VmConfig {
             });
         }
         if meta.len() == 0 {
-            return Err(ConfigError::InitrdEmpty {
-                path: self.initrd.clone(),
-            });
+            return Err(ConfigError::InitrdEmpty { path: self.initrd.clone() });
         }
         if self.memory.0 < MIN_MEMORY_MIB {
             return Err(ConfigError::MemoryTooSmall { mib: self.memory.0 });
@@ -124,23 +113,30 @@ impl VmConfig {
         if self.cmdline.contains(['\0', '\n']) {
             return Err(ConfigError::BadCmdline);
         }
+        if self.cmdline.len() > kernel.max_cmdline {
+            return Err(ConfigError::CmdlineTooLong {
+                len: self.cmdline.len(),
+                max: kernel.max_cmdline,
+            });
+        }
         Ok(())
     }
+}
+
+/// What the boot header says about a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BzImageInfo {
+    /// Longest command line the kernel accepts, without the terminating NUL.
+    pub max_cmdline: usize,
 }
 
 /// Checks the x86 Linux boot protocol header of a bzImage.
 ///
 /// Written by hand because linux-loader validates a bzImage only while loading
 /// it into guest memory; here we want the check before any backend starts.
-pub fn check_bzimage(path: &Path) -> Result<(), ConfigError> {
-    let unreadable = |source| ConfigError::KernelUnreadable {
-        path: path.to_path_buf(),
-        source,
-    };
-    let not = |reason| ConfigError::NotBzImage {
-        path: path.to_path_buf(),
-        reason,
-    };
+pub fn check_bzimage(path: &Path) -> Result<BzImageInfo, ConfigError> {
+    let unreadable = |source| ConfigError::KernelUnreadable { path: path.to_path_buf(), source };
+    let not = |reason| ConfigError::NotBzImage { path: path.to_path_buf(), reason };
     let mut f = std::fs::File::open(path).map_err(unreadable)?;
     let mut hdr = [0u8; 0x240];
     let mut got = 0;
@@ -154,7 +150,7 @@ pub fn check_bzimage(path: &Path) -> Result<(), ConfigError> {
 }
 
 /// Offsets from Documentation/arch/x86/boot.rst.
-fn parse_setup_header(h: &[u8]) -> Result<(), &'static str> {
+fn parse_setup_header(h: &[u8]) -> Result<BzImageInfo, &'static str> {
     let at = |o: usize, n: usize| h.get(o..o + n).ok_or("file too short for a boot header");
     if at(0x1fe, 2)? != [0x55, 0xaa] {
         return Err("no 0xAA55 boot signature at 0x1FE");
@@ -174,7 +170,9 @@ fn parse_setup_header(h: &[u8]) -> Result<(), &'static str> {
     if setup_sects == 0 {
         return Err("setup_sects is 0");
     }
-    Ok(())
+    let c = at(0x238, 4)?;
+    let cmdline_size = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    Ok(BzImageInfo { max_cmdline: usize::try_from(cmdline_size).unwrap_or(usize::MAX) })
 }
 
 #[cfg(test)]
@@ -189,6 +187,7 @@ mod tests {
         h[0x202..0x206].copy_from_slice(b"HdrS");
         h[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         h[0x211] = 0x01;
+        h[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
         h
     }
 
@@ -206,13 +205,10 @@ mod tests {
 
     #[test]
     fn bzimage_header() {
-        assert!(parse_setup_header(&header()).is_ok());
+        assert_eq!(parse_setup_header(&header()), Ok(BzImageInfo { max_cmdline: 2047 }));
         let mut h = header();
         h[0x1fe] = 0;
-        assert_eq!(
-            parse_setup_header(&h),
-            Err("no 0xAA55 boot signature at 0x1FE")
-        );
+        assert_eq!(parse_setup_header(&h), Err("no 0xAA55 boot signature at 0x1FE"));
         let mut h = header();
         h[0x211] = 0;
         assert!(parse_setup_header(&h).unwrap_err().contains("zImage"));

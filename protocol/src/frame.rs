@@ -61,10 +61,7 @@ impl std::fmt::Display for DropReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DropReason::BadLength(n) => {
-                write!(
-                    f,
-                    "frame header announces {n} bytes (allowed: 1..={MAX_FRAME_LEN})"
-                )
+                write!(f, "frame header announces {n} bytes (allowed: 1..={MAX_FRAME_LEN})")
             }
             DropReason::InvalidPayload => f.write_str("frame payload is not a valid message"),
             DropReason::Garbage => f.write_str("bytes that do not form a frame"),
@@ -111,11 +108,7 @@ impl<T: DeserializeOwned> Default for FrameDecoder<T> {
 impl<T: DeserializeOwned> FrameDecoder<T> {
     /// An empty decoder.
     pub fn new() -> Self {
-        Self {
-            buf: VecDeque::new(),
-            overflowed: 0,
-            _t: PhantomData,
-        }
+        Self { buf: VecDeque::new(), overflowed: 0, _t: PhantomData }
     }
 
     /// Appends received bytes. If the caller pushes more than the buffer
@@ -140,10 +133,7 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
     pub fn next(&mut self) -> Option<Decoded<T>> {
         if self.overflowed > 0 {
             let bytes = std::mem::take(&mut self.overflowed);
-            return Some(Decoded::Dropped {
-                bytes,
-                reason: DropReason::Overflow,
-            });
+            return Some(Decoded::Dropped { bytes, reason: DropReason::Overflow });
         }
         self.buf.make_contiguous();
         if self.buf.len() < HEADER_LEN {
@@ -195,10 +185,7 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
                 }
             }
         }
-        Decoded::Dropped {
-            bytes: dropped,
-            reason,
-        }
+        Decoded::Dropped { bytes: dropped, reason }
     }
 }
 
@@ -234,10 +221,7 @@ mod tests {
     use crate::{GuestMessage, HostMessage};
 
     fn ready() -> GuestMessage {
-        GuestMessage::Ready {
-            agent_version: "0.1.0".into(),
-            uptime_ms: 1234,
-        }
+        GuestMessage::Ready { agent_version: "0.1.0".into(), uptime_ms: 1234 }
     }
 
     fn drain<T: DeserializeOwned>(d: &mut FrameDecoder<T>) -> (Vec<T>, usize) {
@@ -297,10 +281,7 @@ mod tests {
         let first = d.next();
         assert!(matches!(
             first,
-            Some(Decoded::Dropped {
-                reason: DropReason::BadLength(1_048_576),
-                ..
-            })
+            Some(Decoded::Dropped { reason: DropReason::BadLength(1_048_576), .. })
         ));
         let (msgs, _) = drain(&mut d);
         assert_eq!(msgs, vec![ready()]);
@@ -359,21 +340,12 @@ mod tests {
         let mut d = FrameDecoder::<GuestMessage>::new();
         d.push(&vec![0u8; BUF_CAP + 10]);
         assert_eq!(d.buffered(), BUF_CAP);
-        assert_eq!(
-            d.next(),
-            Some(Decoded::Dropped {
-                bytes: 10,
-                reason: DropReason::Overflow
-            })
-        );
+        assert_eq!(d.next(), Some(Decoded::Dropped { bytes: 10, reason: DropReason::Overflow }));
     }
 
     #[test]
     fn too_large_message_is_refused() {
-        let big = GuestMessage::Ready {
-            agent_version: "x".repeat(MAX_FRAME_LEN),
-            uptime_ms: 0,
-        };
+        let big = GuestMessage::Ready { agent_version: "x".repeat(MAX_FRAME_LEN), uptime_ms: 0 };
         assert!(matches!(encode_frame(&big), Err(FrameError::TooLarge(_))));
     }
 }

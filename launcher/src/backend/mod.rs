@@ -34,10 +34,7 @@ pub enum VmmEvent {
     /// The VM was reset (guest reboot or a reset request).
     Reset { reason: String },
     /// The VMM process is gone.
-    Exited {
-        status: ExitStatus,
-        stderr_tail: String,
-    },
+    Exited { status: ExitStatus, stderr_tail: String },
 }
 
 /// Where a backend delivers its events (called from backend threads).
@@ -99,10 +96,7 @@ pub enum BackendError {
     )]
     QemuNotFound(String),
     #[error("cannot start {program}: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
     #[error("QEMU failed to start ({status}):\n{stderr}")]
     StartFailed { status: ExitStatus, stderr: String },
     #[error("QEMU did not connect its console, agent channel and QMP sockets within {secs} s{}", tail(.stderr))]

@@ -43,10 +43,7 @@ impl Qemu {
         let program = match explicit {
             Some(p) if p.is_file() => p.to_path_buf(),
             Some(p) => {
-                return Err(BackendError::QemuNotFound(format!(
-                    "{} does not exist",
-                    p.display()
-                )))
+                return Err(BackendError::QemuNotFound(format!("{} does not exist", p.display())))
             }
             None => find_in_path("qemu-system-x86_64").ok_or_else(|| {
                 BackendError::QemuNotFound("qemu-system-x86_64 is not on PATH".into())
@@ -58,9 +55,7 @@ impl Qemu {
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// Paths of the sockets QEMU connects to.
@@ -133,15 +128,9 @@ impl Backend for Qemu {
         let dir = tempfile::Builder::new()
             .prefix("tellus-qemu-")
             .tempdir()
-            .map_err(|source| BackendError::Sockets {
-                dir: "$TMPDIR".into(),
-                source,
-            })?;
+            .map_err(|source| BackendError::Sockets { dir: "$TMPDIR".into(), source })?;
         let dir_name = dir.path().display().to_string();
-        let sock_err = |source| BackendError::Sockets {
-            dir: dir_name.clone(),
-            source,
-        };
+        let sock_err = |source| BackendError::Sockets { dir: dir_name.clone(), source };
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
             .map_err(sock_err)?;
         let s = Sockets {
@@ -152,17 +141,17 @@ impl Backend for Qemu {
         let listeners = [&s.console, &s.agent, &s.qmp]
             .map(|p| UnixListener::bind(p).and_then(|l| l.set_nonblocking(true).map(|_| l)));
         let [console_l, agent_l, qmp_l] = listeners;
-        let (console_l, agent_l, qmp_l) = (
-            console_l.map_err(sock_err)?,
-            agent_l.map_err(sock_err)?,
-            qmp_l.map_err(sock_err)?,
-        );
+        let (console_l, agent_l, qmp_l) =
+            (console_l.map_err(sock_err)?, agent_l.map_err(sock_err)?, qmp_l.map_err(sock_err)?);
 
         let mut cmd = Command::new(&self.program);
         cmd.args(args(cfg, accel, &s))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Own process group: a terminal's Ctrl-C reaches the launcher,
+            // which shuts the guest down in order, not QEMU directly.
+            .process_group(0);
         // SAFETY: the closure runs in the forked child before exec and only
         // calls prctl(2), which is async-signal-safe; it touches no memory of
         // the parent. It makes QEMU die with the launcher, so no VM outlives
@@ -178,10 +167,7 @@ impl Backend for Qemu {
             source,
         })?;
         let stderr_tail = Arc::new(Mutex::new(String::new()));
-        let stderr_thread = child
-            .stderr
-            .take()
-            .map(|e| spawn_stderr_relay(e, stderr_tail.clone()));
+        let stderr_thread = child.stderr.take().map(|e| spawn_stderr_relay(e, stderr_tail.clone()));
         let tail = || stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
 
         // Accept the three connections, or notice QEMU dying / hanging.
@@ -202,10 +188,7 @@ impl Backend for Qemu {
                 if let Some(t) = stderr_thread {
                     let _ = t.join();
                 }
-                return Err(BackendError::StartFailed {
-                    status,
-                    stderr: tail(),
-                });
+                return Err(BackendError::StartFailed { status, stderr: tail() });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -223,9 +206,7 @@ impl Backend for Qemu {
         for c in [&console, &agent, &qmp] {
             c.set_nonblocking(false).map_err(sock_err)?;
         }
-        agent
-            .set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT))
-            .map_err(sock_err)?;
+        agent.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)).map_err(sock_err)?;
         let qmp = match QmpClient::connect(qmp, events.clone()) {
             Ok(q) => q,
             Err(e) => {
@@ -295,10 +276,7 @@ fn spawn_waiter(
         drop(dir);
         let stderr_tail = tail.lock().map(|t| t.clone()).unwrap_or_default();
         match status {
-            Ok(status) => events(VmmEvent::Exited {
-                status,
-                stderr_tail,
-            }),
+            Ok(status) => events(VmmEvent::Exited { status, stderr_tail }),
             Err(e) => eprintln!("tellus: cannot wait for QEMU: {e}"),
         }
     });
@@ -344,33 +322,17 @@ mod tests {
 
     #[test]
     fn command_line_is_closed() {
-        let s = Sockets {
-            console: "/d/c".into(),
-            agent: "/d/a".into(),
-            qmp: "/d/q".into(),
-        };
-        let a: Vec<String> = args(&cfg(), Accel::Tcg, &s)
-            .iter()
-            .map(|x| x.to_string_lossy().into())
-            .collect();
+        let s = Sockets { console: "/d/c".into(), agent: "/d/a".into(), qmp: "/d/q".into() };
+        let a: Vec<String> =
+            args(&cfg(), Accel::Tcg, &s).iter().map(|x| x.to_string_lossy().into()).collect();
         for required in ["-nodefaults", "-no-user-config", "-S", "-sandbox"] {
             assert!(a.iter().any(|x| x == required), "{required} missing: {a:?}");
         }
         // No debugging, monitor, snapshot or migration entry points.
-        for forbidden in [
-            "-gdb",
-            "-s",
-            "-monitor",
-            "-qmp",
-            "-incoming",
-            "-loadvm",
-            "-snapshot",
-            "-daemonize",
-        ] {
-            assert!(
-                !a.iter().any(|x| x == forbidden),
-                "{forbidden} present: {a:?}"
-            );
+        for forbidden in
+            ["-gdb", "-s", "-monitor", "-qmp", "-incoming", "-loadvm", "-snapshot", "-daemonize"]
+        {
+            assert!(!a.iter().any(|x| x == forbidden), "{forbidden} present: {a:?}");
         }
         assert!(!a.iter().any(|x| x.contains("stdio")), "{a:?}");
         let joined = a.join(" ");
@@ -384,9 +346,7 @@ mod tests {
 
     #[test]
     fn locate_reports_missing_qemu() {
-        let e = Qemu::locate(Some(Path::new("/nonexistent/qemu")))
-            .err()
-            .unwrap();
+        let e = Qemu::locate(Some(Path::new("/nonexistent/qemu"))).err().unwrap();
         assert!(e.to_string().contains("/nonexistent/qemu does not exist"));
     }
 }

@@ -91,10 +91,7 @@ impl QmpClient {
         std::thread::Builder::new()
             .name("qmp-reader".into())
             .spawn(move || reader_loop(reader, tx, events))?;
-        let mut c = QmpClient {
-            writer: stream,
-            replies,
-        };
+        let mut c = QmpClient { writer: stream, replies };
         c.execute(QmpCommand::Capabilities)?;
         Ok(c)
     }
@@ -105,10 +102,7 @@ impl QmpClient {
         self.writer.write_all(line.as_bytes())?;
         match self.replies.recv_timeout(REPLY_TIMEOUT) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(desc)) => Err(QmpError::Refused {
-                command: cmd.name(),
-                desc,
-            }),
+            Ok(Err(desc)) => Err(QmpError::Refused { command: cmd.name(), desc }),
             // QEMU may close the socket before answering `quit`.
             Err(RecvTimeoutError::Disconnected) if cmd == QmpCommand::Quit => Ok(()),
             Err(RecvTimeoutError::Disconnected) => Err(QmpError::Closed(cmd.name())),
@@ -125,9 +119,7 @@ fn read_line<R: Read>(r: &mut BufReader<R>) -> Result<Option<serde_json::Value>,
     }
     // A malformed line is skipped, not fatal: QEMU is our child, but its
     // output is still parsed defensively.
-    Ok(Some(
-        serde_json::from_slice(&line).unwrap_or(serde_json::Value::Null),
-    ))
+    Ok(Some(serde_json::from_slice(&line).unwrap_or(serde_json::Value::Null)))
 }
 
 fn reader_loop<R: Read>(
@@ -150,10 +142,7 @@ fn reader_loop<R: Read>(
         } else if msg.get("return").is_some() {
             let _ = replies.send(Ok(()));
         } else if let Some(err) = msg.get("error") {
-            let desc = err
-                .get("desc")
-                .and_then(|d| d.as_str())
-                .unwrap_or("unknown error");
+            let desc = err.get("desc").and_then(|d| d.as_str()).unwrap_or("unknown error");
             let _ = replies.send(Err(desc.to_string()));
         }
     }
@@ -168,14 +157,8 @@ mod tests {
     #[test]
     fn the_launcher_can_issue_exactly_the_power_commands() {
         let names: BTreeSet<_> = QmpCommand::ALL.iter().map(|c| c.name()).collect();
-        let expected: BTreeSet<_> = [
-            "qmp_capabilities",
-            "cont",
-            "system_powerdown",
-            "system_reset",
-            "quit",
-        ]
-        .into();
+        let expected: BTreeSet<_> =
+            ["qmp_capabilities", "cont", "system_powerdown", "system_reset", "quit"].into();
         assert_eq!(names, expected);
     }
 
@@ -187,9 +170,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         let peer = std::thread::spawn(move || {
-            theirs
-                .write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
-                .unwrap();
+            theirs.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").unwrap();
             let mut r = BufReader::new(theirs.try_clone().unwrap());
             let mut cmds = Vec::new();
             for _ in 0..2 {
@@ -212,16 +193,7 @@ mod tests {
         let sink: EventSink = Arc::new(move |e| s2.lock().unwrap().push(format!("{e:?}")));
         let mut c = QmpClient::connect(ours, sink).unwrap();
         let err = c.execute(QmpCommand::SystemReset).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                QmpError::Refused {
-                    command: "system_reset",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, QmpError::Refused { command: "system_reset", .. }), "{err}");
         let cmds = peer.join().unwrap();
         assert!(cmds[0].contains("qmp_capabilities"));
         assert!(cmds[1].contains("system_reset"));

@@ -1,0 +1,185 @@
+//! Helpers for tests that run the real `tellus` binary against real QEMU and
+//! the real Debian cloud kernel + agent initramfs built by scripts/setup.sh.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous: several TCG guests may boot at once on a 2-core CI machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The test guest: (kernel, initrd). Fails loudly when set-up has not run.
+pub fn guest() -> (PathBuf, PathBuf) {
+    if let (Ok(k), Ok(i)) =
+        (std::env::var("TELLUS_GUEST_KERNEL"), std::env::var("TELLUS_GUEST_INITRD"))
+    {
+        return (k.into(), i.into());
+    }
+    let cache = std::env::var_os("TELLUS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tellus")
+    });
+    let env = cache.join("guest/env");
+    let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
+        panic!("test guest missing ({}: {e}): run scripts/setup.sh first", env.display())
+    });
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("{key} missing in {}", env.display()))
+    };
+    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
+}
+
+pub fn tellus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tellus"))
+}
+
+/// A running `tellus run` whose stderr is collected line by line.
+pub struct Launch {
+    pub child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Launch {
+    /// Starts `tellus run` on the test guest with a control socket and a
+    /// console log in a fresh directory, plus `extra` arguments.
+    pub fn start(extra: &[&str]) -> Launch {
+        let (kernel, initrd) = guest();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = tellus();
+        cmd.arg("run")
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .arg("--control-socket")
+            .arg(dir.path().join("ctl.sock"))
+            .arg("--console-log")
+            .arg(dir.path().join("console.log"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn tellus");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (e, o) = (stderr.clone(), stdout.clone());
+        let err = child.stderr.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[tellus] {line}");
+                e.lock().unwrap().push(line);
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Launch { child, stderr, stdout, dir }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("ctl.sock")
+    }
+
+    pub fn console_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.path().join("console.log")).unwrap()).into()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into()
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until a stderr line contains `needle` (counting `nth` matches).
+    pub fn wait_for(&mut self, needle: &str, nth: usize) -> String {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            if let Some(l) = self.stderr().into_iter().filter(|l| l.contains(needle)).nth(nth - 1) {
+                return l;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "tellus exited ({st}) before printing {needle:?}:\n{}",
+                    self.stderr().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}:\n{}",
+                self.stderr().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `tellus ctl` against this launch; returns (success, stdout JSON).
+    pub fn ctl(&self, request: &str) -> (bool, serde_json::Value) {
+        let out =
+            tellus().arg("ctl").arg("--socket").arg(self.socket()).arg(request).output().unwrap();
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.success(), v)
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200)); // let the readers drain
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tellus did not exit:\n{}",
+                self.stderr().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Launch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `tellus` to completion with `args`; returns (status, stderr).
+pub fn run_to_end(
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+    env: &[(&str, &str)],
+) -> (ExitStatus, String) {
+    let mut cmd = tellus();
+    for a in args {
+        cmd.arg(a);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into())
+}
+
+pub fn write_exe(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

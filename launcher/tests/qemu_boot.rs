@@ -1,0 +1,115 @@
+//! `tellus run` boots the real Debian cloud kernel with the tellus-agent
+//! initramfs under real QEMU (TCG on these machines, KVM on hardware hosts).
+
+mod common;
+use common::Launch;
+
+fn boot_and_shutdown(vcpus: u32) {
+    let n = vcpus.to_string();
+    let mut l = Launch::start(&["--vcpus", &n, "--memory", "256M"]);
+    let ready = l.wait_for("guest agent ready after", 1);
+    eprintln!("{ready}");
+
+    let (ok, status) = l.ctl("status");
+    assert!(ok, "{status}");
+    assert_eq!(status["status"]["agent_ready"], true);
+    assert_eq!(status["status"]["vcpus"], vcpus);
+    assert_eq!(status["status"]["state"], "running");
+
+    let (ok, resp) = l.ctl("shutdown");
+    assert!(ok, "{resp}");
+    assert!(resp["message"].as_str().unwrap().contains("guest agent"), "{resp}");
+    let st = l.wait_exit();
+    assert!(st.success(), "exit {st}:\n{}", l.stderr().join("\n"));
+
+    let log = l.console_log();
+    assert!(log.contains("Linux version 6."), "kernel banner missing from console log");
+    assert!(log.contains("Run /init as init process"), "{log}");
+    assert!(log.contains("tellus-agent"), "agent output missing");
+    assert!(log.contains(&format!("Brought up 1 node, {vcpus} CPU")), "SMP line missing:\n{log}");
+    assert!(log.contains("reboot: Power down"), "guest did not power itself off");
+    // The console is also relayed to stdout.
+    assert!(l.stdout().contains("Run /init as init process"));
+    assert!(l.stderr().iter().any(|x| x.contains("VM powered off (guest-shutdown)")));
+}
+
+#[test]
+fn boots_one_vcpu_agent_ready_and_shutdown() {
+    boot_and_shutdown(1);
+}
+
+#[test]
+fn boots_two_vcpus_agent_ready_and_shutdown() {
+    boot_and_shutdown(2);
+}
+
+#[test]
+fn guest_garbage_and_oversized_frame_then_ready() {
+    let mut l = Launch::start(&[
+        "--cmdline",
+        "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tellus.test.channel_noise",
+    ]);
+    l.wait_for("guest agent ready after", 1);
+    let errs = l.stderr();
+    assert!(
+        errs.iter().any(|x| x.contains("frame header announces 1048576 bytes")
+            || x.contains("frame header announces")),
+        "no drop report:\n{}",
+        errs.join("\n")
+    );
+    assert!(l.console_log().contains("wrote test noise to the channel"));
+    let (ok, _) = l.ctl("shutdown");
+    assert!(ok);
+    assert!(l.wait_exit().success());
+    assert!(l.stderr().iter().any(|x| x.contains("agent channel: dropped")));
+}
+
+#[test]
+fn reboot_through_the_control_socket() {
+    let mut l = Launch::start(&[]);
+    l.wait_for("guest agent ready after", 1);
+    let (ok, resp) = l.ctl("reboot");
+    assert!(ok, "{resp}");
+    l.wait_for("guest agent ready again after", 1);
+    let (_, status) = l.ctl("status");
+    assert_eq!(status["status"]["boots"], 2, "{status}");
+    assert!(l.ctl("shutdown").0);
+    assert!(l.wait_exit().success());
+}
+
+#[test]
+fn qemu_dying_mid_run_is_an_error() {
+    let mut l = Launch::start(&[]);
+    l.wait_for("guest agent ready after", 1);
+    let (_, status) = l.ctl("status");
+    let pid = status["status"]["vmm_pid"].as_i64().expect("vmm pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let st = l.wait_exit();
+    assert_eq!(st.code(), Some(3), "{}", l.stderr().join("\n"));
+    assert!(l.stderr().iter().any(|x| x.contains("the VMM died while the VM was running")));
+}
+
+#[test]
+fn oneshot_guest_powers_itself_off() {
+    let mut l = Launch::start(&[
+        "--cmdline",
+        "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tellus.oneshot",
+    ]);
+    let st = l.wait_exit();
+    assert!(st.success(), "{}", l.stderr().join("\n"));
+    assert!(l.stderr().iter().any(|x| x.contains("guest agent ready after")));
+    assert!(l.console_log().contains("tellus.oneshot: powering off"));
+}
+
+#[test]
+fn sigterm_to_the_launcher_shuts_the_guest_down_in_order() {
+    let mut l = Launch::start(&[]);
+    l.wait_for("guest agent ready after", 1);
+    let pid = nix::unistd::Pid::from_raw(l.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let st = l.wait_exit();
+    assert!(st.success(), "{}", l.stderr().join("\n"));
+    assert!(l.stderr().iter().any(|x| x.contains("asked the guest agent to power off")));
+    assert!(l.console_log().contains("reboot: Power down"));
+}
