@@ -42,6 +42,8 @@ pub struct ControlResponse {
 /// What `status` reports: availability facts only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmStatus {
+    /// VM identity (`--name`).
+    pub name: String,
     /// `running`, `shutting-down` or `rebooting`.
     pub state: String,
     pub agent_ready: bool,

@@ -10,6 +10,8 @@
 pub mod accel;
 pub mod backend;
 pub mod channel;
+pub mod cli;
 pub mod control;
+pub mod measure;
 pub mod run;
 pub mod vm_config;

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-use tellus_launcher::{accel, backend, control, run, vm_config};
+use tellus_launcher::{accel, backend, cli, control, measure, run, vm_config};
 
 /// tellus: measured, attested VM launches with availability-only host control.
 #[derive(Parser)]
@@ -30,10 +30,44 @@ enum Command {
         #[command(subcommand)]
         request: control::ControlRequest,
     },
+    /// Measurements without a TPM.
+    Measure {
+        #[command(subcommand)]
+        command: MeasureCommand,
+    },
+    /// Event logs (TCG PC Client binary logs and Canonical Event Logs).
+    Eventlog {
+        #[command(subcommand)]
+        command: EventlogCommand,
+    },
 }
 
+#[derive(Subcommand)]
+enum MeasureCommand {
+    /// Print the launch records `tellus run` would measure for these flags
+    /// and the PCR value they produce from a reset PCR (reference values).
+    Predict(PredictArgs),
+}
+
+#[derive(Subcommand)]
+enum EventlogCommand {
+    /// Print a log's events and the PCR values it replays to.
+    Show {
+        /// The event log file.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: cli::LogFormatChoice,
+        #[arg(long, value_enum, default_value = "text")]
+        output: cli::Output,
+    },
+}
+
+/// The flags that describe a VM, shared by `run` and `measure predict`.
 #[derive(clap::Args)]
-struct RunArgs {
+struct VmArgs {
+    /// VM identity (measured).
+    #[arg(long, default_value = "tellus-vm", value_name = "NAME")]
+    name: String,
     /// Linux bzImage.
     #[arg(long, value_name = "FILE")]
     kernel: PathBuf,
@@ -50,12 +84,9 @@ struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     vcpus: u32,
-    /// Also write the guest console to this file (created with mode 0600).
+    /// Firmware image [default: QEMU's bios-microvm.bin (qboot)].
     #[arg(long, value_name = "FILE")]
-    console_log: Option<PathBuf>,
-    /// Serve status/shutdown/reboot on this UNIX socket (see `tellus ctl`).
-    #[arg(long, value_name = "PATH")]
-    control_socket: Option<PathBuf>,
+    firmware: Option<PathBuf>,
     /// Which VMM runs the guest.
     #[arg(long, value_enum, default_value = "auto")]
     backend: backend::BackendChoice,
@@ -67,21 +98,63 @@ struct RunArgs {
     qemu: Option<PathBuf>,
 }
 
+impl VmArgs {
+    fn spec(self) -> run::VmSpec {
+        run::VmSpec {
+            name: self.name,
+            kernel: self.kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            memory: self.memory,
+            vcpus: self.vcpus,
+            firmware: self.firmware,
+            backend: self.backend,
+            accel: self.accel,
+            qemu: self.qemu,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Also write the guest console to this file (created with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    console_log: Option<PathBuf>,
+    /// Serve status/shutdown/reboot on this UNIX socket (see `tellus ctl`).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// PCR the records go into.
+    #[arg(long, default_value_t = measure::DEFAULT_PCR, value_name = "N")]
+    pcr: u32,
+    /// PCR banks to predict.
+    #[arg(long, value_delimiter = ',', default_value = "sha256,sha384", value_name = "ALG,...")]
+    banks: Vec<cli::BankArg>,
+    /// Launch ticket issued by the verifier for this launch, if any.
+    #[arg(long, value_name = "TICKET")]
+    launch_ticket: Option<String>,
+    /// Also write the predicted records as a CEL-TLV log to this file.
+    #[arg(long, value_name = "FILE")]
+    cel_log: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: cli::Output,
+}
+
 fn main() -> ExitCode {
     let started = Instant::now();
     match Cli::parse().command {
         Command::Run(a) => {
             let opts = run::RunOptions {
-                kernel: a.kernel,
-                initrd: a.initrd,
-                cmdline: a.cmdline,
-                memory: a.memory,
-                vcpus: a.vcpus,
+                spec: a.vm.spec(),
                 console_log: a.console_log,
                 control_socket: a.control_socket,
-                backend: a.backend,
-                accel: a.accel,
-                qemu: a.qemu,
                 started,
             };
             match run::run(opts) {
@@ -114,5 +187,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Measure { command: MeasureCommand::Predict(a) } => {
+            let banks: Vec<_> = a.banks.iter().map(|b| b.0).collect();
+            report(cli::predict(
+                &a.vm.spec(),
+                a.pcr,
+                &banks,
+                a.launch_ticket,
+                a.cel_log.as_deref(),
+                a.output,
+            ))
+        }
+        Command::Eventlog { command: EventlogCommand::Show { file, format, output } } => {
+            report(cli::eventlog_show(&file, format, output))
+        }
+    }
+}
+
+fn report(r: Result<(), cli::CliError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tellus: error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

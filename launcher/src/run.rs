@@ -29,20 +29,66 @@ macro_rules! progress {
     ($($t:tt)*) => { eprintln!("tellus: {}", format_args!($($t)*)) };
 }
 
-/// Everything `tellus run` is given.
+/// What a VM is launched from: the flags `tellus run` and
+/// `tellus measure predict` share.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub struct VmSpec {
+    /// VM identity; measured in the vm-identity record.
+    pub name: String,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// `None`: the default for the chosen accelerator, see [`default_cmdline`].
     pub cmdline: Option<String>,
     pub memory: MemorySize,
     pub vcpus: u32,
-    pub console_log: Option<PathBuf>,
-    pub control_socket: Option<PathBuf>,
+    /// Firmware image; `None`: the backend's default (QEMU: qboot for microvm).
+    pub firmware: Option<PathBuf>,
     pub backend: BackendChoice,
     pub accel: AccelChoice,
     pub qemu: Option<PathBuf>,
+}
+
+/// A [`VmSpec`] resolved against this host: accelerator chosen, defaults
+/// filled in, every input checked, the backend located.
+pub struct Resolved {
+    pub vm: VmConfig,
+    pub accel: Accel,
+    /// Why this accelerator (printed).
+    pub accel_reason: String,
+    pub qemu: Qemu,
+}
+
+/// Resolves and validates `spec`. Nothing is started.
+pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
+    let host = accel::detect();
+    let (accel, accel_reason) = accel::choose(spec.accel, &host)?;
+    let cmdline = spec.cmdline.clone().unwrap_or_else(|| default_cmdline(accel));
+    let qemu = match spec.backend {
+        BackendChoice::Auto | BackendChoice::Qemu => Qemu::locate(spec.qemu.as_deref())?,
+        BackendChoice::Builtin => return Err(BackendError::BuiltinUnavailable.into()),
+    };
+    let firmware = match &spec.firmware {
+        Some(f) => f.clone(),
+        None => qemu.default_firmware()?,
+    };
+    let vm = VmConfig {
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        cmdline,
+        memory: spec.memory,
+        vcpus: spec.vcpus,
+        firmware,
+    };
+    vm.validate()?;
+    Ok(Resolved { vm, accel, accel_reason, qemu })
+}
+
+/// Everything `tellus run` is given.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub spec: VmSpec,
+    pub console_log: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
     /// When the command started; "ready after N ms" counts from here.
     pub started: Instant,
 }
@@ -120,25 +166,12 @@ enum Stopping {
 
 /// Runs one VM to its end.
 pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
-    let host = accel::detect();
-    let (accel, why) = accel::choose(opts.accel, &host)?;
-    progress!("accelerator: {accel} ({why})");
-    let cmdline = opts.cmdline.clone().unwrap_or_else(|| default_cmdline(accel));
-    if accel == Accel::Tcg && !cmdline.contains("tsc_early_khz=") {
+    let Resolved { vm, accel, accel_reason, qemu } = resolve(&opts.spec)?;
+    progress!("accelerator: {accel} ({accel_reason})");
+    if accel == Accel::Tcg && !vm.cmdline.contains("tsc_early_khz=") {
         progress!("warning: under TCG the guest may hang in TSC calibration without tsc_early_khz=2000000 on its command line");
     }
-    let vm = VmConfig {
-        kernel: opts.kernel.clone(),
-        initrd: opts.initrd.clone(),
-        cmdline,
-        memory: opts.memory,
-        vcpus: opts.vcpus,
-    };
-    vm.validate()?;
-    let backend: Box<dyn Backend> = match opts.backend {
-        BackendChoice::Auto | BackendChoice::Qemu => Box::new(Qemu::locate(opts.qemu.as_deref())?),
-        BackendChoice::Builtin => return Err(BackendError::BuiltinUnavailable.into()),
-    };
+    let backend: Box<dyn Backend> = Box::new(qemu);
     let log = opts
         .console_log
         .as_ref()
@@ -403,6 +436,7 @@ impl Loop<'_> {
             boots: self.boots,
             backend: self.backend.into(),
             accel: self.accel.to_string(),
+            name: self.opts.spec.name.clone(),
             vcpus: self.vm.vcpus,
             memory_mib: self.vm.memory.0,
             uptime_ms: u64::try_from(self.opts.started.elapsed().as_millis()).unwrap_or(u64::MAX),

@@ -21,6 +21,8 @@ pub enum ConfigError {
     KernelUnreadable { path: PathBuf, source: std::io::Error },
     #[error("kernel {path} is not a bzImage ({reason}); pass the vmlinuz file, not vmlinux or an initrd")]
     NotBzImage { path: PathBuf, reason: &'static str },
+    #[error("cannot read firmware {path}: {source}; pass --firmware FILE")]
+    FirmwareUnreadable { path: PathBuf, source: std::io::Error },
     #[error("cannot read initrd {path}: {source}; pass an existing initramfs (scripts/setup.sh builds the test one)")]
     InitrdUnreadable { path: PathBuf, source: std::io::Error },
     #[error("initrd {path} is empty")]
@@ -78,6 +80,8 @@ pub struct VmConfig {
     pub cmdline: String,
     pub memory: MemorySize,
     pub vcpus: u32,
+    /// Firmware the VMM boots (QEMU: `-bios`).
+    pub firmware: PathBuf,
 }
 
 impl VmConfig {
@@ -99,6 +103,10 @@ impl VmConfig {
         if meta.len() == 0 {
             return Err(ConfigError::InitrdEmpty { path: self.initrd.clone() });
         }
+        std::fs::File::open(&self.firmware).map_err(|source| ConfigError::FirmwareUnreadable {
+            path: self.firmware.clone(),
+            source,
+        })?;
         if self.memory.0 < MIN_MEMORY_MIB {
             return Err(ConfigError::MemoryTooSmall { mib: self.memory.0 });
         }

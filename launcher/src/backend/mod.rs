@@ -105,6 +105,8 @@ pub enum BackendError {
     Qmp(#[from] qemu::QmpError),
     #[error("cannot set up the VMM's sockets in {dir}: {source}")]
     Sockets { dir: String, source: std::io::Error },
+    #[error("QEMU's microvm firmware (bios-microvm.bin) was not found; install qemu-system-x86 or pass --firmware FILE")]
+    NoFirmware,
     #[error("the built-in VMM is not part of this build yet; use --backend qemu")]
     BuiltinUnavailable,
 }

@@ -32,6 +32,11 @@ const STDERR_TAIL: usize = 4096;
 /// Host-side timeout for one write to the agent channel.
 const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The devices a QEMU microvm guest gets (measured in the launch config).
+pub const DEVICES: [&str; 2] = ["com1:console", "com2:agent-channel"];
+/// QEMU machine type.
+pub const MACHINE: &str = "microvm";
+
 /// The QEMU backend.
 pub struct Qemu {
     program: PathBuf,
@@ -50,6 +55,27 @@ impl Qemu {
             })?,
         };
         Ok(Qemu { program })
+    }
+
+    /// The QEMU executable this backend runs (measured as the VMM binary).
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// QEMU's own firmware for `-M microvm` (qboot), from QEMU's data
+    /// directory. It is passed explicitly with `-bios`, so the file that is
+    /// measured is the file that runs.
+    pub fn default_firmware(&self) -> Result<PathBuf, BackendError> {
+        let candidates = [
+            self.program.parent().map(|d| d.join("../share/qemu/bios-microvm.bin")),
+            Some(PathBuf::from("/usr/share/qemu/bios-microvm.bin")),
+        ];
+        candidates
+            .into_iter()
+            .flatten()
+            .find(|p| p.is_file())
+            .and_then(|p| p.canonicalize().ok())
+            .ok_or(BackendError::NoFirmware)
     }
 }
 
@@ -79,7 +105,7 @@ fn args(cfg: &VmConfig, accel: Accel, s: &Sockets) -> Vec<OsString> {
     push("-sandbox");
     push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
     push("-machine");
-    push("microvm");
+    push(MACHINE);
     push("-accel");
     push(match accel {
         Accel::Kvm => "kvm",
@@ -108,6 +134,7 @@ fn args(cfg: &VmConfig, accel: Accel, s: &Sockets) -> Vec<OsString> {
     push(&format!("socket,id=qmp,path={}", s.qmp.display()));
     push("-mon");
     push("chardev=qmp,mode=control");
+    a.extend(["-bios".into(), cfg.firmware.clone().into_os_string()]);
     a.extend(["-kernel".into(), cfg.kernel.clone().into_os_string()]);
     a.extend(["-initrd".into(), cfg.initrd.clone().into_os_string()]);
     a.extend(["-append".into(), cfg.cmdline.clone().into()]);
@@ -317,6 +344,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             memory: MemorySize(256),
             vcpus: 2,
+            firmware: "/fw".into(),
         }
     }
 
