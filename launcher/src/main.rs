@@ -159,8 +159,9 @@ fn main() -> ExitCode {
             };
             match run::run(opts) {
                 Ok(o) => {
+                    let how = if o.reason == "guest-shutdown" { "powered off" } else { "stopped" };
                     eprintln!(
-                        "tellus: VM powered off ({}) after {} ms, {} boot(s)",
+                        "tellus: VM {how} ({}) after {} ms, {} boot(s)",
                         o.reason,
                         started.elapsed().as_millis(),
                         o.boots

@@ -318,6 +318,12 @@ impl Loop<'_> {
                     self.opts.started.elapsed().as_millis()
                 );
                 self.agent_ready = true;
+                // A shutdown is under way without the agent: ask it now.
+                if matches!(self.stopping, Some(Stopping::PowerButton(_)))
+                    && self.writer.send(HostMessage::PowerOff).is_ok()
+                {
+                    progress!("asked the guest agent to power off");
+                }
             }
             ChannelEvent::Dropped { bytes, reason } => {
                 self.drops += 1;

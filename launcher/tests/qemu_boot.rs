@@ -113,3 +113,51 @@ fn sigterm_to_the_launcher_shuts_the_guest_down_in_order() {
     assert!(l.stderr().iter().any(|x| x.contains("asked the guest agent to power off")));
     assert!(l.console_log().contains("reboot: Power down"));
 }
+
+/// Shutdown before the agent is up: the power button is pressed, and when the
+/// guest (which has no userspace handler for it) ignores it, the launcher
+/// stops the VM after the grace period. Either way the run ends with exit 0.
+#[test]
+fn shutdown_before_the_agent_is_ready_falls_back_to_power_button_then_quit() {
+    let mut l = Launch::start(&[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !l.socket().exists() {
+        assert!(std::time::Instant::now() < deadline, "no control socket");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (ok, resp) = l.ctl("shutdown");
+    assert!(ok, "{resp}");
+    assert_eq!(resp["message"], "agent not ready: ACPI power button pressed", "{resp}");
+    let st = l.wait_exit();
+    assert!(st.success(), "{}", l.stderr().join("\n"));
+    let errs = l.stderr().join("\n");
+    assert!(
+        errs.contains("ignored the power button") || errs.contains("VM shut down (guest-shutdown)"),
+        "{errs}"
+    );
+}
+
+/// A guest that never answers (its kernel panics and halts before any init
+/// runs): shutdown presses the power button, waits the grace period, then
+/// stops QEMU; the run still ends with exit 0 and says what happened.
+#[test]
+fn shutdown_of_a_hung_guest_escalates_to_quit() {
+    let mut l = Launch::start(&[
+        "--cmdline",
+        "console=ttyS0 tsc_early_khz=2000000 panic=0 rdinit=/nonexistent root=/dev/nonexistent",
+    ]);
+    // Wait for the panic, then ask for a shutdown.
+    let deadline = std::time::Instant::now() + common::BOOT_TIMEOUT;
+    while !l.stdout().contains("Kernel panic") {
+        assert!(std::time::Instant::now() < deadline, "no panic:\n{}", l.stdout());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (ok, resp) = l.ctl("shutdown");
+    assert!(ok, "{resp}");
+    assert_eq!(resp["message"], "agent not ready: ACPI power button pressed");
+    let st = l.wait_exit();
+    assert!(st.success(), "{}", l.stderr().join("\n"));
+    let errs = l.stderr().join("\n");
+    assert!(errs.contains("ignored the power button"), "{errs}");
+    assert!(errs.contains("VM stopped (host-qmp-quit)"), "{errs}");
+}
