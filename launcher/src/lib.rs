@@ -13,5 +13,7 @@ pub mod channel;
 pub mod cli;
 pub mod control;
 pub mod measure;
+pub mod measured_launch;
 pub mod run;
+pub mod tpm;
 pub mod vm_config;

@@ -4,7 +4,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-use tellus_launcher::{accel, backend, cli, control, measure, run, vm_config};
+use tellus_launcher::{
+    accel, backend, cli, control, measure, measured_launch, run, tpm, vm_config,
+};
 
 /// tellus: measured, attested VM launches with availability-only host control.
 #[derive(Parser)]
@@ -125,6 +127,22 @@ struct RunArgs {
     /// Serve status/shutdown/reboot on this UNIX socket (see `tellus ctl`).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
+    #[command(flatten)]
+    measure: MeasureArgs,
+}
+
+/// Where a launch is measured.
+#[derive(clap::Args)]
+struct MeasureArgs {
+    /// The host TPM: swtpm:host=H,port=P (control port P+1) or device:/dev/tpmrm0.
+    #[arg(long, env = "TELLUS_TPM", default_value = tpm::DEFAULT_TPM, value_name = "ADDR")]
+    tpm: tpm::TpmAddress,
+    /// PCR the launch records are extended into (8..=15).
+    #[arg(long, default_value_t = measure::DEFAULT_PCR, value_name = "N")]
+    pcr: u32,
+    /// Directory of the host-wide launch log (launch-log.cel).
+    #[arg(long, env = "TELLUS_STATE_DIR", default_value = "/var/lib/tellus", value_name = "DIR")]
+    state_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -153,6 +171,11 @@ fn main() -> ExitCode {
         Command::Run(a) => {
             let opts = run::RunOptions {
                 spec: a.vm.spec(),
+                measure: measured_launch::MeasureConfig {
+                    tpm: a.measure.tpm,
+                    pcr: a.measure.pcr,
+                    state_dir: a.measure.state_dir,
+                },
                 console_log: a.console_log,
                 control_socket: a.control_socket,
                 started,

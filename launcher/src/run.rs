@@ -8,6 +8,8 @@ use crate::channel::{self, ChannelEvent, ChannelWriter};
 use crate::control::{
     ControlError, ControlRequest, ControlResponse, ControlServer, Pending, VmStatus,
 };
+use crate::measure::{self, MeasureError};
+use crate::measured_launch::{self, MeasureConfig, MeasuredLaunchError};
 use crate::vm_config::{ConfigError, MemorySize, VmConfig};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -16,6 +18,9 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+use tellus_measured_boot::digest::MultiHasher;
+use tellus_measured_boot::records::{self, FileMeasurement, LaunchRecord, RecordError};
+use tellus_measured_boot::HashAlg;
 use tellus_protocol::{GuestMessage, HostMessage};
 
 /// How long the agent gets to power the guest off before the ACPI button.
@@ -87,6 +92,8 @@ pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub spec: VmSpec,
+    /// TPM, PCR and host log of the measured launch.
+    pub measure: MeasureConfig,
     pub console_log: Option<PathBuf>,
     pub control_socket: Option<PathBuf>,
     /// When the command started; "ready after N ms" counts from here.
@@ -108,6 +115,14 @@ pub enum RunError {
     ConsoleLog { path: PathBuf, source: std::io::Error },
     #[error("the VMM died while the VM was running ({status}){}", qemu_said(.stderr_tail))]
     VmmDied { status: ExitStatus, stderr_tail: String },
+    #[error(transparent)]
+    MeasureInputs(#[from] MeasureError),
+    #[error(transparent)]
+    Records(#[from] RecordError),
+    #[error("measured launch failed, no VM was started: {0}")]
+    Measurement(#[from] MeasuredLaunchError),
+    #[error("the VM ended ({reason}) but its stop could not be recorded in the TPM and host log: {source}")]
+    StopNotRecorded { reason: String, source: MeasuredLaunchError },
 }
 
 impl RunError {
@@ -115,6 +130,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::VmmDied { .. } => 3,
+            RunError::StopNotRecorded { .. } => 4,
             _ => 1,
         }
     }
@@ -166,8 +182,27 @@ enum Stopping {
 
 /// Runs one VM to its end.
 pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
-    let Resolved { vm, accel, accel_reason, qemu } = resolve(&opts.spec)?;
+    let resolved = resolve(&opts.spec)?;
+    let inputs = measure::launch_inputs(&opts.spec, &resolved, opts.measure.pcr, None)?;
+    let launch = records::launch_records(&inputs)?;
+    let Resolved { vm, accel, accel_reason, qemu } = resolved;
     progress!("accelerator: {accel} ({accel_reason})");
+    // Measure before the VMM even starts: on any failure, nothing runs.
+    let m = measured_launch::measure(&opts.measure, &launch)?;
+    progress!(
+        "measured {} launch records into PCR {} ({}) at TPM {}; host log {} records {}..{}{}",
+        launch.len(),
+        opts.measure.pcr,
+        m.banks.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
+        opts.measure.tpm,
+        m.log.display(),
+        m.recnums.start,
+        m.recnums.end,
+        if m.rotated { " (new log: the TPM was reset)" } else { "" }
+    );
+    for d in &m.pcr_values {
+        progress!("PCR {} {d}", opts.measure.pcr);
+    }
     if accel == Accel::Tcg && !vm.cmdline.contains("tsc_early_khz=") {
         progress!("warning: under TCG the guest may hang in TSC calibration without tsc_early_khz=2000000 on its command line");
     }
@@ -201,7 +236,13 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     let sink: EventSink = Arc::new(move |e| {
         let _ = vmm_tx.send(Event::Vmm(e));
     });
-    let started = backend.start(&vm, accel, sink)?;
+    let started = match backend.start(&vm, accel, sink) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = record_stop(&opts.measure, "vmm-start-failed", 0, None);
+            return Err(e.into());
+        }
+    };
     progress!("started {} with backend {}", started.description, backend.name());
     let console = spawn_console(started.streams.console, log);
     let chan_tx = tx.clone();
@@ -226,7 +267,17 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     };
     let result = lp.run_until_exit(&rx);
     // The console stream ends when the VMM exits; wait so the log is complete.
-    let _ = console.join();
+    let console_digest = console.join().ok();
+    let reason = match &result {
+        Ok(o) => o.reason.clone(),
+        Err(RunError::VmmDied { .. }) => "vmm-died".into(),
+        Err(_) => "launcher-error".into(),
+    };
+    if let Err(source) = record_stop(&opts.measure, &reason, lp.boots, console_digest) {
+        if result.is_ok() {
+            return Err(RunError::StopNotRecorded { reason, source });
+        }
+    }
     if lp.dropped_bytes > 0 {
         progress!(
             "agent channel: dropped {} bytes in {} invalid runs during this VM's life",
@@ -456,10 +507,12 @@ impl Loop<'_> {
 fn spawn_console(
     mut console: Box<dyn Read + Send>,
     mut log: Option<File>,
-) -> std::thread::JoinHandle<()> {
+) -> std::thread::JoinHandle<FileMeasurement> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         let mut log_failed = false;
+        let mut hasher = MultiHasher::new(&records::FILE_ALGS);
+        let mut size = 0u64;
         loop {
             let n = match console.read(&mut buf) {
                 Ok(0) => break,
@@ -467,6 +520,8 @@ fn spawn_console(
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
+            hasher.update(&buf[..n]);
+            size += n as u64;
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&buf[..n]).and_then(|_| out.flush());
             if let Some(f) = log.as_mut() {
@@ -481,7 +536,46 @@ fn spawn_console(
         if let Some(f) = log.as_mut() {
             let _ = f.sync_all();
         }
+        let mut d = hasher.finish().into_iter();
+        let zero = |a| tellus_measured_boot::Digest::zero(a);
+        FileMeasurement {
+            sha256: d.next().unwrap_or_else(|| zero(HashAlg::Sha256)),
+            sha384: d.next().unwrap_or_else(|| zero(HashAlg::Sha384)),
+            size,
+        }
     })
+}
+
+/// Records the end of a VM (and the digest of its console output) in the TPM
+/// and the host log. Prints what it did; returns the failure for the caller
+/// to decide on.
+fn record_stop(
+    cfg: &MeasureConfig,
+    reason: &str,
+    boots: u32,
+    console: Option<FileMeasurement>,
+) -> Result<(), MeasuredLaunchError> {
+    let mut recs = vec![LaunchRecord::stop(reason, boots)];
+    if let Some(c) = &console {
+        recs.push(LaunchRecord::console_log(c));
+    }
+    match measured_launch::measure(cfg, &recs) {
+        Ok(m) => {
+            let console = console
+                .map(|c| format!(", console {} ({} bytes)", c.sha256, c.size))
+                .unwrap_or_default();
+            progress!(
+                "recorded stop ({reason}){console} as records {}..{}",
+                m.recnums.start,
+                m.recnums.end
+            );
+            Ok(())
+        }
+        Err(e) => {
+            progress!("error: cannot record the stop ({reason}): {e}");
+            Err(e)
+        }
+    }
 }
 
 fn spawn_signal_relay(tx: mpsc::Sender<Event>) {

@@ -87,9 +87,17 @@ fn qemu_failing_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("qemu-system-x86_64");
     write_exe(&fake, "#!/bin/sh\necho 'qemu-system-x86_64: -machine microvm: unsupported machine type' >&2\nexit 1\n");
-    let (code, err) = run(&["--qemu", fake.to_str().unwrap()], &k, &i, &[]);
+    // QEMU starts after the launch is measured, so this one needs a TPM.
+    let tpm = common::Swtpm::start();
+    let state = tpm.dir.path().join("state");
+    let addr = tpm.addr();
+    let args =
+        ["--qemu", fake.to_str().unwrap(), "--tpm", &addr, "--state-dir", state.to_str().unwrap()];
+    let (code, err) = run(&args, &k, &i, &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("QEMU failed to start (exit status: 1)"), "{err}");
+    // The failed start is on record: stop event after the launch records.
+    assert!(err.contains("recorded stop (vmm-start-failed)"), "{err}");
     assert!(err.contains("unsupported machine type"), "{err}");
 }
 

@@ -188,6 +188,19 @@ impl LaunchRecord {
         LaunchRecord::new(RecordKind::Cmdline, &serde_json::json!({ "cmdline": cmdline }))
     }
 
+    /// The VM stopped; `reason` as the VMM reported it, `boots` counted by the launcher.
+    pub fn stop(reason: &str, boots: u32) -> LaunchRecord {
+        LaunchRecord::new(
+            RecordKind::Stop,
+            &serde_json::json!({ "reason": reason, "boots": boots }),
+        )
+    }
+
+    /// Digest of everything the guest wrote to its console.
+    pub fn console_log(m: &FileMeasurement) -> LaunchRecord {
+        LaunchRecord::new(RecordKind::ConsoleLog, m)
+    }
+
     pub fn separator() -> LaunchRecord {
         LaunchRecord::new(RecordKind::Separator, &serde_json::json!({}))
     }

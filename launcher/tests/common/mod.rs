@@ -39,22 +39,138 @@ pub fn tellus() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tellus"))
 }
 
+/// A real swtpm (TPM 2.0 over TCP, control port = server port + 1) in a
+/// private state directory; killed when dropped.
+pub struct Swtpm {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair");
+}
+
+impl Swtpm {
+    /// A fresh, unprovisioned TPM (all PCR banks allocated, no EK certificate).
+    pub fn start() -> Swtpm {
+        let dir = tempfile::tempdir().unwrap();
+        Swtpm::start_in(dir)
+    }
+
+    /// Starts swtpm on the TPM state in `dir` (e.g. one made by swtpm_setup).
+    pub fn start_in(mut dir: tempfile::TempDir) -> Swtpm {
+        for _ in 0..5 {
+            let port = free_port_pair();
+            let child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+                .arg("--tpmstate")
+                .arg(format!("dir={}", dir.path().display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("swtpm (scripts/setup.sh installs it)");
+            let mut t = Swtpm { child: Some(child), port, dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return t;
+                }
+                if let Ok(Some(_)) = t.child.as_mut().unwrap().try_wait() {
+                    break; // port taken in the meantime: retry
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            t.kill();
+            dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
+        }
+        panic!("swtpm did not start");
+    }
+
+    /// The `--tpm` address.
+    pub fn addr(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Environment for tpm2-tools.
+    pub fn tcti_env(&self) -> (&'static str, String) {
+        ("TPM2TOOLS_TCTI", self.addr())
+    }
+
+    /// `tpm2_pcrread` of one PCR in one bank, as lower-case hex.
+    pub fn pcrread(&self, bank: &str, pcr: u32) -> String {
+        let (k, v) = self.tcti_env();
+        let out =
+            Command::new("tpm2_pcrread").env(k, v).arg(format!("{bank}:{pcr}")).output().unwrap();
+        assert!(out.status.success(), "tpm2_pcrread: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{pcr}:"))
+                    .map(|v| v.trim().trim_start_matches("0x").to_lowercase())
+            })
+            .unwrap_or_else(|| panic!("no PCR {pcr} in: {text}"))
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A running `tellus run` whose stderr is collected line by line.
 pub struct Launch {
     pub child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<u8>>>,
     pub dir: tempfile::TempDir,
+    /// The launch's own swtpm, when it has one (see [`Launch::start`]).
+    pub tpm: Option<Swtpm>,
 }
 
 impl Launch {
-    /// Starts `tellus run` on the test guest with a control socket and a
-    /// console log in a fresh directory, plus `extra` arguments.
+    /// Starts `tellus run` on the test guest with its own swtpm, a control
+    /// socket, a console log and a state directory in a fresh directory,
+    /// plus `extra` arguments.
     pub fn start(extra: &[&str]) -> Launch {
+        let tpm = Swtpm::start();
+        let state = tpm.dir.path().join("tellus-state");
+        let mut l = Launch::start_with(&tpm.addr(), &state, extra);
+        l.tpm = Some(tpm);
+        l
+    }
+
+    /// Starts `tellus run` against an existing TPM and state directory.
+    pub fn start_with(tpm: &str, state_dir: &Path, extra: &[&str]) -> Launch {
         let (kernel, initrd) = guest();
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = tellus();
         cmd.arg("run")
+            .arg("--tpm")
+            .arg(tpm)
+            .arg("--state-dir")
+            .arg(state_dir)
             .arg("--kernel")
             .arg(&kernel)
             .arg("--initrd")
@@ -88,7 +204,7 @@ impl Launch {
                 o.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        Launch { child, stderr, stdout, dir }
+        Launch { child, stderr, stdout, dir, tpm: None }
     }
 
     pub fn socket(&self) -> PathBuf {
