@@ -146,7 +146,7 @@ pub fn measure(
     let mut rotated = false;
     if let Err(e) = check(cfg.pcr, &banks, &now, &log, &path) {
         let reset = now.iter().all(|d| d == &Digest::zero(d.alg()));
-        if !(reset && !log.is_empty()) {
+        if !reset || log.is_empty() {
             return Err(e);
         }
         // The TPM was reset since the log was written: keep the old log, start anew.
