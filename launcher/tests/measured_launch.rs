@@ -219,7 +219,10 @@ impl KillingProxy {
                             tpm.lock().unwrap().kill();
                             return;
                         }
-                        if up.write_all(&hdr).and_then(|_| up.write_all(&body)).is_err() {
+                        // One write: swtpm takes what one read returns as the command.
+                        let mut cmd = hdr.to_vec();
+                        cmd.extend_from_slice(&body);
+                        if up.write_all(&cmd).is_err() {
                             return;
                         }
                     }
