@@ -51,6 +51,8 @@ pub enum MeasuredLaunchError {
         "host launch log {path} is corrupt ({source}); move it aside only after finding out why"
     )]
     LogCorrupt { path: PathBuf, source: CelError },
+    #[error("host launch log {path} does not replay: {source}")]
+    LogReplay { path: PathBuf, source: tellus_measured_boot::pcr::PcrError },
     #[error(transparent)]
     Tpm(#[from] TpmError),
     #[error(
@@ -107,7 +109,8 @@ fn check(
     records: &[CelRecord],
     path: &Path,
 ) -> Result<(), MeasuredLaunchError> {
-    let replayed = cel::replay(records).unwrap_or_default();
+    let replayed = cel::replay(records)
+        .map_err(|source| MeasuredLaunchError::LogReplay { path: path.into(), source })?;
     for (alg, tpm) in banks.iter().zip(tpm_values) {
         let r = replayed.value(*alg, pcr);
         if &r != tpm {

@@ -357,7 +357,7 @@ impl Loop<'_> {
             }
         }
         // All senders gone without an exit report: the waiter thread died.
-        Err(BackendError::QemuNotFound("the VMM's waiter thread ended unexpectedly".into()).into())
+        Err(BackendError::WaiterLost.into())
     }
 
     fn on_channel(&mut self, e: ChannelEvent) {

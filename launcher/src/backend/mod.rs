@@ -107,6 +107,8 @@ pub enum BackendError {
     Sockets { dir: String, source: std::io::Error },
     #[error("QEMU's microvm firmware (bios-microvm.bin) was not found; install qemu-system-x86 or pass --firmware FILE")]
     NoFirmware,
+    #[error("lost track of the VMM process (its waiter thread ended without an exit status)")]
+    WaiterLost,
     #[error("the built-in VMM is not part of this build yet; use --backend qemu")]
     BuiltinUnavailable,
 }
