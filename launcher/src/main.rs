@@ -42,6 +42,55 @@ enum Command {
         #[command(subcommand)]
         command: EventlogCommand,
     },
+    /// The host's identity in its TPM.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+    /// Quote PCRs with the host's attestation key and write the evidence
+    /// (Trustee's TPM evidence plus the host launch log) as JSON.
+    Quote(QuoteArgs),
+}
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Create the attestation key under the TPM's endorsement key (or reuse
+    /// the saved one), and save the EK certificate and host id in
+    /// <state-dir>/host/.
+    Init {
+        #[command(flatten)]
+        tpm: TpmArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: cli::Output,
+    },
+}
+
+/// The host TPM and state directory (the same flags and environment as
+/// `tellus run`).
+#[derive(clap::Args)]
+struct TpmArgs {
+    /// The host TPM: swtpm:host=H,port=P (control port P+1) or device:/dev/tpmrm0.
+    #[arg(long, env = "TELLUS_TPM", default_value = tpm::DEFAULT_TPM, value_name = "ADDR")]
+    tpm: tpm::TpmAddress,
+    /// Directory of the host state (host identity, launch-log.cel).
+    #[arg(long, env = "TELLUS_STATE_DIR", default_value = "/var/lib/tellus", value_name = "DIR")]
+    state_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct QuoteArgs {
+    /// The verifier's nonce, hex (1 to 64 bytes); it becomes the quote's
+    /// qualifyingData unchanged.
+    #[arg(long, value_name = "HEX")]
+    nonce: tpm::quote::Nonce,
+    /// PCRs (0..=23) of the SHA-256 bank to quote.
+    #[arg(long, value_delimiter = ',', default_values_t = [measure::DEFAULT_PCR], value_name = "N,...")]
+    pcrs: Vec<u32>,
+    /// Where to write the evidence JSON ("-": stdout).
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    #[command(flatten)]
+    tpm: TpmArgs,
 }
 
 #[derive(Subcommand)]
@@ -225,7 +274,49 @@ fn main() -> ExitCode {
         Command::Eventlog { command: EventlogCommand::Show { file, format, output } } => {
             report(cli::eventlog_show(&file, format, output))
         }
+        Command::Host { command: HostCommand::Init { tpm: t, output } } => {
+            match tpm::host::init(&t.tpm, &t.state_dir) {
+                Ok(id) => {
+                    match output {
+                        cli::Output::Text => print!("{}", id.text()),
+                        cli::Output::Json => {
+                            println!("{}", serde_json::to_string_pretty(&id).unwrap_or_default())
+                        }
+                    }
+                    if !id.ek_cert {
+                        eprintln!(
+                            "tellus: warning: the TPM has no EK certificate at NV index {}; \
+                             enrolling this host with a verifier needs one",
+                            id.ek_cert_nv_index
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Quote(a) => {
+            let r = tpm::quote::quote(&a.tpm.tpm, &a.tpm.state_dir, &a.nonce.0, &a.pcrs)
+                .and_then(|ev| tpm::quote::write_evidence(&a.output, &ev).map(|()| ev));
+            match r {
+                Ok(ev) => {
+                    eprintln!(
+                        "tellus: quote of {} PCR {:?} written to {}",
+                        ev.pcr_selection.bank,
+                        ev.pcr_selection.pcrs,
+                        a.output.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
     }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("tellus: error: {e}");
+    ExitCode::FAILURE
 }
 
 fn report(r: Result<(), cli::CliError>) -> ExitCode {

@@ -4,6 +4,9 @@
 //! the connection before the guest runs: swtpm serves one client at a time,
 //! and other launches and tools must get through.
 
+pub mod host;
+pub mod quote;
+
 use std::str::FromStr;
 use tellus_measured_boot::{Digest, HashAlg};
 use tss_esapi::constants::CapabilityType;

@@ -86,7 +86,14 @@ impl Swtpm {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return t;
+                    // A swtpm that lost the port to a concurrently started
+                    // one exits at once, while the connect above reached the
+                    // other one: only a swtpm still running is ours.
+                    std::thread::sleep(Duration::from_millis(150));
+                    if let Some(Ok(None)) = t.child.as_mut().map(|c| c.try_wait()) {
+                        return t;
+                    }
+                    break;
                 }
                 if let Ok(Some(_)) = t.child.as_mut().unwrap().try_wait() {
                     break; // port taken in the meantime: retry
@@ -116,11 +123,12 @@ impl Swtpm {
             Command::new("tpm2_pcrread").env(k, v).arg(format!("{bank}:{pcr}")).output().unwrap();
         assert!(out.status.success(), "tpm2_pcrread: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // tpm2_pcrread prints "13: 0x…" and, for one-digit PCRs, "0 : 0x…".
         text.lines()
             .find_map(|l| {
-                l.trim()
-                    .strip_prefix(&format!("{pcr}:"))
-                    .map(|v| v.trim().trim_start_matches("0x").to_lowercase())
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == pcr.to_string())
+                    .then(|| v.trim().trim_start_matches("0x").to_lowercase())
             })
             .unwrap_or_else(|| panic!("no PCR {pcr} in: {text}"))
     }
@@ -298,4 +306,73 @@ pub fn write_exe(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `swtpm_localca`, which `swtpm_setup` calls to sign the EK certificate.
+pub const SWTPM_LOCALCA: &str = "/usr/bin/swtpm_localca";
+
+impl Swtpm {
+    /// A TPM manufactured like a real one by `swtpm_setup --create-ek-cert
+    /// --create-platform-cert`: RSA 2048 and ECC EKs with certificates in NV
+    /// (0x01c00002, 0x01c00016) and a platform certificate, PCR banks SHA-256
+    /// and SHA-384. The local CA that signs them lives in the TPM's own
+    /// temporary directory ([`Swtpm::local_ca`]), never in
+    /// /var/lib/swtpm-localca, through private swtpm_setup and swtpm-localca
+    /// configuration files.
+    pub fn start_provisioned() -> Swtpm {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let conf = d.join("swtpm-config");
+        let ca = d.join("localca");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::create_dir_all(&ca).unwrap();
+        std::fs::write(
+            conf.join("swtpm_setup.conf"),
+            format!(
+                "create_certs_tool = {SWTPM_LOCALCA}\n\
+                 create_certs_tool_config = {c}/swtpm-localca.conf\n\
+                 create_certs_tool_options = {c}/swtpm-localca.options\n\
+                 active_pcr_banks = sha256,sha384\n",
+                c = conf.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            conf.join("swtpm-localca.conf"),
+            format!(
+                "statedir = {ca}\nsigningkey = {ca}/signkey.pem\n\
+                 issuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n",
+                ca = ca.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            conf.join("swtpm-localca.options"),
+            "--platform-manufacturer tellus\n--platform-version 2.1\n--platform-model test\n",
+        )
+        .unwrap();
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--create-platform-cert"])
+            .args(["--pcr-banks", "sha256,sha384"])
+            .arg("--tpmstate")
+            .arg(d)
+            .arg("--config")
+            .arg(conf.join("swtpm_setup.conf"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("swtpm_setup (package swtpm-tools; scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "swtpm_setup failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Swtpm::start_in(dir)
+    }
+
+    /// The local CA of [`Swtpm::start_provisioned`]: `issuercert.pem` (the
+    /// EK certificates' issuer) and `swtpm-localca-rootca-cert.pem` (its root).
+    pub fn local_ca(&self) -> PathBuf {
+        self.dir.path().join("localca")
+    }
 }

@@ -1,0 +1,16 @@
+//! Host registrar crypto (design.md, "Host enrollment"): everything the
+//! verifier computes to decide whether a host's TPM is genuine, without any
+//! TPM of its own.
+//!
+//! - [`ek_cert`]: EK certificate chain validation against configured EK CA
+//!   roots (TPM vendors, cloud vTPM CAs, swtpm's local CA in tests) and the
+//!   check that the certificate names the TPM's actual EK;
+//! - [`tpm_public`]: bounds-checked parsing of `TPMT_PUBLIC` / `TPM2B_PUBLIC`
+//!   and the Name of a TPM object;
+//! - [`make_credential`]: `TPM2_MakeCredential` in software, so that only the
+//!   TPM holding the certified EK *and* the named AK can recover a secret
+//!   (`TPM2_ActivateCredential`), plus the tpm2-tools file format for it.
+
+pub mod ek_cert;
+pub mod make_credential;
+pub mod tpm_public;
