@@ -18,7 +18,7 @@ use tellus_verifier::registrar::ek_cert::{
 /// extra `sign` options (digest, -sigopt).
 fn make(dir: &Path, name: &str, kind: &str, issuer: Option<&str>, ext: &str, sign: &[&str]) {
     let key = format!("{name}.key");
-    match kind {
+    let _ = match kind {
         "rsa" => openssl(
             dir,
             &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &key],
@@ -29,7 +29,7 @@ fn make(dir: &Path, name: &str, kind: &str, issuer: Option<&str>, ext: &str, sig
             openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", curve, "-out", &key])
         }
         other => panic!("{other}"),
-    }
+    };
     let csr = format!("{name}.csr");
     openssl(dir, &["req", "-new", "-key", &key, "-subj", &format!("/CN={name}"), "-out", &csr]);
     let cnf = format!("{name}.cnf");

@@ -55,15 +55,15 @@ impl Ek {
 /// Name (ak.name), then flushes all transient objects: without a resource
 /// manager they stay loaded, and swtpm has only three slots.
 fn create_keys(tpm: &Swtpm, ek: Ek) -> (TpmPublic, Vec<u8>) {
-    tpm.tool("tpm2_createek", &["-c", "ek.ctx", "-G", ek.arg(), "-u", "ek.pub"]);
-    tpm.tool(
+    tpm.run("tpm2_createek", &["-c", "ek.ctx", "-G", ek.arg(), "-u", "ek.pub"]);
+    tpm.run(
         "tpm2_createak",
         &[
             "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u",
             "ak.pub", "-n", "ak.name",
         ],
     );
-    tpm.tool("tpm2_flushcontext", &["-t"]);
+    tpm.run("tpm2_flushcontext", &["-t"]);
     let ek_pub = TpmPublic::from_tpm2b_public(&read(&tpm.path("ek.pub"))).unwrap();
     let ak_name = read(&tpm.path("ak.name"));
     // Our Name computation agrees with the TPM's.
@@ -77,9 +77,9 @@ fn create_keys(tpm: &Swtpm, ek: Ek) -> (TpmPublic, Vec<u8>) {
 fn activate(tpm: &Swtpm, ek: Ek, file: &str) -> Result<Vec<u8>, String> {
     let _ = std::fs::remove_file(tpm.path("actcred.out"));
     let out = if ek.policy_session() {
-        tpm.tool("tpm2_startauthsession", &["--policy-session", "-S", "s.ctx"]);
-        tpm.tool("tpm2_policysecret", &["-S", "s.ctx", "-c", "e"]);
-        let out = tpm.try_tool(
+        tpm.run("tpm2_startauthsession", &["--policy-session", "-S", "s.ctx"]);
+        tpm.run("tpm2_policysecret", &["-S", "s.ctx", "-c", "e"]);
+        let out = tpm.try_run(
             "tpm2_activatecredential",
             &[
                 "-c",
@@ -94,16 +94,16 @@ fn activate(tpm: &Swtpm, ek: Ek, file: &str) -> Result<Vec<u8>, String> {
                 "session:s.ctx",
             ],
         );
-        tpm.tool("tpm2_flushcontext", &["s.ctx"]);
+        tpm.run("tpm2_flushcontext", &["s.ctx"]);
         out
     } else {
-        tpm.try_tool(
+        tpm.try_run(
             "tpm2_activatecredential",
             &["-c", "ak.ctx", "-C", "ek.ctx", "-i", file, "-o", "actcred.out"],
         )
     };
     // The tool leaves the EK and AK it loaded from their contexts.
-    tpm.tool("tpm2_flushcontext", &["-t"]);
+    tpm.run("tpm2_flushcontext", &["-t"]);
     if out.status.success() {
         Ok(read(&tpm.path("actcred.out")))
     } else {
@@ -168,7 +168,7 @@ fn run_make_credential(ek: Ek) {
     // output activates too (checking the harness itself).
     let name_hex = hex::encode(&ak_name);
     std::fs::write(tpm.path("secret.data"), b"tellus host proof").unwrap();
-    tpm.tool(
+    tpm.run(
         "tpm2_makecredential",
         &["-T", "none", "-e", "ek.pub", "-s", "secret.data", "-n", &name_hex, "-o", "tools.out"],
     );
@@ -244,7 +244,7 @@ fn swtpm_ek_certificates_chain_and_match_the_eks() {
     let mut checked = 0;
     for (index, g) in [("0x01c00002", "rsa"), ("0x01c00016", "ecc384")] {
         let file = format!("ekcert-{index}.der");
-        tpm.tool("tpm2_nvread", &[index, "-C", "o", "-o", &file]);
+        tpm.run("tpm2_nvread", &[index, "-C", "o", "-o", &file]);
         let cert = read(&tpm.path(&file));
 
         let v = verify_ek_chain(&cert, &issuer_der, &anchors, ValidationTime::Now)
@@ -271,8 +271,8 @@ fn swtpm_ek_certificates_chain_and_match_the_eks() {
         assert_eq!(info.model.as_deref(), Some("swtpm"));
 
         let ek_file = format!("ek-{g}.pub");
-        tpm.tool("tpm2_createek", &["-c", "ek.ctx", "-G", g, "-u", &ek_file]);
-        tpm.tool("tpm2_flushcontext", &["-t"]);
+        tpm.run("tpm2_createek", &["-c", "ek.ctx", "-G", g, "-u", &ek_file]);
+        tpm.run("tpm2_flushcontext", &["-t"]);
         let ek = TpmPublic::from_tpm2b_public(&read(&tpm.path(&ek_file))).unwrap();
         ek_public_matches_cert(&ek, &cert).unwrap_or_else(|e| panic!("{index}: {e}"));
         checked += 1;
@@ -300,8 +300,8 @@ fn swtpm_ek_certificates_chain_and_match_the_eks() {
         Err(EkCertError::KeyMismatch { .. })
     ));
     // A P-256 EK is not the P-384 certificate's key.
-    tpm.tool("tpm2_createek", &["-c", "ek.ctx", "-G", "ecc", "-u", "ek-ecc.pub"]);
-    tpm.tool("tpm2_flushcontext", &["-t"]);
+    tpm.run("tpm2_createek", &["-c", "ek.ctx", "-G", "ecc", "-u", "ek-ecc.pub"]);
+    tpm.run("tpm2_flushcontext", &["-t"]);
     let p256 = TpmPublic::from_tpm2b_public(&read(&tpm.path("ek-ecc.pub"))).unwrap();
     assert!(matches!(
         ek_public_matches_cert(&p256, &ecc_cert),

@@ -8,9 +8,8 @@
 //! every tpm2-tools call.
 
 use base64::Engine;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 use tellus_measured_boot::cel::{self, CelRecord};
 use tellus_measured_boot::records::LaunchRecord;
 use tellus_measured_boot::{Digest, HashAlg};
@@ -21,106 +20,11 @@ use tellus_verifier::tpm::evidence::{
 use tellus_verifier::tpm::pcrs::parse_pcrs_file;
 use tellus_verifier::tpm::verify::VerifyError;
 
-/// A swtpm on a free port pair in a private directory, killed on drop.
-struct Swtpm {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
+use swtpm_tests::Swtpm;
 
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair");
-}
-
-impl Swtpm {
-    fn start() -> Swtpm {
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let state = dir.path().join("state");
-            std::fs::create_dir(&state).unwrap();
-            let port = free_port_pair();
-            let child = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-                .arg("--tpmstate")
-                .arg(format!("dir={}", state.display()))
-                .arg("--server")
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("swtpm (scripts/setup.sh installs it)");
-            let mut t = Swtpm { child: Some(child), port, dir };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return t;
-                }
-                if let Some(c) = t.child.as_mut() {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        break; // the port was taken meanwhile: retry
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            t.kill();
-        }
-        panic!("swtpm did not start");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn tool(&self, tool: &str) -> Command {
-        let mut c = Command::new(tool);
-        c.env("TPM2TOOLS_TCTI", format!("swtpm:host=127.0.0.1,port={}", self.port))
-            .current_dir(self.dir.path());
-        c
-    }
-
-    /// Runs a tpm2-tools command (asserting success), then flushes
-    /// transient objects and loaded sessions.
-    fn tpm2(&self, tool: &str, args: &[&str]) -> Output {
-        let out = self.tool(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
-        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        for flag in ["-t", "-l"] {
-            let f = self.tool("tpm2_flushcontext").arg(flag).output().unwrap();
-            assert!(
-                f.status.success(),
-                "tpm2_flushcontext {flag}: {}",
-                String::from_utf8_lossy(&f.stderr)
-            );
-        }
-        out
-    }
-
-    /// `tpm2_createek` (RSA, in ek.ctx / ek.pub).
-    fn create_ek(&self) {
-        self.tpm2("tpm2_createek", &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `tpm2_createek` (RSA, in ek.ctx / ek.pub).
+fn create_ek(tpm: &Swtpm) {
+    tpm.tpm2("tpm2_createek", &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
 }
 
 fn verifier(dir: &Path, args: &[&str]) -> (i32, String) {
@@ -172,7 +76,7 @@ fn pem_to_der(pem: &str) -> Vec<u8> {
 #[test]
 fn ecc_p256_ak_quote_and_wrong_nonce() {
     let tpm = Swtpm::start();
-    tpm.create_ek();
+    create_ek(&tpm);
     tpm.tpm2(
         "tpm2_createak",
         &[
@@ -243,7 +147,7 @@ fn ecc_p256_ak_quote_and_wrong_nonce() {
 #[test]
 fn rsa_and_p384_aks() {
     let tpm = Swtpm::start();
-    tpm.create_ek();
+    create_ek(&tpm);
     let nonce = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff0011223344556677";
     tpm.tpm2("tpm2_pcrextend", &[&format!("14:sha256={}", "ab".repeat(32))]);
 
@@ -322,7 +226,7 @@ fn rsa_and_p384_aks() {
 #[test]
 fn cel_launch_log_and_evidence() {
     let tpm = Swtpm::start();
-    tpm.create_ek();
+    create_ek(&tpm);
     tpm.tpm2(
         "tpm2_createak",
         &[

@@ -1,0 +1,263 @@
+//! A real swtpm for tests: TPM 2.0 over TCP on a free port pair (commands on
+//! P, control on P + 1, as libtss2's `swtpm` TCTI expects), in a private
+//! temporary directory, killed when dropped; and helpers to drive it with
+//! tpm2-tools. The launcher's and the verifier's tests use it; so will the
+//! end-to-end tests of this crate.
+//!
+//! Layout of [`Swtpm::dir`]: `tpm/` holds swtpm's state, `localca/` and
+//! `swtpm-config/` the private CA of [`Swtpm::start_provisioned`]; everything
+//! else is free for the test (e.g. [`Swtpm::path`]).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `swtpm_localca`, which `swtpm_setup` calls to sign the EK certificates.
+pub const SWTPM_LOCALCA: &str = "/usr/bin/swtpm_localca";
+
+/// A running swtpm; killed when dropped.
+pub struct Swtpm {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// A port P such that P and P + 1 were both free a moment ago.
+pub fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let p = l.local_addr().expect("local address").port();
+        if p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair");
+}
+
+fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Swtpm {
+    /// A fresh, unprovisioned TPM (all PCR banks allocated, no EK certificate).
+    pub fn start() -> Swtpm {
+        Swtpm::start_in(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// A TPM manufactured like a real one by `swtpm_setup --create-ek-cert
+    /// --create-platform-cert`: RSA-2048 and ECC EKs with certificates in NV
+    /// (0x01c00002, 0x01c00016) and a platform certificate, PCR banks SHA-256
+    /// and SHA-384. The local CA that signs them lives in this TPM's own
+    /// directory ([`Swtpm::local_ca`]), never in /var/lib/swtpm-localca.
+    pub fn start_provisioned() -> Swtpm {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        let (conf, ca, state) = (d.join("swtpm-config"), d.join("localca"), d.join("tpm"));
+        for p in [&conf, &ca, &state] {
+            std::fs::create_dir_all(p).expect("create dir");
+        }
+        let write = |name: &str, text: String| {
+            std::fs::write(conf.join(name), text).expect("write swtpm config");
+        };
+        write(
+            "swtpm_setup.conf",
+            format!(
+                "create_certs_tool = {SWTPM_LOCALCA}\n\
+                 create_certs_tool_config = {c}/swtpm-localca.conf\n\
+                 create_certs_tool_options = {c}/swtpm-localca.options\n\
+                 active_pcr_banks = sha256,sha384\n",
+                c = conf.display()
+            ),
+        );
+        write(
+            "swtpm-localca.conf",
+            format!(
+                "statedir = {ca}\nsigningkey = {ca}/signkey.pem\n\
+                 issuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n",
+                ca = ca.display()
+            ),
+        );
+        write(
+            "swtpm-localca.options",
+            "--platform-manufacturer tellus\n--platform-version 2.1\n--platform-model test\n"
+                .into(),
+        );
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--create-platform-cert"])
+            .args(["--pcr-banks", "sha256,sha384"])
+            .arg("--tpmstate")
+            .arg(&state)
+            .arg("--config")
+            .arg(conf.join("swtpm_setup.conf"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("swtpm_setup (package swtpm-tools; scripts/setup.sh installs it)");
+        assert_ok("swtpm_setup", &out);
+        Swtpm::start_in(dir)
+    }
+
+    /// Starts swtpm on the TPM state in `dir/tpm` (created if missing), e.g.
+    /// the directory of a killed [`Swtpm`]: a TPM reset with its state kept.
+    pub fn start_in(mut dir: tempfile::TempDir) -> Swtpm {
+        for _ in 0..5 {
+            let state = dir.path().join("tpm");
+            std::fs::create_dir_all(&state).expect("create TPM state dir");
+            let port = free_port_pair();
+            let child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+                .arg("--tpmstate")
+                .arg(format!("dir={}", state.display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("swtpm (scripts/setup.sh installs it)");
+            let mut t = Swtpm { child: Some(child), port, dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if t.exited() {
+                    break; // the port was taken in the meantime: retry
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    // A swtpm that lost the port to a concurrently started one
+                    // exits at once, while the connect reached the other one:
+                    // only a swtpm still running is ours.
+                    std::thread::sleep(Duration::from_millis(150));
+                    if !t.exited() {
+                        return t;
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            t.kill();
+            dir = std::mem::replace(&mut t.dir, tempfile::tempdir().expect("temp dir"));
+        }
+        panic!("swtpm did not start");
+    }
+
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The address for `tellus --tpm` and libtss2: `swtpm:host=127.0.0.1,port=P`.
+    pub fn addr(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// The environment variable that points tpm2-tools at this TPM.
+    pub fn tcti_env(&self) -> (&'static str, String) {
+        ("TPM2TOOLS_TCTI", self.addr())
+    }
+
+    /// A scratch file path in this TPM's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The local CA of [`Swtpm::start_provisioned`]: `issuercert.pem` (the
+    /// EK certificates' issuer) and `swtpm-localca-rootca-cert.pem` (its root).
+    pub fn local_ca(&self) -> PathBuf {
+        self.dir.path().join("localca")
+    }
+
+    /// A command for a tpm2-tools program against this TPM, run in its directory.
+    pub fn tool(&self, tool: &str) -> Command {
+        let mut c = Command::new(tool);
+        let (k, v) = self.tcti_env();
+        c.env(k, v).current_dir(self.dir.path()).stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a tpm2-tools program; the test decides what a failure means.
+    pub fn try_run(&self, tool: &str, args: &[&str]) -> Output {
+        self.tool(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} (package tpm2-tools): {e}"))
+    }
+
+    /// Runs a tpm2-tools program, failing the test if it fails.
+    pub fn run(&self, tool: &str, args: &[&str]) -> Output {
+        let out = self.try_run(tool, args);
+        assert_ok(&format!("{tool} {args:?}"), &out);
+        out
+    }
+
+    /// Like [`Swtpm::run`], then flushes transient objects and loaded
+    /// sessions (swtpm has no resource manager: leaked handles fill its slots).
+    pub fn tpm2(&self, tool: &str, args: &[&str]) -> Output {
+        let out = self.run(tool, args);
+        for flag in ["-t", "-l"] {
+            self.run("tpm2_flushcontext", &[flag]);
+        }
+        out
+    }
+
+    /// `tpm2_pcrread` of one PCR in one bank, as lower-case hex.
+    pub fn pcrread(&self, bank: &str, pcr: u32) -> String {
+        let out = self.run("tpm2_pcrread", &[&format!("{bank}:{pcr}")]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // tpm2_pcrread prints "13: 0x…" and, for one-digit PCRs, "0 : 0x…".
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == pcr.to_string())
+                    .then(|| v.trim().trim_start_matches("0x").to_lowercase())
+            })
+            .unwrap_or_else(|| panic!("no PCR {pcr} in: {text}"))
+    }
+
+    /// Stops swtpm (the directory stays until the value is dropped).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `openssl` in `dir`, failing the test if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl");
+    assert_ok(&format!("openssl {args:?}"), &out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_reads_a_pcr_and_restarts_on_its_state() {
+        let mut t = Swtpm::start();
+        assert_eq!(t.pcrread("sha256", 13), "0".repeat(64));
+        assert_eq!(t.pcrread("sha256", 0), "0".repeat(64));
+        t.run("tpm2_pcrextend", &[&format!("13:sha256={}", "ab".repeat(32))]);
+        assert_ne!(t.pcrread("sha256", 13), "0".repeat(64));
+        t.kill();
+        let dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
+        let t2 = Swtpm::start_in(dir);
+        assert_eq!(t2.pcrread("sha256", 13), "0".repeat(64), "a restart is a TPM reset");
+    }
+}

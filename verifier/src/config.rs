@@ -1,0 +1,236 @@
+//! The verifier service's configuration: a TOML file whose every field has a
+//! default, so an empty file (or none) is a valid configuration.
+//!
+//! [`Config::documented_default_toml`] prints every field with its default
+//! and its documentation; `tellus-verifier serve --print-default-config`
+//! style tooling can show it.
+//!
+//! Secrets that are not configured are generated on first start and kept in
+//! the state directory with mode 0600 (see [`crate::service::keys`]):
+//! the admin token (`admin-token`), the resource encryption key
+//! (`resource-key`) and the token-signing key (`token-signing-key.p8`).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Environment variable that may carry the resource encryption key (64 hex
+/// characters) instead of the configuration file.
+pub const RESOURCE_KEY_ENV: &str = "TELLUS_VERIFIER_RESOURCE_KEY";
+
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}; check the path given with --config")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the configuration file {path} is larger than {MAX_CONFIG_BYTES} bytes; is it the right file?")]
+    TooLarge { path: PathBuf },
+    #[error("the configuration file {path} is not valid: {message}; `Config::documented_default_toml()` shows every field")]
+    Parse { path: PathBuf, message: String },
+    #[error("resource_key (or {RESOURCE_KEY_ENV}) must be exactly 64 hex characters (32 bytes); generate one with `openssl rand -hex 32`")]
+    ResourceKey,
+    #[error("{field} must be at least 1; set it in the configuration file")]
+    Zero { field: &'static str },
+}
+
+/// The verifier service's configuration (TOML). Every field is optional.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database and the generated secrets. Created
+    /// (mode 0700) if missing.
+    pub state_dir: PathBuf,
+    /// PEM certificate chain for TLS. With `tls_key`, the service speaks
+    /// HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP. Allowed only when `listen` is a loopback address
+    /// (for tests and for a TLS-terminating proxy on the same host).
+    pub insecure_http: bool,
+    /// Bearer tokens accepted on the admin routes. When empty, one is
+    /// generated on first start and kept in `<state_dir>/admin-token`
+    /// (mode 0600).
+    pub admin_tokens: Vec<String>,
+    /// Lifetime of a KBS session (the `kbs-session-id` cookie), in seconds.
+    pub session_lifetime_secs: u64,
+    /// Lifetime of an attestation token (EAR JWT), in seconds.
+    pub token_lifetime_secs: u64,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// AES-256 key (64 hex characters) that encrypts resources at rest.
+    /// Also read from the environment variable
+    /// `TELLUS_VERIFIER_RESOURCE_KEY`, which wins over this field. When
+    /// neither is set, one is generated on first start and kept in
+    /// `<state_dir>/resource-key` (mode 0600).
+    pub resource_key: Option<String>,
+    /// Accept the `sample` tee (Trustee's test evidence, which proves
+    /// nothing about the platform). Never enable it in production.
+    pub enable_sample_tee: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            state_dir: PathBuf::from("/var/lib/tellus-verifier"),
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: false,
+            admin_tokens: Vec::new(),
+            session_lifetime_secs: 300,
+            token_lifetime_secs: 300,
+            max_body_bytes: 1 << 20,
+            resource_key: None,
+            enable_sample_tee: false,
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document and validates it.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        use std::io::Read;
+        let file = std::fs::File::open(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.to_owned() });
+        }
+        Config::from_toml(&text, path)
+    }
+
+    /// Checks the values that have no meaning at zero, and the key format.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_lifetime_secs == 0 {
+            return Err(ConfigError::Zero { field: "session_lifetime_secs" });
+        }
+        if self.token_lifetime_secs == 0 {
+            return Err(ConfigError::Zero { field: "token_lifetime_secs" });
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::Zero { field: "max_body_bytes" });
+        }
+        if let Some(k) = &self.resource_key {
+            parse_resource_key(k)?;
+        }
+        Ok(())
+    }
+
+    /// The resource key from `TELLUS_VERIFIER_RESOURCE_KEY` or the
+    /// configuration, if either sets one.
+    pub fn configured_resource_key(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        match std::env::var(RESOURCE_KEY_ENV) {
+            Ok(v) if !v.trim().is_empty() => return parse_resource_key(&v).map(Some),
+            _ => {}
+        }
+        self.resource_key.as_deref().map(parse_resource_key).transpose()
+    }
+
+    /// The default configuration as a commented TOML document.
+    pub fn documented_default_toml() -> String {
+        let d = Config::default();
+        format!(
+            r#"# tellus-verifier configuration. Every field is optional; shown are the defaults.
+
+# Address and port to listen on.
+listen = "{listen}"
+
+# Directory for the SQLite database and the generated secrets (created mode 0700).
+state_dir = "{state_dir}"
+
+# PEM certificate chain and private key for TLS. With both set, the service speaks HTTPS only.
+# tls_cert = "/etc/tellus-verifier/tls.crt"
+# tls_key = "/etc/tellus-verifier/tls.key"
+
+# Serve plain HTTP. Refused unless `listen` is a loopback address.
+insecure_http = {insecure_http}
+
+# Bearer tokens for the admin routes. When empty, one is generated on first start
+# and kept in <state_dir>/admin-token (mode 0600).
+admin_tokens = []
+
+# Lifetime of a KBS session (the kbs-session-id cookie), in seconds.
+session_lifetime_secs = {session}
+
+# Lifetime of an attestation token (EAR JWT), in seconds.
+token_lifetime_secs = {token}
+
+# Largest request body accepted, in bytes; larger ones get 413.
+max_body_bytes = {body}
+
+# AES-256 key (64 hex characters) that encrypts resources at rest. The environment
+# variable {env} wins over this field. When neither is set, one is generated on
+# first start and kept in <state_dir>/resource-key (mode 0600).
+# resource_key = "<64 hex characters>"
+
+# Accept the `sample` tee (test evidence that proves nothing). Never in production.
+enable_sample_tee = {sample}
+"#,
+            listen = d.listen,
+            state_dir = d.state_dir.display(),
+            insecure_http = d.insecure_http,
+            session = d.session_lifetime_secs,
+            token = d.token_lifetime_secs,
+            body = d.max_body_bytes,
+            env = RESOURCE_KEY_ENV,
+            sample = d.enable_sample_tee,
+        )
+    }
+}
+
+/// Parses 64 hex characters into a 32-byte key.
+pub fn parse_resource_key(text: &str) -> Result<[u8; 32], ConfigError> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return Err(ConfigError::ResourceKey);
+    }
+    let bytes = hex::decode(text).map_err(|_| ConfigError::ResourceKey)?;
+    bytes.try_into().map_err(|_| ConfigError::ResourceKey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_default_parses_to_the_default() {
+        let text = Config::documented_default_toml();
+        let parsed = Config::from_toml(&text, Path::new("default.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert_eq!(Config::from_toml("", Path::new("empty.toml")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_keys() {
+        let e = Config::from_toml("listn = \"1.2.3.4:5\"", Path::new("c.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = Config::from_toml("resource_key = \"abcd\"", Path::new("c.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::ResourceKey), "{e}");
+        let e = Config::from_toml("session_lifetime_secs = 0", Path::new("c.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Zero { .. }), "{e}");
+        let k = "00".repeat(32);
+        let c = Config::from_toml(&format!("resource_key = \"{k}\""), Path::new("c")).unwrap();
+        assert_eq!(c.resource_key.as_deref(), Some(k.as_str()));
+    }
+}

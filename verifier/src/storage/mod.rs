@@ -1,0 +1,203 @@
+//! The verifier's state behind one small trait, [`Store`].
+//!
+//! - [`sqlite`]: the default implementation (one SQLite file, zero set-up);
+//!   a PostgreSQL implementation for several replicas comes later and
+//!   implements the same trait;
+//! - [`sealing`]: AES-256-GCM encryption of resources at rest. Sealing is
+//!   done above the store, so every backend holds only ciphertext.
+//!
+//! Every method is synchronous; the service calls them from
+//! `tokio::task::spawn_blocking`.
+
+pub mod sealing;
+pub mod sqlite;
+
+pub use sealing::{ResourceKey, SealError, SealedResource};
+pub use sqlite::SqliteStore;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Longest `repo`, `type` or `tag` segment of a resource path.
+pub const MAX_SEGMENT_LEN: usize = 128;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the state directory {path}: {source}; check its parent's permissions")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database error: {0}; check that the state directory is writable and the disk is not full")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database has schema version {found}, newer than this verifier's {supported}; run a newer tellus-verifier")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("stored {what} is corrupt ({detail}); restore the database from a backup")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("a session with id {0} already exists; retry with a fresh id")]
+    DuplicateSession(String),
+    #[error("the database lock was poisoned by a panic in another request; restart the verifier")]
+    Poisoned,
+}
+
+/// A resource path `repo/type/tag`, each segment non-empty, at most
+/// [`MAX_SEGMENT_LEN`] bytes of `[A-Za-z0-9._-]`, and not `.` or `..`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourcePath {
+    pub repo: String,
+    pub kind: String,
+    pub tag: String,
+}
+
+/// Why a resource path was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("resource path segment {segment:?} is invalid: use 1 to {MAX_SEGMENT_LEN} characters of A-Z a-z 0-9 . _ - (not `.` or `..`)")]
+pub struct ResourcePathError {
+    pub segment: String,
+}
+
+impl ResourcePath {
+    /// Validates the three segments.
+    pub fn new(repo: &str, kind: &str, tag: &str) -> Result<ResourcePath, ResourcePathError> {
+        for s in [repo, kind, tag] {
+            let ok = !s.is_empty()
+                && s.len() <= MAX_SEGMENT_LEN
+                && s != "."
+                && s != ".."
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                let mut segment: String = s.chars().take(MAX_SEGMENT_LEN).collect();
+                if s.len() > segment.len() {
+                    segment.push('…');
+                }
+                return Err(ResourcePathError { segment });
+            }
+        }
+        Ok(ResourcePath { repo: repo.into(), kind: kind.into(), tag: tag.into() })
+    }
+}
+
+impl std::fmt::Display for ResourcePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.repo, self.kind, self.tag)
+    }
+}
+
+/// A KBS session (`POST /kbs/v0/auth` creates it, `/attest` completes it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// UUID, simple form (32 lowercase hex digits).
+    pub id: String,
+    /// The nonce as sent to the client (base64 of 32 random bytes).
+    pub nonce: String,
+    /// The tee named in the auth request (`tpm`, `sample`).
+    pub tee: String,
+    /// Unix time in milliseconds after which the session is dead.
+    pub expires_at_ms: i64,
+    /// Set once the session is attested.
+    pub attested: Option<Attested>,
+}
+
+/// What a successful attestation left in a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attested {
+    /// The EAR token issued.
+    pub token: String,
+    /// The tee public key (JWK JSON text) resources are encrypted to.
+    pub tee_pubkey: String,
+}
+
+/// Which policy a stored policy text is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    Attestation,
+    Resource,
+}
+
+impl PolicyKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::Attestation => "attestation",
+            PolicyKind::Resource => "resource",
+        }
+    }
+}
+
+/// An enrolled host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: String,
+    /// EK public area or SPKI, as enrolled.
+    pub ek_public: Vec<u8>,
+    /// AK public area or SPKI, as enrolled.
+    pub ak_public: Vec<u8>,
+    /// Labels set at enrollment (location-boundedness).
+    pub labels: BTreeMap<String, String>,
+    /// Whether the AK credential was activated (MakeCredential proof seen).
+    pub activated: bool,
+}
+
+/// The verifier's state.
+///
+/// Implementations must be safe to call from several threads at once;
+/// each method is one transaction.
+pub trait Store: Send + Sync {
+    /// Creates a session; fails with [`StoreError::DuplicateSession`] if
+    /// the id exists.
+    fn create_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// The session with this id, expired or not (callers check expiry).
+    fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError>;
+    /// Records a successful attestation and moves the expiry. Returns
+    /// false when no such session exists.
+    fn mark_attested(
+        &self,
+        id: &str,
+        attested: &Attested,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Deletes sessions whose expiry is before `now_ms`; returns how many.
+    fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError>;
+
+    /// Stores (or replaces) a sealed resource.
+    fn put_resource(&self, path: &ResourcePath, sealed: &SealedResource)
+        -> Result<(), StoreError>;
+    /// The sealed resource at `path`.
+    fn get_resource(&self, path: &ResourcePath) -> Result<Option<SealedResource>, StoreError>;
+
+    /// Stores (or replaces) a policy text under `id`.
+    fn put_policy(&self, kind: PolicyKind, id: &str, text: &str) -> Result<(), StoreError>;
+    /// The policy text stored under `id`.
+    fn get_policy(&self, kind: PolicyKind, id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Stores (or replaces) the reference values named `name`.
+    fn put_reference_values(
+        &self,
+        name: &str,
+        values: &[serde_json::Value],
+    ) -> Result<(), StoreError>;
+    /// The reference values named `name`.
+    fn get_reference_values(&self, name: &str)
+        -> Result<Option<Vec<serde_json::Value>>, StoreError>;
+
+    /// Stores (or replaces) a host record.
+    fn put_host(&self, host: &HostRecord) -> Result<(), StoreError>;
+    /// The host record for `host_id`.
+    fn get_host(&self, host_id: &str) -> Result<Option<HostRecord>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_path_validation() {
+        assert!(ResourcePath::new("default", "key", "disk-1.v2_x").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(ResourcePath::new("r", bad, "t").is_err(), "{bad:?}");
+        }
+        let e = ResourcePath::new("r", &"y".repeat(500), "t").unwrap_err();
+        assert!(e.segment.len() < 200);
+    }
+}

@@ -1,0 +1,438 @@
+//! [`Store`] on one SQLite file.
+//!
+//! Connection handling: one connection behind a `Mutex`. SQLite serialises
+//! writers anyway, every operation here is a short single-row transaction,
+//! and the service runs them on tokio's blocking pool, so a pool would buy
+//! little; WAL mode keeps readers in *other* processes (backups, `sqlite3`)
+//! from blocking the verifier. Several verifier replicas share state through
+//! the PostgreSQL store (to come), not through one SQLite file.
+//!
+//! Schema: versioned migrations in [`MIGRATIONS`]; the table
+//! `schema_version` holds one row per applied migration. Opening a database
+//! applies the missing ones, each in its own transaction, and refuses a
+//! database newer than this code.
+
+use super::{
+    Attested, HostRecord, PolicyKind, ResourcePath, SealedResource, Session, Store, StoreError,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// The database file name inside the state directory.
+pub const DB_FILE: &str = "verifier.sqlite3";
+
+/// Migrations, in order; migration N is `MIGRATIONS[N - 1]`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: everything the service needs now.
+    r#"
+    CREATE TABLE sessions (
+        id            TEXT PRIMARY KEY,
+        nonce         TEXT NOT NULL,
+        tee           TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        token         TEXT,
+        tee_pubkey    TEXT
+    );
+    CREATE INDEX sessions_expiry ON sessions (expires_at_ms);
+    CREATE TABLE resources (
+        repo       TEXT NOT NULL,
+        type       TEXT NOT NULL,
+        tag        TEXT NOT NULL,
+        nonce      BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (repo, type, tag)
+    );
+    CREATE TABLE policies (
+        kind       TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        text       TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE TABLE reference_values (
+        name       TEXT PRIMARY KEY,
+        vals       TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE hosts (
+        host_id   TEXT PRIMARY KEY,
+        ek_public BLOB NOT NULL,
+        ak_public BLOB NOT NULL,
+        labels    TEXT NOT NULL,
+        activated INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<state_dir>/verifier.sqlite3`.
+    pub fn open_in(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+        crate::service::keys::ensure_state_dir(state_dir)
+            .map_err(|source| StoreError::StateDir { path: state_dir.to_owned(), source })?;
+        SqliteStore::open(&state_dir.join(DB_FILE))
+    }
+
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // journal_mode returns a row, so it is a query.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { conn: Mutex::new(conn), path: path.to_owned() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        current_version(&self.lock()?)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+}
+
+fn current_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version    INTEGER PRIMARY KEY,
+            applied_ms INTEGER NOT NULL
+        )",
+    )?;
+    let supported = MIGRATIONS.len() as i64;
+    let found = current_version(conn)?;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i64 + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_ms) VALUES (?1, ?2)",
+            params![version, now_ms()],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { what, detail: detail.to_string() }
+}
+
+impl Store for SqliteStore {
+    fn create_session(&self, s: &Session) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        let (token, pubkey) = match &s.attested {
+            Some(a) => (Some(a.token.as_str()), Some(a.tee_pubkey.as_str())),
+            None => (None, None),
+        };
+        let r = conn.execute(
+            "INSERT INTO sessions (id, nonce, tee, expires_at_ms, token, tee_pubkey)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![s.id, s.nonce, s.tee, s.expires_at_ms, token, pubkey],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::DuplicateSession(s.id.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let conn = self.lock()?;
+        let row = conn
+            .query_row(
+                "SELECT id, nonce, tee, expires_at_ms, token, tee_pubkey FROM sessions WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((id, nonce, tee, expires_at_ms, token, pubkey)) = row else {
+            return Ok(None);
+        };
+        let attested = match (token, pubkey) {
+            (Some(token), Some(tee_pubkey)) => Some(Attested { token, tee_pubkey }),
+            (None, None) => None,
+            _ => return Err(corrupt("session", "token without tee-pubkey or the reverse")),
+        };
+        Ok(Some(Session { id, nonce, tee, expires_at_ms, attested }))
+    }
+
+    fn mark_attested(&self, id: &str, a: &Attested, expires_at_ms: i64) -> Result<bool, StoreError> {
+        let conn = self.lock()?;
+        let n = conn.execute(
+            "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4 WHERE id = ?1",
+            params![id, a.token, a.tee_pubkey, expires_at_ms],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let conn = self.lock()?;
+        Ok(conn.execute("DELETE FROM sessions WHERE expires_at_ms < ?1", params![now_ms])?)
+    }
+
+    fn put_resource(&self, p: &ResourcePath, sealed: &SealedResource) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO resources (repo, type, tag, nonce, ciphertext, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (repo, type, tag) DO UPDATE SET
+                nonce = excluded.nonce, ciphertext = excluded.ciphertext,
+                updated_ms = excluded.updated_ms",
+            params![p.repo, p.kind, p.tag, &sealed.nonce[..], sealed.ciphertext, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn get_resource(&self, p: &ResourcePath) -> Result<Option<SealedResource>, StoreError> {
+        let conn = self.lock()?;
+        let row = conn
+            .query_row(
+                "SELECT nonce, ciphertext FROM resources WHERE repo = ?1 AND type = ?2 AND tag = ?3",
+                params![p.repo, p.kind, p.tag],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?;
+        let Some((nonce, ciphertext)) = row else { return Ok(None) };
+        let nonce: [u8; 12] = nonce
+            .try_into()
+            .map_err(|n: Vec<u8>| corrupt("resource nonce", format!("{} bytes, not 12", n.len())))?;
+        Ok(Some(SealedResource { nonce, ciphertext }))
+    }
+
+    fn put_policy(&self, kind: PolicyKind, id: &str, text: &str) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO policies (kind, id, text, updated_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, id) DO UPDATE SET text = excluded.text, updated_ms = excluded.updated_ms",
+            params![kind.as_str(), id, text, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn get_policy(&self, kind: PolicyKind, id: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.lock()?;
+        Ok(conn
+            .query_row(
+                "SELECT text FROM policies WHERE kind = ?1 AND id = ?2",
+                params![kind.as_str(), id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn put_reference_values(
+        &self,
+        name: &str,
+        values: &[serde_json::Value],
+    ) -> Result<(), StoreError> {
+        let text =
+            serde_json::to_string(values).map_err(|e| corrupt("reference values", e))?;
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO reference_values (name, vals, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET vals = excluded.vals, updated_ms = excluded.updated_ms",
+            params![name, text, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    fn get_reference_values(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>, StoreError> {
+        let conn = self.lock()?;
+        let text: Option<String> = conn
+            .query_row("SELECT vals FROM reference_values WHERE name = ?1", params![name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("reference values", e)))
+            .transpose()
+    }
+
+    fn put_host(&self, h: &HostRecord) -> Result<(), StoreError> {
+        let labels = serde_json::to_string(&h.labels).map_err(|e| corrupt("host labels", e))?;
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO hosts (host_id, ek_public, ak_public, labels, activated)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (host_id) DO UPDATE SET ek_public = excluded.ek_public,
+                ak_public = excluded.ak_public, labels = excluded.labels,
+                activated = excluded.activated",
+            params![h.host_id, h.ek_public, h.ak_public, labels, h.activated],
+        )?;
+        Ok(())
+    }
+
+    fn get_host(&self, host_id: &str) -> Result<Option<HostRecord>, StoreError> {
+        let conn = self.lock()?;
+        let row = conn
+            .query_row(
+                "SELECT host_id, ek_public, ak_public, labels, activated FROM hosts WHERE host_id = ?1",
+                params![host_id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, bool>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((host_id, ek_public, ak_public, labels, activated)) = row else {
+            return Ok(None);
+        };
+        let labels = serde_json::from_str(&labels).map_err(|e| corrupt("host labels", e))?;
+        Ok(Some(HostRecord { host_id, ek_public, ak_public, labels, activated }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ResourceKey;
+    use ring::rand::SystemRandom;
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        s.put_policy(PolicyKind::Resource, "default", "package policy").unwrap();
+        drop(s);
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(
+            s.get_policy(PolicyKind::Resource, "default").unwrap().as_deref(),
+            Some("package policy")
+        );
+        let n: i64 = s
+            .lock()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        s.lock().unwrap().execute("INSERT INTO schema_version VALUES (99, 0)", []).unwrap();
+        drop(s);
+        let e = SqliteStore::open_in(dir.path()).unwrap_err();
+        assert!(matches!(e, StoreError::SchemaTooNew { found: 99, .. }), "{e}");
+    }
+
+    #[test]
+    fn resources_are_encrypted_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let key = ResourceKey::new(&[3u8; 32]);
+        let rng = SystemRandom::new();
+        let p = ResourcePath::new("default", "key", "disk").unwrap();
+        let plaintext = b"TOP-SECRET-PLAINTEXT-0123456789-abcdefghijklmnop";
+        s.put_resource(&p, &key.seal(&rng, &p, plaintext).unwrap()).unwrap();
+        let got = s.get_resource(&p).unwrap().unwrap();
+        assert_eq!(key.open(&p, &got).unwrap(), plaintext);
+        drop(s);
+        // The plaintext is in none of the database files (main, WAL, SHM).
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(plaintext.len()).any(|w| w == plaintext));
+        }
+    }
+
+    #[test]
+    fn sessions_policies_reference_values_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let sess = Session {
+            id: "a".repeat(32),
+            nonce: "n".into(),
+            tee: "sample".into(),
+            expires_at_ms: 1000,
+            attested: None,
+        };
+        s.create_session(&sess).unwrap();
+        assert!(matches!(s.create_session(&sess), Err(StoreError::DuplicateSession(_))));
+        assert_eq!(s.get_session(&sess.id).unwrap().unwrap(), sess);
+        let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
+        assert!(s.mark_attested(&sess.id, &a, 2000).unwrap());
+        assert!(!s.mark_attested("nope", &a, 2000).unwrap());
+        let got = s.get_session(&sess.id).unwrap().unwrap();
+        assert_eq!(got.attested, Some(a));
+        assert_eq!(got.expires_at_ms, 2000);
+        assert_eq!(s.delete_expired_sessions(1500).unwrap(), 0);
+        assert_eq!(s.delete_expired_sessions(2500).unwrap(), 1);
+        assert!(s.get_session(&sess.id).unwrap().is_none());
+
+        let vals = vec![serde_json::json!("abc"), serde_json::json!({"x": 1})];
+        s.put_reference_values("pcr13", &vals).unwrap();
+        assert_eq!(s.get_reference_values("pcr13").unwrap(), Some(vals));
+        assert_eq!(s.get_reference_values("other").unwrap(), None);
+
+        let h = HostRecord {
+            host_id: "host-1".into(),
+            ek_public: vec![1, 2],
+            ak_public: vec![3],
+            labels: [("region".to_string(), "eu".to_string())].into(),
+            activated: false,
+        };
+        s.put_host(&h).unwrap();
+        assert_eq!(s.get_host("host-1").unwrap(), Some(h.clone()));
+        let h2 = HostRecord { activated: true, ..h };
+        s.put_host(&h2).unwrap();
+        assert_eq!(s.get_host("host-1").unwrap(), Some(h2));
+    }
+}
