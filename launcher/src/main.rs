@@ -63,6 +63,27 @@ enum HostCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: cli::Output,
     },
+    /// Print this host's enrollment request for a verifier (EK public and
+    /// certificate, AK public and Name, host id) as JSON. Needs `host init`.
+    EnrollRequest {
+        #[command(flatten)]
+        tpm: TpmArgs,
+        /// Where to write the request JSON ("-": stdout).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Answer a verifier's enrollment challenge: recover its secret with
+    /// TPM2_ActivateCredential and print the activation proof as JSON.
+    Activate {
+        /// The verifier's challenge JSON ("-": stdin).
+        #[arg(long, value_name = "FILE")]
+        challenge: PathBuf,
+        #[command(flatten)]
+        tpm: TpmArgs,
+        /// Where to write the proof JSON ("-": stdout; files get mode 0600).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 /// The host TPM and state directory (the same flags and environment as
@@ -295,15 +316,43 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Host { command: HostCommand::EnrollRequest { tpm: t, output } } => {
+            let r = tpm::enroll::enrollment_request(&t.tpm, &t.state_dir)
+                .and_then(|req| tpm::enroll::write_json(&output, &req).map(|()| req));
+            match r {
+                Ok(req) => {
+                    if req.ek_cert.is_none() {
+                        eprintln!(
+                            "tellus: warning: the request has no EK certificate; a verifier \
+                             that requires one will refuse it"
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Host { command: HostCommand::Activate { challenge, tpm: t, output } } => {
+            let r = tpm::enroll::read_challenge(&challenge)
+                .and_then(|c| tpm::enroll::activate(&t.tpm, &t.state_dir, &c))
+                .and_then(|proof| tpm::enroll::write_json(&output, &proof));
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
         Command::Quote(a) => {
             let r = tpm::quote::quote(&a.tpm.tpm, &a.tpm.state_dir, &a.nonce.0, &a.pcrs)
                 .and_then(|ev| tpm::quote::write_evidence(&a.output, &ev).map(|()| ev));
             match r {
                 Ok(ev) => {
+                    // tpm::quote::quote always sets pcr_selection.
+                    let (bank, pcrs) =
+                        ev.pcr_selection.map(|s| (s.bank, s.pcrs)).unwrap_or_default();
                     eprintln!(
                         "tellus: quote of {} PCR {:?} written to {}",
-                        ev.pcr_selection.bank,
-                        ev.pcr_selection.pcrs,
+                        bank,
+                        pcrs,
                         a.output.display()
                     );
                     ExitCode::SUCCESS

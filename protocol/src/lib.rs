@@ -1,4 +1,4 @@
-//! Wire types shared by the tellus guest agent, the launcher and (later) the verifier.
+//! Wire types shared by the tellus guest agent, the launcher and the verifier.
 //!
 //! The guest ↔ launcher channel carries length-prefixed CBOR frames over the
 //! second serial port (COM2, `/dev/ttyS1` in the guest):
@@ -13,11 +13,17 @@
 //! bounds every length, never allocates more than [`MAX_FRAME_LEN`] per frame,
 //! reports what it drops and resynchronises on the next valid frame.
 //!
+//! [`TpmEvidence`] is the TPM evidence (KBS tee `tpm`) JSON that `tellus
+//! quote` writes and the verifier checks.
+//!
 //! This crate is deliberately small: no async, no server dependencies, so the
 //! static guest agent can link it.
 
+pub mod enrollment;
 mod frame;
 mod messages;
+mod tpm_evidence;
 
 pub use frame::{encode_frame, Decoded, DropReason, FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use messages::{GuestMessage, HostMessage};
+pub use tpm_evidence::{QuotedPcrs, TpmEvidence, TpmQuote};

@@ -24,7 +24,9 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the configuration file {path}: {source}; check the path given with --config")]
+    #[error(
+        "cannot read the configuration file {path}: {source}; check the path given with --config"
+    )]
     Read {
         path: PathBuf,
         #[source]

@@ -1,7 +1,6 @@
 //! `tellus-verifier`: the tellus remote verifier.
 //!
-//! Offline tools for now:
-//!
+//! - `serve` runs the verifier and key broker (see `service`);
 //! - `verify-quote` checks a quote made with tpm2-tools (`tpm2_quote -m -s
 //!   -o`) against an AK public key, a nonce and optionally an event log;
 //! - `verify-evidence` checks tellus TPM evidence JSON (`tellus quote`).
@@ -16,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tellus_measured_boot::HashAlg;
 use tellus_verifier::tpm::attest::{describe_selection, AkPublic, AkSource};
-use tellus_verifier::tpm::evidence::{verify_evidence, EvidenceError, TpmEvidence};
+use tellus_verifier::tpm::evidence::{evidence_from_json, verify_evidence, EvidenceError};
 use tellus_verifier::tpm::pcrs::{parse_pcrs_file, PcrsFileError};
 use tellus_verifier::tpm::verify::{self, EventLog, EventLogFormat, VerifiedQuote, VerifyError};
 
@@ -41,7 +40,9 @@ enum Command {
     /// Verify tellus TPM evidence JSON (`tellus quote`; a superset of
     /// Trustee's TPM evidence).
     VerifyEvidence(VerifyEvidenceArgs),
-    // `serve` (the KBS 0.4.0 server) comes here.
+    /// Run the verifier and key broker (KBS 0.4.0 over HTTPS; plain HTTP
+    /// only on loopback with --insecure-http).
+    Serve(tellus_verifier::service::cli::ServeArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -217,7 +218,7 @@ fn verify_quote_cmd(a: &VerifyQuoteArgs) -> Result<(VerifiedQuote, Vec<String>),
 fn verify_evidence_cmd(a: &VerifyEvidenceArgs) -> Result<(VerifiedQuote, Vec<String>), Failure> {
     let bytes = read_file("--evidence", &a.evidence, MAX_LARGE_FILE)?;
     let nonce = parse_nonce(&a.nonce)?;
-    let evidence = TpmEvidence::from_json(&bytes)?;
+    let evidence = evidence_from_json(&bytes)?;
     let mut notes = Vec::new();
     if evidence.ak_tpm_public.is_none() {
         notes.push("no ak_tpm_public: the AK's TPM attributes were not checked".into());
@@ -322,8 +323,9 @@ fn run(result: Result<(VerifiedQuote, Vec<String>), Failure>, output: Output) ->
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::VerifyQuote(a) => run(verify_quote_cmd(a), a.output),
-        Command::VerifyEvidence(a) => run(verify_evidence_cmd(a), a.output),
+    match cli.command {
+        Command::VerifyQuote(a) => run(verify_quote_cmd(&a), a.output),
+        Command::VerifyEvidence(a) => run(verify_evidence_cmd(&a), a.output),
+        Command::Serve(a) => tellus_verifier::service::cli::serve_main(a),
     }
 }

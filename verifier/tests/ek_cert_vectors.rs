@@ -13,7 +13,7 @@ use tellus_verifier::registrar::ek_cert::{
     ek_cert_der, ek_public_matches_cert, load_certificates, tpm_device_info, verify_ek_chain,
     verify_signed_by, EkCertError, TpmDeviceInfo, TrustAnchors, ValidationTime,
 };
-use tellus_verifier::registrar::tpm_public::TpmPublic;
+use tellus_verifier::tpm_types::TpmPublic;
 
 /// 2026-06-01T00:00:00Z: every vector certificate is valid then (the
 /// earliest expiry is STM_RSA_01I's, 2029-12-31), so the tests do not

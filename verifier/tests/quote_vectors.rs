@@ -66,7 +66,7 @@ fn keylime() -> Vec<Case> {
     assert_eq!(tpm.source, AkSource::Tpm2bPublic);
     assert_eq!(pem.key, tpm.key, "akpub.pem and ak.pub are the same key");
     // ak.name is the TPM name of ak.pub.
-    assert_eq!(tpm.tpm.as_ref().unwrap().name().unwrap(), read("keylime/ak.name"));
+    assert_eq!(tpm.tpm.as_ref().unwrap().name(), read("keylime/ak.name"));
     let nonce = read("keylime/rand.out");
     [("keylime quote.out / akpub.pem", pem), ("keylime quote.out / ak.pub", tpm)]
         .into_iter()
@@ -115,7 +115,7 @@ fn gce() -> Vec<Case> {
     assert_eq!(tpmt.source, AkSource::TpmtPublic);
     assert_eq!(cert.key, tpmt.key, "the AK certificate certifies ak_pub");
     let ak_name = exp["gce-cos85"]["ak_name"].as_str().unwrap();
-    assert_eq!(hex::encode(tpmt.tpm.as_ref().unwrap().name().unwrap()), ak_name);
+    assert_eq!(hex::encode(tpmt.tpm.as_ref().unwrap().name()), ak_name);
     let log = read("gce-cos85/event_log.bin");
     let mut out = vec![];
     for (which, att) in exp["gce-cos85"]["attestations"].as_object().unwrap() {

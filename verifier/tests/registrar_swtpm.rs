@@ -19,7 +19,7 @@ use tellus_verifier::registrar::ek_cert::{
 use tellus_verifier::registrar::make_credential::{
     make_credential, MakeCredentialError, MakeCredentialOutput,
 };
-use tellus_verifier::registrar::tpm_public::{
+use tellus_verifier::tpm_types::{
     curve, name_from_tpm2b_public, parse_object_name, PublicKey, TpmPublic,
 };
 
@@ -121,7 +121,7 @@ fn run_make_credential(ek: Ek) {
         | (Ek::EccP384, PublicKey::Ecc { curve: curve::NIST_P384, .. }) => {}
         (ek, key) => panic!("{ek:?}: unexpected EK {key:?}"),
     }
-    let max = ek_pub.name_alg.digest_len();
+    let max = ek_pub.name_alg.size();
 
     // Full-size and short credentials both come back.
     for secret in [vec![0x5a; max], b"tellus host proof".to_vec(), vec![0x01]] {
@@ -193,7 +193,7 @@ fn run_make_credential(ek: Ek) {
             // A TPMS_ECC_POINT of field-size coordinates. tpm2-tools writes
             // its coordinates without leading zero bytes, so its length may
             // be a byte or two shorter.
-            let field = ek_pub.name_alg.digest_len();
+            let field = ek_pub.name_alg.size();
             let want = (field as u16).to_be_bytes().to_vec();
             assert_eq!(&ours.secret()[..2], &want[..]);
             assert_eq!(&ours.secret()[2 + field..4 + field], &want[..]);

@@ -279,7 +279,7 @@ pub struct SavedHost {
     pub host_id: String,
     pub ek_algorithm: EkAlgorithm,
     pub ak_public: Public,
-    ak_private: Private,
+    pub(crate) ak_private: Private,
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>, HostError> {
@@ -456,7 +456,7 @@ fn load_saved_opt(files: &HostFiles) -> Result<Option<SavedHost>, HostError> {
 }
 
 /// Creates the EK of `alg` as a transient object.
-fn create_ek<'a>(
+pub(crate) fn create_ek<'a>(
     ctx: &'a mut Context,
     alg: EkAlgorithm,
 ) -> Result<Transient<'a>, tss_esapi::Error> {
@@ -465,7 +465,7 @@ fn create_ek<'a>(
 }
 
 /// The EK's public area as `TPM2B_PUBLIC` and the host id computed from it.
-fn ek_identity(ek: &mut Transient<'_>) -> Result<(Vec<u8>, String), HostError> {
+pub(crate) fn ek_identity(ek: &mut Transient<'_>) -> Result<(Vec<u8>, String), HostError> {
     let h = ek.handle();
     let (public, _, _) = ek.read_public(h).map_err(cmd("ReadPublic(EK)"))?;
     let bytes = tpm2b_public(&public).map_err(cmd("ReadPublic(EK)"))?;

@@ -4,6 +4,7 @@
 //! the connection before the guest runs: swtpm serves one client at a time,
 //! and other launches and tools must get through.
 
+pub mod enroll;
 pub mod host;
 pub mod quote;
 

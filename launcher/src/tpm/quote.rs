@@ -2,12 +2,10 @@
 //! quote`), with the host launch log, as the tee `tpm` evidence of the KBS
 //! protocol.
 //!
-//! The JSON shape is a superset of Trustee's TPM evidence: the field names
-//! and encodings of `ak_public` and `tpm_quote {signature, message, pcrs}`
-//! are those of guest-components'
-//! `attestation-agent/attester/src/tpm/{mod,utils}.rs` (the attester) and
-//! trustee's `deps/verifier/src/tpm/mod.rs` (the verifier), read at
-//! guest-components 8246e5e and trustee 78962cd. Differences, by design:
+//! The evidence is [`tellus_protocol::TpmEvidence`] (the wire type the
+//! verifier reads too; its docs give every field's encoding), a superset of
+//! Trustee's TPM evidence. `tellus quote` sets every tellus field.
+//! Differences from Trustee, by design:
 //!
 //! - tellus' AK is ECC P-256 with ECDSA/SHA-256, so `signature` is a
 //!   `TPMT_SIGNATURE` with `sigAlg` ECDSA. Trustee's attester and verifier
@@ -27,12 +25,12 @@ use super::{Tpm, TpmAddress, TpmError};
 use crate::measured_launch::MeasureConfig;
 use base64::Engine;
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use tellus_protocol::{QuotedPcrs, TpmEvidence, TpmQuote};
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::structures::{
@@ -50,57 +48,6 @@ pub const QUOTE_BANK: &str = "sha256";
 
 /// How often the PCRs are read and quoted again when they change in between.
 const ATTEMPTS: u32 = 5;
-
-/// TPM evidence (KBS tee `tpm`): Trustee's TPM evidence plus tellus' fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TpmEvidence {
-    /// The AK public key: base64 (standard alphabet, padded) of its DER
-    /// SubjectPublicKeyInfo (`openssl pkey -pubin -inform der`). Trustee:
-    /// same name and encoding.
-    pub ak_public: String,
-    /// The quote. Trustee: same name and shape.
-    pub tpm_quote: TpmQuote,
-    /// tellus: which PCRs of which bank `tpm_quote` covers.
-    pub pcr_selection: QuotedPcrs,
-    /// tellus: the AK's public area, base64 of the marshalled
-    /// `TPM2B_PUBLIC` (`tpm2_print -t TPM2B_PUBLIC`): its TPM name, which
-    /// enrollment certified, and its attributes (restricted, fixedTPM).
-    pub ak_tpm_public: String,
-    /// tellus: the host id, lower-case hex SHA-256 of the EK's marshalled
-    /// `TPM2B_PUBLIC` (see [`crate::tpm::host`]).
-    pub host_id: String,
-    /// tellus: the host launch log `<state-dir>/launch-log.cel` (TCG
-    /// Canonical Event Log, TLV form), base64 (standard, padded); `""` when
-    /// the host has no log yet.
-    pub event_log: String,
-    /// tellus: the launch ticket the verifier issued for this launch; `null`
-    /// until tickets exist.
-    pub launch_ticket: Option<String>,
-}
-
-/// `tpm_quote` (Trustee's `TpmQuote`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TpmQuote {
-    /// base64 (standard, padded) of the marshalled `TPMT_SIGNATURE`
-    /// (`tpm2_quote -s` / `tpm2_checkquote -s` "tss" format).
-    pub signature: String,
-    /// base64 (standard, padded) of the marshalled `TPMS_ATTEST` the TPM
-    /// signed (`tpm2_quote -m`); its extraData is the nonce.
-    pub message: String,
-    /// The values of the quoted PCRs in the SHA-256 bank, lower-case hex,
-    /// in ascending PCR order (the order of `pcr_selection.pcrs`, and the
-    /// order the TPM hashes them into the quote's pcrDigest).
-    pub pcrs: Vec<String>,
-}
-
-/// `pcr_selection`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuotedPcrs {
-    /// The bank, `"sha256"`.
-    pub bank: String,
-    /// PCR indices, ascending, no duplicates.
-    pub pcrs: Vec<u32>,
-}
 
 /// Why no evidence was produced.
 #[derive(Debug, thiserror::Error)]
@@ -330,10 +277,11 @@ pub fn quote(
             message: b64.encode(message),
             pcrs: values.iter().map(hex::encode).collect(),
         },
-        pcr_selection: QuotedPcrs { bank: QUOTE_BANK.into(), pcrs },
-        ak_tpm_public,
-        host_id: saved.host_id,
-        event_log: if log_bytes.is_empty() { String::new() } else { b64.encode(log_bytes) },
+        pcr_selection: Some(QuotedPcrs { bank: QUOTE_BANK.into(), pcrs }),
+        ak_tpm_public: Some(ak_tpm_public),
+        // See crate::tpm::host.
+        host_id: Some(saved.host_id),
+        event_log: Some(if log_bytes.is_empty() { String::new() } else { b64.encode(log_bytes) }),
         launch_ticket: None,
     })
 }
@@ -369,26 +317,5 @@ mod tests {
     fn pcr_selection_limits() {
         assert!(selection(&[0, 13, 23]).is_ok());
         assert!(matches!(selection(&[24]), Err(QuoteError::Pcr(24))));
-    }
-
-    #[test]
-    fn evidence_field_names_are_trustees() {
-        let e = TpmEvidence {
-            ak_public: "a".into(),
-            tpm_quote: TpmQuote { signature: "s".into(), message: "m".into(), pcrs: vec![] },
-            pcr_selection: QuotedPcrs { bank: "sha256".into(), pcrs: vec![13] },
-            ak_tpm_public: "t".into(),
-            host_id: "h".into(),
-            event_log: String::new(),
-            launch_ticket: None,
-        };
-        let v = serde_json::to_value(&e).unwrap();
-        for k in ["ak_public", "tpm_quote", "pcr_selection", "host_id", "event_log"] {
-            assert!(v.get(k).is_some(), "{k}");
-        }
-        assert!(v["launch_ticket"].is_null());
-        for k in ["signature", "message", "pcrs"] {
-            assert!(v["tpm_quote"].get(k).is_some(), "{k}");
-        }
     }
 }

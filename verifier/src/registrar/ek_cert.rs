@@ -66,7 +66,7 @@ use x509_parser::public_key::RSAPublicKey;
 use x509_parser::signature_algorithm::RsaSsaPssParams;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use super::tpm_public::{curve, PublicKey, TpmPublic};
+use crate::tpm_types::{curve, PublicKey, TpmPublic};
 
 /// Most intermediates a chain may have.
 pub const MAX_INTERMEDIATES: usize = 8;

@@ -41,11 +41,11 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rsa::rand_core::{CryptoRng, RngCore};
 use rsa::{BigUint, Oaep, RsaPublicKey};
 use sha2::{Sha256, Sha384, Sha512};
+use tellus_measured_boot::{Digest, HashAlg};
 use thiserror::Error;
 
-use super::tpm_public::{
-    alg, curve, parse_object_name, HashAlg, PublicKey, Reader, TpmPublic, TpmPublicError,
-};
+use crate::tpm_types::marshal::Reader;
+use crate::tpm_types::{alg, curve, parse_object_name, ParseError, PublicKey, TpmPublic};
 
 /// The label of credential protection (used with its terminating NUL).
 pub const IDENTITY_LABEL: &str = "IDENTITY";
@@ -93,7 +93,7 @@ pub enum MakeCredentialError {
     #[error("KDFa of {bits} bit(s) requested: {detail}")]
     BadKdfLength { bits: u32, detail: &'static str },
     #[error("object Name or public area rejected: {0}")]
-    Public(#[from] TpmPublicError),
+    Public(#[from] ParseError),
     #[error("RSA-OAEP encryption of the seed to the EK failed: {0}; check the EK public key")]
     Rsa(String),
     #[error("ECDH with the EK failed: {0}; check that the EK point is on its curve")]
@@ -154,7 +154,8 @@ impl IdObject {
             )));
         }
         let mut r = Reader::new(bytes, "TPM2B_ID_OBJECT");
-        let integrity_hmac = r.tpm2b()?.to_vec();
+        // Any TPM2B size is read; the bound is checked below.
+        let integrity_hmac = r.tpm2b("integrityHMAC", usize::from(u16::MAX))?.to_vec();
         if integrity_hmac.len() > 64 {
             return Err(bad_file(format!(
                 "integrityHMAC of {} bytes is longer than any digest",
@@ -215,20 +216,22 @@ impl MakeCredentialOutput {
     /// trailing bytes are rejected.
     pub fn from_tpm2_tools_file(bytes: &[u8]) -> Result<MakeCredentialOutput, MakeCredentialError> {
         let mut r = Reader::new(bytes, "tpm2-tools credential file");
-        let magic = r.u32()?;
+        let magic = r.u32("magic")?;
         if magic != TPM2_TOOLS_MAGIC {
             return Err(bad_file(format!(
                 "magic 0x{magic:08x}, expected 0x{TPM2_TOOLS_MAGIC:08X}"
             )));
         }
-        let version = r.u32()?;
+        let version = r.u32("version")?;
         if version != TPM2_TOOLS_CREDENTIAL_VERSION {
             return Err(bad_file(format!(
                 "version {version}, expected {TPM2_TOOLS_CREDENTIAL_VERSION}"
             )));
         }
-        let credential_blob = IdObject::from_bytes(r.tpm2b()?)?;
-        let secret = r.tpm2b()?.to_vec();
+        // Any TPM2B sizes are read; the bounds are checked below.
+        let credential_blob =
+            IdObject::from_bytes(r.tpm2b("credentialBlob", usize::from(u16::MAX))?)?;
+        let secret = r.tpm2b("secret", usize::from(u16::MAX))?.to_vec();
         if secret.len() > MAX_ENCRYPTED_SECRET_LEN {
             return Err(bad_file(format!(
                 "encrypted secret of {} bytes exceeds {MAX_ENCRYPTED_SECRET_LEN}",
@@ -270,13 +273,13 @@ fn make_credential_with_rng(
 ) -> Result<MakeCredentialOutput, MakeCredentialError> {
     parse_object_name(object_name)?;
     if !ek.is_storage_key() {
-        return Err(MakeCredentialError::NotStorageKey { attributes: ek.object_attributes });
+        return Err(MakeCredentialError::NotStorageKey { attributes: ek.object_attributes.0 });
     }
     let name_alg = ek.name_alg;
     if name_alg == HashAlg::Sha1 {
         return Err(MakeCredentialError::UnsupportedNameAlg(name_alg));
     }
-    let max = name_alg.digest_len();
+    let max = name_alg.size();
     if credential.is_empty() {
         return Err(MakeCredentialError::EmptyCredential);
     }
@@ -313,8 +316,7 @@ fn make_credential_with_rng(
     enc_identity.extend_from_slice(credential);
     aes_cfb_encrypt_zero_iv(&sym_key, &mut enc_identity)?;
 
-    let hmac_key =
-        kdfa(name_alg, &seed, "INTEGRITY", &[], &[], (name_alg.digest_len() * 8) as u32)?;
+    let hmac_key = kdfa(name_alg, &seed, "INTEGRITY", &[], &[], (name_alg.size() * 8) as u32)?;
     let integrity_hmac = hmac(name_alg, &hmac_key, &[&enc_identity, object_name])?;
 
     Ok(MakeCredentialOutput { credential_blob: IdObject { integrity_hmac, enc_identity }, secret })
@@ -341,7 +343,7 @@ fn rsa_share_seed(
     }
     let key = RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from(exponent))
         .map_err(|e| MakeCredentialError::Rsa(e.to_string()))?;
-    let mut seed = vec![0u8; name_alg.digest_len()];
+    let mut seed = vec![0u8; name_alg.size()];
     rng.fill(&mut seed).map_err(|_| MakeCredentialError::Random)?;
     let label = format!("{IDENTITY_LABEL}\0");
     let padding = match name_alg {
@@ -400,7 +402,7 @@ fn ecc_share_seed(
     .map_err(|_| MakeCredentialError::Ecdh("the EK point is not a valid public key"))?;
     // partyVInfo is the EK's x exactly as in its public area, which is what
     // the TPM uses in TPM2_ActivateCredential.
-    let seed = kdfe(name_alg, &z, IDENTITY_LABEL, qx, ek_x, (name_alg.digest_len() * 8) as u32);
+    let seed = kdfe(name_alg, &z, IDENTITY_LABEL, qx, ek_x, (name_alg.size() * 8) as u32);
     let mut secret = Vec::with_capacity(4 + 2 * field_len);
     secret.extend_from_slice(&(field_len as u16).to_be_bytes());
     secret.extend_from_slice(qx);
@@ -425,7 +427,7 @@ pub fn kdfa(
         return Err(MakeCredentialError::BadKdfLength { bits, detail: "must be 1 to 65536" });
     }
     let bytes = bits.div_ceil(8) as usize;
-    let mut out = Vec::with_capacity(bytes + hash.digest_len());
+    let mut out = Vec::with_capacity(bytes + hash.size());
     let mut counter: u32 = 1;
     while out.len() < bytes {
         let block = hmac(
@@ -463,17 +465,12 @@ pub fn kdfe(
     bits: u32,
 ) -> Vec<u8> {
     let bytes = bits.div_ceil(8) as usize;
-    let mut out = Vec::with_capacity(bytes + hash.digest_len());
+    let mut out = Vec::with_capacity(bytes + hash.size());
     let mut counter: u32 = 1;
     while out.len() < bytes {
-        out.extend_from_slice(&hash.digest(&[
-            &counter.to_be_bytes(),
-            z,
-            label.as_bytes(),
-            &[0],
-            party_u,
-            party_v,
-        ]));
+        let input =
+            [&counter.to_be_bytes()[..], z, label.as_bytes(), &[0], party_u, party_v].concat();
+        out.extend_from_slice(Digest::of(hash, &input).as_bytes());
         counter += 1;
     }
     out.truncate(bytes);
@@ -617,7 +614,7 @@ mod tests {
         input.extend_from_slice(b"IDENTITY\0");
         input.extend_from_slice(&[2; 32]);
         input.extend_from_slice(&[3; 32]);
-        assert_eq!(got, HashAlg::Sha256.digest(&[&input]));
+        assert_eq!(got, Digest::of(HashAlg::Sha256, &input).as_bytes());
         assert_eq!(kdfe(HashAlg::Sha256, &z, "IDENTITY", &[], &[], 384).len(), 48);
     }
 

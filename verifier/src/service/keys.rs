@@ -120,8 +120,10 @@ impl Secrets {
             let path = dir.join(ADMIN_TOKEN_FILE);
             let token = match read_secret(&path)? {
                 Some(b) => {
-                    let t = String::from_utf8(b)
-                        .map_err(|_| KeyError::Invalid { path: path.clone(), what: "admin token" })?;
+                    let t = String::from_utf8(b).map_err(|_| KeyError::Invalid {
+                        path: path.clone(),
+                        what: "admin token",
+                    })?;
                     let t = t.trim().to_owned();
                     if t.is_empty() {
                         return Err(KeyError::Invalid { path, what: "admin token (empty)" });
@@ -129,8 +131,8 @@ impl Secrets {
                     t
                 }
                 None => {
-                    let t = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .encode(random::<32>(rng)?);
+                    let t =
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<32>(rng)?);
                     write_secret(&path, format!("{t}\n").as_bytes())?;
                     tracing::warn!(path = %path.display(), "generated an admin token; use it as `Authorization: Bearer <token>` on the admin routes");
                     t
@@ -151,8 +153,9 @@ impl Secrets {
                             path: path.clone(),
                             what: "resource key (64 hex characters)",
                         })?;
-                        crate::config::parse_resource_key(&text).map_err(|_| {
-                            KeyError::Invalid { path, what: "resource key (64 hex characters)" }
+                        crate::config::parse_resource_key(&text).map_err(|_| KeyError::Invalid {
+                            path,
+                            what: "resource key (64 hex characters)",
                         })?
                     }
                     None => {

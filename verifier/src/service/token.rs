@@ -34,7 +34,9 @@ pub enum TokenError {
     Malformed,
     #[error("the token's algorithm is not ES256 or its key id is not this verifier's; send a token this verifier issued")]
     WrongAlgOrKey,
-    #[error("the token's signature does not verify; send a token this verifier issued, unmodified")]
+    #[error(
+        "the token's signature does not verify; send a token this verifier issued, unmodified"
+    )]
     BadSignature,
     #[error("the token has expired; attest again (POST /kbs/v0/auth, then /kbs/v0/attest)")]
     Expired,
@@ -122,7 +124,8 @@ impl TokenSigner {
             Some(_) => return Err(TokenError::WrongAlgOrKey),
         }
         let sig = B64URL.decode(s).map_err(|_| TokenError::Malformed)?;
-        let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref());
+        let public =
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref());
         let signed_len = h.len() + 1 + p.len();
         public
             .verify(&token.as_bytes()[..signed_len], &sig)

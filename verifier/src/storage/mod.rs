@@ -30,7 +30,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("database error: {0}; check that the state directory is writable and the disk is not full")]
+    #[error(
+        "database error: {0}; check that the state directory is writable and the disk is not full"
+    )]
     Sqlite(#[from] rusqlite::Error),
     #[error("the database has schema version {found}, newer than this verifier's {supported}; run a newer tellus-verifier")]
     SchemaTooNew { found: i64, supported: i64 },
@@ -161,8 +163,7 @@ pub trait Store: Send + Sync {
     fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError>;
 
     /// Stores (or replaces) a sealed resource.
-    fn put_resource(&self, path: &ResourcePath, sealed: &SealedResource)
-        -> Result<(), StoreError>;
+    fn put_resource(&self, path: &ResourcePath, sealed: &SealedResource) -> Result<(), StoreError>;
     /// The sealed resource at `path`.
     fn get_resource(&self, path: &ResourcePath) -> Result<Option<SealedResource>, StoreError>;
 
@@ -178,8 +179,10 @@ pub trait Store: Send + Sync {
         values: &[serde_json::Value],
     ) -> Result<(), StoreError>;
     /// The reference values named `name`.
-    fn get_reference_values(&self, name: &str)
-        -> Result<Option<Vec<serde_json::Value>>, StoreError>;
+    fn get_reference_values(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<serde_json::Value>>, StoreError>;
 
     /// Stores (or replaces) a host record.
     fn put_host(&self, host: &HostRecord) -> Result<(), StoreError>;

@@ -79,9 +79,7 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -111,7 +109,8 @@ impl SqliteStore {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        current_version(&self.lock()?)
+        let conn = self.lock()?;
+        current_version(&conn)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
@@ -204,7 +203,12 @@ impl Store for SqliteStore {
         Ok(Some(Session { id, nonce, tee, expires_at_ms, attested }))
     }
 
-    fn mark_attested(&self, id: &str, a: &Attested, expires_at_ms: i64) -> Result<bool, StoreError> {
+    fn mark_attested(
+        &self,
+        id: &str,
+        a: &Attested,
+        expires_at_ms: i64,
+    ) -> Result<bool, StoreError> {
         let conn = self.lock()?;
         let n = conn.execute(
             "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4 WHERE id = ?1",
@@ -241,9 +245,9 @@ impl Store for SqliteStore {
             )
             .optional()?;
         let Some((nonce, ciphertext)) = row else { return Ok(None) };
-        let nonce: [u8; 12] = nonce
-            .try_into()
-            .map_err(|n: Vec<u8>| corrupt("resource nonce", format!("{} bytes, not 12", n.len())))?;
+        let nonce: [u8; 12] = nonce.try_into().map_err(|n: Vec<u8>| {
+            corrupt("resource nonce", format!("{} bytes, not 12", n.len()))
+        })?;
         Ok(Some(SealedResource { nonce, ciphertext }))
     }
 
@@ -273,8 +277,7 @@ impl Store for SqliteStore {
         name: &str,
         values: &[serde_json::Value],
     ) -> Result<(), StoreError> {
-        let text =
-            serde_json::to_string(values).map_err(|e| corrupt("reference values", e))?;
+        let text = serde_json::to_string(values).map_err(|e| corrupt("reference values", e))?;
         let conn = self.lock()?;
         conn.execute(
             "INSERT INTO reference_values (name, vals, updated_ms) VALUES (?1, ?2, ?3)

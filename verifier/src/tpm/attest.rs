@@ -1,12 +1,18 @@
 //! Parsers for the TPM 2.0 structures of a quote (TPM 2.0 Library Part 2):
-//! `TPMS_ATTEST` (of type `TPM_ST_ATTEST_QUOTE`), `TPMT_SIGNATURE`,
-//! `TPM2B_PUBLIC` / `TPMT_PUBLIC`, and the other encodings an AK public key
-//! comes in (PEM or DER SubjectPublicKeyInfo, an X.509 certificate).
+//! `TPMS_ATTEST` (of type `TPM_ST_ATTEST_QUOTE`), `TPMT_SIGNATURE` and
+//! `TPML_PCR_SELECTION`, and an AK public key from any encoding it comes in
+//! (a `TPM2B_PUBLIC` / `TPMT_PUBLIC`, parsed by [`crate::tpm_types`]; PEM or
+//! DER SubjectPublicKeyInfo; an X.509 certificate).
 //!
 //! Every input is untrusted: reads are bounds-checked, sizes are capped at
-//! what a TPM can produce, and a structure must use up its input exactly.
-//! Nothing here checks a signature; see [`super::verify`].
+//! what a TPM can produce, and a structure must use up its input exactly
+//! (see [`crate::tpm_types::marshal`]). Nothing here checks a signature; see
+//! [`super::verify`].
 
+use crate::tpm_types::marshal::{
+    Reader, MAX_DATA, MAX_DIGEST, MAX_ECC_BYTES, MAX_NAME, MAX_RSA_BYTES,
+};
+use crate::tpm_types::{self, alg, curve, ParseError, TpmPublic};
 use tellus_measured_boot::HashAlg;
 use x509_parser::prelude::FromDer;
 
@@ -15,166 +21,12 @@ pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 /// `TPM_ST_ATTEST_QUOTE`.
 pub const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
 
-/// `TPM_ALG_RSA`.
-pub const TPM_ALG_RSA: u16 = 0x0001;
-/// `TPM_ALG_ECC`.
-pub const TPM_ALG_ECC: u16 = 0x0023;
-/// `TPM_ALG_NULL`.
-pub const TPM_ALG_NULL: u16 = 0x0010;
-/// `TPM_ALG_RSASSA` (PKCS#1 v1.5 signatures).
-pub const TPM_ALG_RSASSA: u16 = 0x0014;
-/// `TPM_ALG_RSAPSS`.
-pub const TPM_ALG_RSAPSS: u16 = 0x0016;
-/// `TPM_ALG_ECDSA`.
-pub const TPM_ALG_ECDSA: u16 = 0x0018;
-/// `TPM_ALG_ECDAA` (its scheme details carry a counter too).
-pub const TPM_ALG_ECDAA: u16 = 0x001a;
-/// `TPM_ALG_RSAES` (its scheme details are empty).
-pub const TPM_ALG_RSAES: u16 = 0x0015;
-/// `TPM_ECC_NIST_P256`.
-pub const TPM_ECC_NIST_P256: u16 = 0x0003;
-/// `TPM_ECC_NIST_P384`.
-pub const TPM_ECC_NIST_P384: u16 = 0x0004;
-
 /// Most PCR banks in a `TPML_PCR_SELECTION` (`HASH_COUNT` is at most 16;
 /// tpm2-tools' `TPM2_NUM_PCR_BANKS`).
 pub const MAX_PCR_BANKS: u32 = 16;
 /// Largest `sizeofSelect` (`PCR_SELECT_MAX` of a 32-PCR TPM; PC Client TPMs
 /// have 24 PCRs and use 3).
 pub const MAX_SIZEOF_SELECT: u8 = 4;
-/// Largest digest (`sizeof(TPMU_HA)`, SHA-512).
-pub const MAX_DIGEST: usize = 64;
-/// Largest `TPM2B_NAME` buffer (`sizeof(TPMU_NAME)`: a `TPMT_HA`).
-pub const MAX_NAME: usize = 2 + MAX_DIGEST;
-/// Largest `TPM2B_DATA` buffer (`sizeof(TPMT_HA)`).
-pub const MAX_DATA: usize = 2 + MAX_DIGEST;
-/// Largest RSA modulus or signature accepted (8192 bits, ring's limit).
-pub const MAX_RSA_BYTES: usize = 1024;
-/// Largest ECC coordinate or signature half accepted (P-521 needs 66).
-pub const MAX_ECC_BYTES: usize = 128;
-/// Largest `TPM2B_PUBLIC` accepted (the TPM's own limit is far lower).
-pub const MAX_PUBLIC: usize = 4096;
-
-/// What is wrong with a TPM structure or key encoding, and where. Byte
-/// offsets count from the start of the structure named.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    #[error(
-        "{structure}: truncated at byte {offset} in {field}: it needs {need} bytes, {have} left"
-    )]
-    Truncated {
-        structure: &'static str,
-        field: &'static str,
-        offset: usize,
-        need: usize,
-        have: usize,
-    },
-    #[error(
-        "{structure}: {field} at byte {offset} declares {size} bytes, more than the {max} a TPM \
-         produces"
-    )]
-    SizeTooLarge {
-        structure: &'static str,
-        field: &'static str,
-        offset: usize,
-        size: usize,
-        max: usize,
-    },
-    #[error(
-        "{structure}: {count} unexpected trailing bytes after the structure ends at byte {offset}"
-    )]
-    TrailingBytes { structure: &'static str, offset: usize, count: usize },
-    #[error(
-        "{structure}: {field} at byte {offset} counts {count} entries, at most {max} are possible"
-    )]
-    TooManyEntries {
-        structure: &'static str,
-        field: &'static str,
-        offset: usize,
-        count: u32,
-        max: u32,
-    },
-    #[error(
-        "TPMS_ATTEST: magic is 0x{found:08x}, not TPM_GENERATED_VALUE (0xff544347): a TPM did not \
-         produce this structure"
-    )]
-    BadMagic { found: u32 },
-    #[error("TPMS_ATTEST: type is 0x{found:04x} ({name}), not TPM_ST_ATTEST_QUOTE (0x8018)")]
-    NotAQuote { found: u16, name: &'static str },
-    #[error("{structure}: {field} at byte {offset} is {value}: {reason}")]
-    BadValue {
-        structure: &'static str,
-        field: &'static str,
-        offset: usize,
-        value: u64,
-        reason: &'static str,
-    },
-    #[error("{structure}: {field} 0x{alg:04x} ({name}) at byte {offset} is not supported; supported: {supported}")]
-    Unsupported {
-        structure: &'static str,
-        field: &'static str,
-        offset: usize,
-        alg: u16,
-        name: &'static str,
-        supported: &'static str,
-    },
-    #[error("TPM2B_PUBLIC: its size field says {declared} bytes, but {actual} bytes follow it")]
-    SizeMismatch { declared: usize, actual: usize },
-    #[error("PEM: {0}")]
-    Pem(String),
-    #[error(
-        "PEM: the block is labelled \"{0}\"; an AK public key is a PUBLIC KEY or a CERTIFICATE"
-    )]
-    PemLabel(String),
-    #[error("SubjectPublicKeyInfo: {0}")]
-    Spki(String),
-    #[error("X.509 certificate: {0}")]
-    Certificate(String),
-    #[error("{context}: key algorithm {oid} is neither rsaEncryption nor id-ecPublicKey")]
-    KeyAlgorithm { context: &'static str, oid: String },
-    #[error("{context}: elliptic curve {curve} is not NIST P-256 (1.2.840.10045.3.1.7) or P-384 (1.3.132.0.34)")]
-    Curve { context: &'static str, curve: String },
-    #[error("{context}: {reason}")]
-    Key { context: &'static str, reason: String },
-    #[error(
-        "unrecognised AK public key encoding ({len} bytes, starting {head}): expected PEM, a \
-         TPM2B_PUBLIC (tpm2_createak -u), a TPMT_PUBLIC, or a DER SubjectPublicKeyInfo or \
-         certificate"
-    )]
-    UnknownKeyFormat { len: usize, head: String },
-}
-
-/// The name of a `TPM_ALG_ID`, for messages.
-pub fn alg_name(alg: u16) -> &'static str {
-    match alg {
-        0x0001 => "RSA",
-        0x0004 => "SHA1",
-        0x0005 => "HMAC",
-        0x0006 => "AES",
-        0x0008 => "KEYEDHASH",
-        0x000b => "SHA256",
-        0x000c => "SHA384",
-        0x000d => "SHA512",
-        0x0010 => "NULL",
-        0x0012 => "SM3_256",
-        0x0014 => "RSASSA",
-        0x0015 => "RSAES",
-        0x0016 => "RSAPSS",
-        0x0017 => "OAEP",
-        0x0018 => "ECDSA",
-        0x0019 => "ECDH",
-        0x001a => "ECDAA",
-        0x001b => "SM2",
-        0x001c => "ECSCHNORR",
-        0x001d => "ECMQV",
-        0x0023 => "ECC",
-        0x0025 => "SYMCIPHER",
-        0x0027 => "SHA3_256",
-        0x0028 => "SHA3_384",
-        0x0029 => "SHA3_512",
-        _ => "unknown",
-    }
-}
 
 fn attest_type_name(t: u16) -> &'static str {
     match t {
@@ -187,133 +39,6 @@ fn attest_type_name(t: u16) -> &'static str {
         0x801a => "TPM_ST_ATTEST_CREATION",
         0x801c => "TPM_ST_ATTEST_NV_DIGEST",
         _ => "not an attestation type",
-    }
-}
-
-/// A bounds-checked big-endian reader over one structure.
-pub(crate) struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    structure: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8], structure: &'static str) -> Reader<'a> {
-        Reader { buf, pos: 0, structure }
-    }
-
-    pub(crate) fn pos(&self) -> usize {
-        self.pos
-    }
-
-    pub(crate) fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ParseError> {
-        let have = self.remaining();
-        let out = self.pos.checked_add(n).and_then(|end| self.buf.get(self.pos..end)).ok_or(
-            ParseError::Truncated {
-                structure: self.structure,
-                field,
-                offset: self.pos,
-                need: n,
-                have,
-            },
-        )?;
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ParseError> {
-        let s = self.take(N, field)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
-    }
-
-    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, ParseError> {
-        let [b] = self.array(field)?;
-        Ok(b)
-    }
-
-    pub(crate) fn u16(&mut self, field: &'static str) -> Result<u16, ParseError> {
-        Ok(u16::from_be_bytes(self.array(field)?))
-    }
-
-    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, ParseError> {
-        Ok(u32::from_be_bytes(self.array(field)?))
-    }
-
-    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, ParseError> {
-        Ok(u64::from_be_bytes(self.array(field)?))
-    }
-
-    /// A `TPM2B_*`: a u16 size, then that many bytes (at most `max`).
-    pub(crate) fn tpm2b(
-        &mut self,
-        field: &'static str,
-        max: usize,
-    ) -> Result<&'a [u8], ParseError> {
-        let offset = self.pos;
-        let size = usize::from(self.u16(field)?);
-        if size > max {
-            return Err(ParseError::SizeTooLarge {
-                structure: self.structure,
-                field,
-                offset,
-                size,
-                max,
-            });
-        }
-        self.take(size, field)
-    }
-
-    /// Errors unless every byte was read.
-    pub(crate) fn finish(&self) -> Result<(), ParseError> {
-        match self.remaining() {
-            0 => Ok(()),
-            count => Err(ParseError::TrailingBytes {
-                structure: self.structure,
-                offset: self.pos,
-                count,
-            }),
-        }
-    }
-
-    fn bad(
-        &self,
-        field: &'static str,
-        offset: usize,
-        value: u64,
-        reason: &'static str,
-    ) -> ParseError {
-        ParseError::BadValue { structure: self.structure, field, offset, value, reason }
-    }
-
-    fn unsupported(
-        &self,
-        field: &'static str,
-        offset: usize,
-        alg: u16,
-        supported: &'static str,
-    ) -> ParseError {
-        ParseError::Unsupported {
-            structure: self.structure,
-            field,
-            offset,
-            alg,
-            name: alg_name(alg),
-            supported,
-        }
-    }
-
-    /// A hash `TPM_ALG_ID` that must be one we can compute.
-    fn hash_alg(&mut self, field: &'static str) -> Result<HashAlg, ParseError> {
-        let offset = self.pos;
-        let alg = self.u16(field)?;
-        HashAlg::from_tpm_alg_id(alg)
-            .ok_or_else(|| self.unsupported(field, offset, alg, "SHA1, SHA256, SHA384, SHA512"))
     }
 }
 
@@ -493,16 +218,16 @@ impl TpmSignature {
         let offset = r.pos();
         let sig_alg = r.u16("sigAlg")?;
         let sig = match sig_alg {
-            TPM_ALG_RSASSA | TPM_ALG_RSAPSS => {
+            alg::RSASSA | alg::RSAPSS => {
                 let hash = r.hash_alg("signature.hash")?;
                 let sig = r.tpm2b("signature.sig", MAX_RSA_BYTES)?.to_vec();
-                if sig_alg == TPM_ALG_RSASSA {
+                if sig_alg == alg::RSASSA {
                     TpmSignature::Rsassa { hash, sig }
                 } else {
                     TpmSignature::Rsapss { hash, sig }
                 }
             }
-            TPM_ALG_ECDSA => {
+            alg::ECDSA => {
                 let hash = r.hash_alg("signature.hash")?;
                 let rr = r.tpm2b("signature.signatureR", MAX_ECC_BYTES)?.to_vec();
                 let s = r.tpm2b("signature.signatureS", MAX_ECC_BYTES)?.to_vec();
@@ -572,13 +297,24 @@ impl EccCurve {
     /// The `TPM_ECC_CURVE` of the curve.
     pub fn tpm_curve_id(self) -> u16 {
         match self {
-            EccCurve::P256 => TPM_ECC_NIST_P256,
-            EccCurve::P384 => TPM_ECC_NIST_P384,
+            EccCurve::P256 => curve::NIST_P256,
+            EccCurve::P384 => curve::NIST_P384,
+        }
+    }
+
+    /// The curve of a `TPM_ECC_CURVE`, if it is one tellus verifies.
+    pub fn from_tpm_curve_id(id: u16) -> Option<EccCurve> {
+        match id {
+            curve::NIST_P256 => Some(EccCurve::P256),
+            curve::NIST_P384 => Some(EccCurve::P384),
+            _ => None,
         }
     }
 }
 
-/// An AK's public key.
+/// An AK's public key, normalised for signature verification. (Not to be
+/// confused with [`tpm_types::PublicKey`], the raw fields of a TPM public
+/// area.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicKey {
     /// `modulus` big-endian without leading zero bytes; `exponent` as a
@@ -663,169 +399,6 @@ pub(crate) fn modulus_bits(modulus: &[u8]) -> usize {
     }
 }
 
-/// `TPMA_OBJECT`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectAttributes(pub u32);
-
-impl ObjectAttributes {
-    pub const FIXED_TPM: u32 = 1 << 1;
-    pub const FIXED_PARENT: u32 = 1 << 4;
-    pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
-    pub const RESTRICTED: u32 = 1 << 16;
-    pub const DECRYPT: u32 = 1 << 17;
-    pub const SIGN: u32 = 1 << 18;
-
-    pub fn fixed_tpm(self) -> bool {
-        self.0 & Self::FIXED_TPM != 0
-    }
-    pub fn restricted(self) -> bool {
-        self.0 & Self::RESTRICTED != 0
-    }
-    pub fn sign(self) -> bool {
-        self.0 & Self::SIGN != 0
-    }
-    pub fn decrypt(self) -> bool {
-        self.0 & Self::DECRYPT != 0
-    }
-}
-
-/// A parsed `TPMT_PUBLIC` of an RSA or ECC key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TpmPublic {
-    /// `type`: [`TPM_ALG_RSA`] or [`TPM_ALG_ECC`].
-    pub object_type: u16,
-    /// `nameAlg`.
-    pub name_alg: u16,
-    pub attributes: ObjectAttributes,
-    pub auth_policy: Vec<u8>,
-    /// The key's signing scheme (`TPM_ALG_NULL` when any) and its hash.
-    pub scheme: u16,
-    pub scheme_hash: Option<u16>,
-    pub key: PublicKey,
-    /// The marshalled `TPMT_PUBLIC` (without a TPM2B size).
-    pub marshalled: Vec<u8>,
-}
-
-impl TpmPublic {
-    /// The key's TPM name, `nameAlg || H_nameAlg(TPMT_PUBLIC)`, when the
-    /// name algorithm is one we can hash.
-    pub fn name(&self) -> Option<Vec<u8>> {
-        let alg = HashAlg::from_tpm_alg_id(self.name_alg)?;
-        let mut name = self.name_alg.to_be_bytes().to_vec();
-        name.extend_from_slice(tellus_measured_boot::Digest::of(alg, &self.marshalled).as_bytes());
-        Some(name)
-    }
-
-    /// Parses a `TPM2B_PUBLIC` (`tpm2_createak -u` in tpm2-tools' default
-    /// "tss" format).
-    pub fn parse_tpm2b(bytes: &[u8]) -> Result<TpmPublic, ParseError> {
-        let mut r = Reader::new(bytes, "TPM2B_PUBLIC");
-        let size = usize::from(r.u16("size")?);
-        if size > MAX_PUBLIC {
-            return Err(ParseError::SizeTooLarge {
-                structure: "TPM2B_PUBLIC",
-                field: "size",
-                offset: 0,
-                size,
-                max: MAX_PUBLIC,
-            });
-        }
-        if size != r.remaining() {
-            return Err(ParseError::SizeMismatch { declared: size, actual: r.remaining() });
-        }
-        let inner = r.take(size, "publicArea")?;
-        TpmPublic::parse_tpmt(inner)
-    }
-
-    /// Parses a bare `TPMT_PUBLIC`.
-    pub fn parse_tpmt(bytes: &[u8]) -> Result<TpmPublic, ParseError> {
-        let mut r = Reader::new(bytes, "TPMT_PUBLIC");
-        let type_offset = r.pos();
-        let object_type = r.u16("type")?;
-        if object_type != TPM_ALG_RSA && object_type != TPM_ALG_ECC {
-            return Err(r.unsupported(
-                "type",
-                type_offset,
-                object_type,
-                "RSA (0x0001), ECC (0x0023)",
-            ));
-        }
-        let name_alg = r.u16("nameAlg")?;
-        let attributes = ObjectAttributes(r.u32("objectAttributes")?);
-        let auth_policy = r.tpm2b("authPolicy", MAX_DIGEST)?.to_vec();
-        // parameters.*.symmetric: TPMT_SYM_DEF_OBJECT
-        let sym = r.u16("parameters.symmetric.algorithm")?;
-        if sym != TPM_ALG_NULL {
-            r.u16("parameters.symmetric.keyBits")?;
-            r.u16("parameters.symmetric.mode")?;
-        }
-        // parameters.*.scheme: TPMT_{RSA,ECC}_SCHEME
-        let scheme = r.u16("parameters.scheme.scheme")?;
-        let scheme_hash = match scheme {
-            TPM_ALG_NULL | TPM_ALG_RSAES => None,
-            TPM_ALG_ECDAA => {
-                let h = r.u16("parameters.scheme.details.hashAlg")?;
-                r.u16("parameters.scheme.details.count")?;
-                Some(h)
-            }
-            _ => Some(r.u16("parameters.scheme.details.hashAlg")?),
-        };
-        let key = if object_type == TPM_ALG_RSA {
-            let bits_offset = r.pos();
-            let key_bits = r.u16("parameters.rsaDetail.keyBits")?;
-            let exponent = match r.u32("parameters.rsaDetail.exponent")? {
-                0 => 65537,
-                e => u64::from(e),
-            };
-            let modulus = r.tpm2b("unique.rsa", MAX_RSA_BYTES)?;
-            if modulus.len() * 8 != usize::from(key_bits) {
-                return Err(r.bad(
-                    "parameters.rsaDetail.keyBits",
-                    bits_offset,
-                    u64::from(key_bits),
-                    "it does not match the length of unique.rsa (the modulus)",
-                ));
-            }
-            PublicKey::rsa("TPMT_PUBLIC", modulus, exponent)?
-        } else {
-            let curve_offset = r.pos();
-            let curve_id = r.u16("parameters.eccDetail.curveID")?;
-            let curve = match curve_id {
-                TPM_ECC_NIST_P256 => EccCurve::P256,
-                TPM_ECC_NIST_P384 => EccCurve::P384,
-                other => {
-                    return Err(ParseError::Unsupported {
-                        structure: "TPMT_PUBLIC",
-                        field: "parameters.eccDetail.curveID",
-                        offset: curve_offset,
-                        alg: other,
-                        name: "curve",
-                        supported: "NIST P-256 (0x0003), NIST P-384 (0x0004)",
-                    })
-                }
-            };
-            let kdf = r.u16("parameters.eccDetail.kdf.scheme")?;
-            if kdf != TPM_ALG_NULL {
-                r.u16("parameters.eccDetail.kdf.details.hashAlg")?;
-            }
-            let x = r.tpm2b("unique.ecc.x", MAX_ECC_BYTES)?;
-            let y = r.tpm2b("unique.ecc.y", MAX_ECC_BYTES)?;
-            PublicKey::ecc("TPMT_PUBLIC", curve, x, y)?
-        };
-        r.finish()?;
-        Ok(TpmPublic {
-            object_type,
-            name_alg,
-            attributes,
-            auth_policy,
-            scheme,
-            scheme_hash,
-            key,
-            marshalled: bytes.to_vec(),
-        })
-    }
-}
-
 /// Where an [`AkPublic`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AkSource {
@@ -886,14 +459,46 @@ impl AkPublic {
 
     /// A `TPM2B_PUBLIC`.
     pub fn from_tpm2b_public(bytes: &[u8]) -> Result<AkPublic, ParseError> {
-        let tpm = TpmPublic::parse_tpm2b(bytes)?;
-        Ok(AkPublic { key: tpm.key.clone(), tpm: Some(tpm), source: AkSource::Tpm2bPublic })
+        AkPublic::from_tpm(TpmPublic::from_tpm2b_public(bytes)?, AkSource::Tpm2bPublic)
     }
 
     /// A bare `TPMT_PUBLIC`.
     pub fn from_tpmt_public(bytes: &[u8]) -> Result<AkPublic, ParseError> {
-        let tpm = TpmPublic::parse_tpmt(bytes)?;
-        Ok(AkPublic { key: tpm.key.clone(), tpm: Some(tpm), source: AkSource::TpmtPublic })
+        AkPublic::from_tpm(TpmPublic::from_tpmt_public(bytes)?, AkSource::TpmtPublic)
+    }
+
+    /// A parsed public area, which must be an RSA key or an ECC key on a
+    /// curve tellus verifies ([`EccCurve`]).
+    pub fn from_tpm(tpm: TpmPublic, source: AkSource) -> Result<AkPublic, ParseError> {
+        let key = match &tpm.key {
+            tpm_types::PublicKey::Rsa { modulus, exponent, .. } => {
+                PublicKey::rsa("TPMT_PUBLIC", modulus, u64::from(*exponent))?
+            }
+            tpm_types::PublicKey::Ecc { curve: id, x, y, .. } => {
+                let Some(curve) = EccCurve::from_tpm_curve_id(*id) else {
+                    return Err(ParseError::Unsupported {
+                        structure: "TPMT_PUBLIC",
+                        field: "parameters.eccDetail.curveID",
+                        offset: tpm.ecc_curve_offset().unwrap_or_default(),
+                        alg: *id,
+                        name: "curve",
+                        supported: "NIST P-256 (0x0003), NIST P-384 (0x0004)",
+                    });
+                };
+                PublicKey::ecc("TPMT_PUBLIC", curve, x, y)?
+            }
+            tpm_types::PublicKey::KeyedHash { .. } | tpm_types::PublicKey::SymCipher { .. } => {
+                return Err(ParseError::Unsupported {
+                    structure: "TPMT_PUBLIC",
+                    field: "type",
+                    offset: 0,
+                    alg: tpm.object_type,
+                    name: alg::name(tpm.object_type),
+                    supported: "RSA (0x0001), ECC (0x0023)",
+                })
+            }
+        };
+        Ok(AkPublic { key, tpm: Some(tpm), source })
     }
 
     /// A PEM `PUBLIC KEY` (SubjectPublicKeyInfo) or `CERTIFICATE`.
@@ -1095,6 +700,57 @@ mod tests {
         assert_eq!(bitmap_pcrs(&[0x00, 0x80, 0x41]), [15, 16, 22]);
         assert_eq!(bitmap_pcrs(&[0xff, 0xff, 0xff]), (0..24).collect::<Vec<_>>());
         assert_eq!(bitmap_pcrs(&[]), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn ak_public_areas_must_be_keys_tellus_verifies() {
+        // ECC P-521: a valid public area (an EK may use the curve), but not
+        // one ring verifies signatures on.
+        let mut t = vec![];
+        t.extend_from_slice(&alg::ECC.to_be_bytes());
+        t.extend_from_slice(&alg::SHA256.to_be_bytes());
+        t.extend_from_slice(&0x0005_0072u32.to_be_bytes());
+        t.extend_from_slice(&[0, 0]); // authPolicy
+        t.extend_from_slice(&alg::NULL.to_be_bytes()); // symmetric
+        t.extend_from_slice(&alg::ECDSA.to_be_bytes());
+        t.extend_from_slice(&alg::SHA512.to_be_bytes());
+        t.extend_from_slice(&curve::NIST_P521.to_be_bytes()); // at byte 16
+        t.extend_from_slice(&alg::NULL.to_be_bytes()); // kdf
+        for c in [1u8, 2] {
+            t.extend_from_slice(&66u16.to_be_bytes());
+            t.extend_from_slice(&[c; 66]);
+        }
+        assert!(TpmPublic::from_tpmt_public(&t).is_ok());
+        let e = AkPublic::from_tpmt_public(&t).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ParseError::Unsupported {
+                    field: "parameters.eccDetail.curveID",
+                    offset: 16,
+                    alg: 0x0005,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A keyed-hash object is no signing key at all.
+        let mut k = vec![];
+        k.extend_from_slice(&alg::KEYEDHASH.to_be_bytes());
+        k.extend_from_slice(&alg::SHA256.to_be_bytes());
+        k.extend_from_slice(&0x0004_0072u32.to_be_bytes());
+        k.extend_from_slice(&[0, 0]); // authPolicy
+        k.extend_from_slice(&alg::HMAC.to_be_bytes());
+        k.extend_from_slice(&alg::SHA256.to_be_bytes());
+        k.extend_from_slice(&[0, 32]);
+        k.extend_from_slice(&[9; 32]);
+        assert!(TpmPublic::from_tpmt_public(&k).is_ok());
+        let e = AkPublic::from_tpmt_public(&k).unwrap_err();
+        assert!(
+            matches!(e, ParseError::Unsupported { field: "type", offset: 0, alg: 0x0008, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("KEYEDHASH"), "{e}");
     }
 
     #[test]

@@ -1,67 +1,19 @@
-//! tellus TPM evidence (KBS tee `tpm`), as `tellus quote` emits it
-//! (`launcher/src/tpm/quote.rs`, `TpmEvidence`), and its verification.
+//! Verification of tellus TPM evidence (KBS tee `tpm`), as `tellus quote`
+//! emits it.
 //!
-//! The JSON is a superset of Trustee's TPM evidence (`ak_public`,
-//! `tpm_quote {signature, message, pcrs}`): tellus adds `pcr_selection`,
-//! `ak_tpm_public`, `host_id`, `event_log` and `launch_ticket`. The tellus
-//! fields are optional here so that Trustee-shaped evidence decodes too;
-//! which of them a policy requires is the policy's business.
-//!
-//! Encodings (mirroring the launcher): `ak_public` is base64 (standard,
-//! padded) of the AK's DER SubjectPublicKeyInfo (a PEM text is accepted
-//! too); `signature`/`message` are base64 of the marshalled
-//! `TPMT_SIGNATURE`/`TPMS_ATTEST`; `pcrs` are lower-case hex PCR values in
-//! the order of the quote's PCR selection; `ak_tpm_public` is base64 of the
-//! AK's `TPM2B_PUBLIC`; `event_log` is base64 of a CEL-TLV log (`""`: none).
+//! The wire type, its JSON shape (a superset of Trustee's TPM evidence) and
+//! the encoding of every field are [`tellus_protocol::TpmEvidence`], shared
+//! with the launcher and re-exported here. The tellus fields are optional so
+//! that Trustee-shaped evidence decodes too; which of them a policy requires
+//! is the policy's business.
 
-use super::attest::{describe_selection, AkPublic, ParseError};
+use super::attest::{describe_selection, AkPublic};
 use super::verify::{self, EventLog, EventLogFormat, VerifiedQuote, VerifyError};
+use crate::tpm_types::ParseError;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use tellus_measured_boot::{Digest, HashAlg, PcrBanks};
 
-/// TPM evidence (KBS tee `tpm`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TpmEvidence {
-    /// base64 of the AK's DER SubjectPublicKeyInfo (or a PEM text).
-    pub ak_public: String,
-    pub tpm_quote: TpmQuote,
-    /// tellus: the bank and PCRs `tpm_quote` covers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pcr_selection: Option<QuotedPcrs>,
-    /// tellus: base64 of the AK's marshalled `TPM2B_PUBLIC`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ak_tpm_public: Option<String>,
-    /// tellus: lower-case hex SHA-256 of the EK's `TPM2B_PUBLIC`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_id: Option<String>,
-    /// tellus: base64 of the host launch log (CEL-TLV); `""` when none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_log: Option<String>,
-    /// tellus: the launch ticket the verifier issued, `null` until tickets exist.
-    #[serde(default)]
-    pub launch_ticket: Option<String>,
-}
-
-/// `tpm_quote` (Trustee's `TpmQuote`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TpmQuote {
-    /// base64 of the marshalled `TPMT_SIGNATURE`.
-    pub signature: String,
-    /// base64 of the marshalled `TPMS_ATTEST`.
-    pub message: String,
-    /// Hex PCR values in the quote's selection order.
-    pub pcrs: Vec<String>,
-}
-
-/// `pcr_selection`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuotedPcrs {
-    /// The bank, e.g. `"sha256"`.
-    pub bank: String,
-    /// PCR indexes, ascending.
-    pub pcrs: Vec<u32>,
-}
+pub use tellus_protocol::{QuotedPcrs, TpmEvidence, TpmQuote};
 
 /// Why evidence did not verify.
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +52,9 @@ pub enum EvidenceError {
     Verify(#[from] VerifyError),
 }
 
-impl TpmEvidence {
-    /// Decodes evidence JSON.
-    pub fn from_json(bytes: &[u8]) -> Result<TpmEvidence, EvidenceError> {
-        serde_json::from_slice(bytes).map_err(EvidenceError::Json)
-    }
+/// Decodes evidence JSON.
+pub fn evidence_from_json(bytes: &[u8]) -> Result<TpmEvidence, EvidenceError> {
+    serde_json::from_slice(bytes).map_err(EvidenceError::Json)
 }
 
 fn b64(field: &'static str, s: &str) -> Result<Vec<u8>, EvidenceError> {
@@ -209,15 +159,15 @@ mod tests {
         let launcher = br#"{"ak_public":"QUJD","tpm_quote":{"signature":"cw==","message":"bQ==","pcrs":["00"]},
             "pcr_selection":{"bank":"sha256","pcrs":[13]},"ak_tpm_public":"dA==","host_id":"h",
             "event_log":"","launch_ticket":null}"#;
-        let e = TpmEvidence::from_json(launcher).unwrap();
+        let e = evidence_from_json(launcher).unwrap();
         assert_eq!(e.pcr_selection.as_ref().unwrap().pcrs, [13]);
         assert_eq!(e.event_log.as_deref(), Some(""));
         let trustee =
             br#"{"ak_public":"QUJD","tpm_quote":{"signature":"cw==","message":"bQ==","pcrs":[]}}"#;
-        let e = TpmEvidence::from_json(trustee).unwrap();
+        let e = evidence_from_json(trustee).unwrap();
         assert!(e.pcr_selection.is_none() && e.launch_ticket.is_none());
         let v = serde_json::to_value(&e).unwrap();
         assert!(v["launch_ticket"].is_null());
-        assert!(matches!(TpmEvidence::from_json(b"{}"), Err(EvidenceError::Json(_))));
+        assert!(matches!(evidence_from_json(b"{}"), Err(EvidenceError::Json(_))));
     }
 }

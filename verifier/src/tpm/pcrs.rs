@@ -15,7 +15,9 @@
 //! Digests follow the file's selection in order: banks in list order, PCRs
 //! ascending.
 
-use super::attest::{bitmap_pcrs, read_pcr_selection, ParseError, PcrSelection, Reader};
+use super::attest::{bitmap_pcrs, read_pcr_selection, PcrSelection};
+use crate::tpm_types::marshal::Reader;
+use crate::tpm_types::ParseError;
 use tellus_measured_boot::{Digest, HashAlg, PcrBanks};
 
 /// `sizeof(TPML_PCR_SELECTION)` in tpm2-tools' serialized form.

@@ -18,9 +18,10 @@
 //!    must have the quoted value.
 
 use super::attest::{
-    describe_selection, modulus_bits, AkPublic, ClockInfo, EccCurve, ParseError, PcrSelection,
-    PublicKey, QuoteAttest, TpmSignature,
+    describe_selection, modulus_bits, AkPublic, ClockInfo, EccCurve, PcrSelection, PublicKey,
+    QuoteAttest, TpmSignature,
 };
+use crate::tpm_types::{alg, ParseError, TpmPublic};
 use serde_json::{json, Value};
 use tellus_measured_boot::cel::{self, CelError, CelRecord};
 use tellus_measured_boot::pcclient::{self, PcClientError, PcClientLog};
@@ -292,7 +293,7 @@ pub fn authenticate(
 ) -> Result<(QuoteAttest, TpmSignature), VerifyError> {
     let sig = TpmSignature::parse(signature).map_err(VerifyError::MalformedSignature)?;
     if let Some(tpm) = &ak.tpm {
-        let a = tpm.attributes;
+        let a = tpm.object_attributes;
         let missing = match (a.restricted(), a.sign()) {
             (true, true) => None,
             (false, true) => Some("restricted"),
@@ -334,7 +335,7 @@ pub fn check_quote(
         scheme: sig.scheme_name(),
         hash: sig.hash_alg(),
         ak_key: ak.key.describe(),
-        ak_name: ak.tpm.as_ref().and_then(|t| t.name()),
+        ak_name: ak.tpm.as_ref().map(TpmPublic::name),
         qualified_signer: quote.qualified_signer,
         nonce: quote.extra_data,
         clock_info: quote.clock_info,
@@ -352,10 +353,9 @@ pub fn selected_pcrs(selection: &[PcrSelection]) -> Result<Vec<(HashAlg, u32)>, 
     let mut out = Vec::new();
     let mut seen: Vec<HashAlg> = Vec::new();
     for sel in selection {
-        let bank = sel.bank().ok_or(VerifyError::UnsupportedBank {
-            alg: sel.hash,
-            name: super::attest::alg_name(sel.hash),
-        })?;
+        let bank = sel
+            .bank()
+            .ok_or(VerifyError::UnsupportedBank { alg: sel.hash, name: alg::name(sel.hash) })?;
         if seen.contains(&bank) {
             return Err(VerifyError::DuplicateBank { bank });
         }

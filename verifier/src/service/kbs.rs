@@ -1,0 +1,398 @@
+//! The KBS 0.4.0 routes: `/kbs/v0/auth`, `/kbs/v0/attest`,
+//! `GET /kbs/v0/resource/{repo}/{type}/{tag}`.
+//!
+//! Decisions:
+//! - a runtime-data nonce that is not the session's answers **401**
+//!   `NonceMismatch`: the attestation is not part of this session, and
+//!   the client's remedy is a new session (`/kbs/v0/auth`), as for any
+//!   other authentication failure; evidence that does not verify answers
+//!   403 `AttestationError`;
+//! - resource policy, until the policy engine exists: a resource is
+//!   released to any attested session (cookie) or valid, unexpired token
+//!   of this verifier, and to nothing else.
+
+use super::error::{ApiError, ErrorKind};
+use super::verifier::VerifyError;
+use super::{db, jwe, now_ms, token, AppState};
+use crate::storage::{Attested, ResourcePath, Session};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use kbs_types::{Attestation, Challenge, Request, TeePubKey};
+use ring::rand::SecureRandom;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+/// The protocol version this verifier speaks.
+pub const PROTOCOL_VERSION: &str = "0.4.0";
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "kbs-session-id";
+
+/// The session id in a `Cookie` header, if well-formed (32 lowercase hex).
+pub fn session_id_from_cookie(header: &str) -> Option<&str> {
+    if header.len() > 8192 {
+        return None;
+    }
+    header.split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == SESSION_COOKIE
+            && v.len() == 32
+            && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then_some(v)
+    })
+}
+
+/// The request body, or 413/400 with the error body.
+pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::PayloadTooLarge,
+                "the request body exceeds max_body_bytes of the verifier's configuration; send less",
+            )
+        } else {
+            ApiError::bad_request(ErrorKind::InvalidRequest, format!("cannot read the body: {r}"))
+        }
+    })
+}
+
+/// Parses a JSON body into a `Value` (serde_json limits nesting to 128).
+pub(crate) fn parse_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            ErrorKind::InvalidRequest,
+            format!("the body is not valid JSON ({e}); send a {what} as JSON"),
+        )
+    })
+}
+
+fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(b) => (status, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => ApiError::internal("serialising the answer", e).into_response(),
+    }
+}
+
+fn session_cookie(id: &str, expires_at_ms: i64) -> Result<HeaderValue, ApiError> {
+    let at = std::time::UNIX_EPOCH
+        + std::time::Duration::from_millis(u64::try_from(expires_at_ms).unwrap_or(0));
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={id}; Expires={}",
+        httpdate::fmt_http_date(at)
+    ))
+    .map_err(|e| ApiError::internal("making the session cookie", e))
+}
+
+/// `POST /kbs/v0/auth`.
+pub async fn auth(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(body)?;
+    let value = parse_json(&body, "KBS Request {\"version\", \"tee\", \"extra-params\"}")?;
+    match value.get("version") {
+        Some(Value::String(v)) if v == PROTOCOL_VERSION => {}
+        other => {
+            let got = match other {
+                Some(Value::String(v)) => format!("{:?}", v.chars().take(32).collect::<String>()),
+                Some(_) => "a non-string".into(),
+                None => "nothing".into(),
+            };
+            return Err(ApiError::bad_request(
+                ErrorKind::ProtocolVersion,
+                format!("this verifier speaks KBS protocol {PROTOCOL_VERSION}; the request's `version` is {got}; upgrade the client"),
+            ));
+        }
+    }
+    let unsupported = |tee: &str| {
+        let mut known: Vec<&str> = state.verifiers.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        ApiError::bad_request(
+            ErrorKind::UnsupportedTee,
+            format!(
+                "tee {:?} is not supported here; supported: {}",
+                tee.chars().take(32).collect::<String>(),
+                known.join(", ")
+            ),
+        )
+    };
+    let request: Request = match serde_json::from_value(value.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(match value.get("tee") {
+                Some(Value::String(t)) if t.parse::<kbs_types::Tee>().is_err() => unsupported(t),
+                _ => ApiError::bad_request(
+                    ErrorKind::InvalidRequest,
+                    format!("not a KBS Request ({e}); send {{\"version\":\"0.4.0\",\"tee\":\"tpm\",\"extra-params\":{{}}}}"),
+                ),
+            });
+        }
+    };
+    let tee = request.tee.to_string();
+    if !state.verifiers.contains_key(&tee) {
+        return Err(unsupported(&tee));
+    }
+
+    let mut nonce = [0u8; 32];
+    state
+        .rng
+        .fill(&mut nonce)
+        .map_err(|_| ApiError::internal("making a nonce", "SystemRandom failed"))?;
+    let session = Session {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        nonce: B64.encode(nonce),
+        tee,
+        expires_at_ms: now_ms().saturating_add(state.settings.session_lifetime.as_millis() as i64),
+        attested: None,
+    };
+    let cookie = session_cookie(&session.id, session.expires_at_ms)?;
+    let challenge =
+        Challenge { nonce: session.nonce.clone(), extra_params: Value::String(String::new()) };
+    db(&state, "creating the session", move |s| s.create_session(&session)).await?;
+    state.metrics.auth.fetch_add(1, Ordering::Relaxed);
+    let mut resp = json_response(StatusCode::OK, &challenge);
+    resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(resp)
+}
+
+/// The live session named by the request's cookie.
+async fn session_from_headers(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, ApiError> {
+    let Some(id) = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(session_id_from_cookie)
+        .map(str::to_owned)
+    else {
+        return Ok(None);
+    };
+    let session = db(state, "reading the session", move |s| s.get_session(&id)).await?;
+    Ok(session.filter(|s| s.expires_at_ms > now_ms()))
+}
+
+fn attest_failed(state: &AppState, e: ApiError) -> ApiError {
+    state.metrics.attest_failed.fetch_add(1, Ordering::Relaxed);
+    e
+}
+
+/// `POST /kbs/v0/attest`.
+pub async fn attest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let session = session_from_headers(&state, &headers).await?.ok_or_else(|| {
+        attest_failed(
+            &state,
+            ApiError::unauthenticated(
+                "no live KBS session: send the kbs-session-id cookie from POST /kbs/v0/auth (sessions expire; start a new one)",
+            ),
+        )
+    })?;
+    let body = body_or_error(body)?;
+    let value = parse_json(&body, "KBS Attestation")?;
+    let attestation: Attestation = serde_json::from_value(value.clone()).map_err(|e| {
+        attest_failed(
+            &state,
+            ApiError::bad_request(
+                ErrorKind::InvalidRequest,
+                format!("not a KBS Attestation ({e}); send {{\"runtime-data\": {{\"nonce\", \"tee-pubkey\"}}, \"tee-evidence\": {{\"primary_evidence\", \"additional_evidence\"}}}}"),
+            ),
+        )
+    })?;
+
+    // A repeated attest in an attested session returns the cached token.
+    if let Some(a) = &session.attested {
+        let cookie = session_cookie(&session.id, session.expires_at_ms)?;
+        let mut resp = json_response(StatusCode::OK, &json!({"token": a.token}));
+        resp.headers_mut().insert(header::SET_COOKIE, cookie);
+        return Ok(resp);
+    }
+
+    if !super::verifier::constant_time_eq(
+        attestation.runtime_data.nonce.as_bytes(),
+        session.nonce.as_bytes(),
+    ) {
+        return Err(attest_failed(
+            &state,
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorKind::NonceMismatch,
+                "runtime-data.nonce is not this session's nonce; use the nonce POST /kbs/v0/auth returned with this cookie",
+            ),
+        ));
+    }
+    jwe::check_tee_pubkey(&attestation.runtime_data.tee_pubkey).map_err(|e| {
+        attest_failed(&state, ApiError::bad_request(ErrorKind::UnsupportedTeeKey, e.to_string()))
+    })?;
+    // The binding covers the JWK exactly as sent, not as re-serialised.
+    let raw_pubkey = value
+        .pointer("/runtime-data/tee-pubkey")
+        .cloned()
+        .ok_or_else(|| ApiError::internal("reading tee-pubkey", "parsed but absent"))?;
+    let binding = crate::tpm::binding::runtime_data_binding(
+        &raw_pubkey,
+        &attestation.runtime_data.nonce,
+        &attestation.tee_evidence.additional_evidence,
+    )
+    .map_err(|e| {
+        attest_failed(&state, ApiError::bad_request(ErrorKind::InvalidRequest, e.to_string()))
+    })?;
+
+    let verifier = state.verifiers.get(&session.tee).cloned().ok_or_else(|| {
+        attest_failed(
+            &state,
+            ApiError::bad_request(
+                ErrorKind::UnsupportedTee,
+                format!("tee {} is no longer enabled; start a new session", session.tee),
+            ),
+        )
+    })?;
+    let tee = session.tee.clone();
+    let evidence = attestation.tee_evidence.primary_evidence;
+    let claims = tokio::task::spawn_blocking(move || verifier.verify(&tee, &evidence, &binding))
+        .await
+        .map_err(|e| ApiError::internal("verifying evidence", e))?
+        .map_err(|e| {
+            let err = match &e {
+                VerifyError::NotWired { .. } => {
+                    ApiError::new(StatusCode::NOT_IMPLEMENTED, ErrorKind::NotImplemented, e.to_string())
+                }
+                VerifyError::UnknownTee(_) => ApiError::bad_request(ErrorKind::UnsupportedTee, e.to_string()),
+                VerifyError::Malformed { .. } | VerifyError::BindingMismatch => {
+                    ApiError::new(StatusCode::FORBIDDEN, ErrorKind::AttestationError, e.to_string())
+                }
+            };
+            tracing::warn!(session = &session.id[..8], tee = %session.tee, error = %e, "attestation refused");
+            attest_failed(&state, err)
+        })?;
+
+    let now = now_ms();
+    let nonce_bytes = B64.decode(&session.nonce).unwrap_or_default();
+    let token_lifetime = state.settings.token_lifetime.as_secs() as i64;
+    let ear = token::ear_claims(
+        now / 1000,
+        token_lifetime,
+        &nonce_bytes,
+        &session.tee,
+        &claims,
+        &raw_pubkey,
+    );
+    let token = state.signer.sign(&ear).map_err(|e| ApiError::internal("signing the token", e))?;
+    let tee_pubkey = serde_json::to_string(&raw_pubkey)
+        .map_err(|e| ApiError::internal("storing tee-pubkey", e))?;
+    let expires_at_ms = now.saturating_add(state.settings.session_lifetime.as_millis() as i64);
+    let attested = Attested { token: token.clone(), tee_pubkey };
+    let id = session.id.clone();
+    let found = db(&state, "recording the attestation", move |s| {
+        s.mark_attested(&id, &attested, expires_at_ms)
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::unauthenticated(
+            "the session ended during attestation; start again with POST /kbs/v0/auth",
+        ));
+    }
+    state.metrics.attest_ok.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(session = &session.id[..8], tee = %session.tee, "attested");
+    let mut resp = json_response(StatusCode::OK, &json!({"token": token}));
+    resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&session.id, expires_at_ms)?);
+    Ok(resp)
+}
+
+/// The bearer token of an `Authorization` header, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<Result<&str, ()>> {
+    let v = headers.get(header::AUTHORIZATION)?;
+    let v = match v.to_str() {
+        Ok(v) => v,
+        Err(_) => return Some(Err(())),
+    };
+    let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Some(Err(()));
+    }
+    Some(Ok(token.trim()))
+}
+
+fn parse_tee_pubkey(v: &Value) -> Result<TeePubKey, ApiError> {
+    let key: TeePubKey = serde_json::from_value(v.clone()).map_err(|e| {
+        ApiError::unauthenticated(format!(
+            "the token's tee-pubkey is not a JWK ({e}); attest again"
+        ))
+    })?;
+    jwe::check_tee_pubkey(&key)
+        .map_err(|e| ApiError::bad_request(ErrorKind::UnsupportedTeeKey, e.to_string()))?;
+    Ok(key)
+}
+
+/// `GET /kbs/v0/resource/{repo}/{type}/{tag}`.
+pub async fn get_resource(
+    State(state): State<AppState>,
+    Path((repo, kind, tag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tee_pubkey: TeePubKey = match bearer(&headers) {
+        Some(Ok(t)) => {
+            let claims = state.signer.verify(t, now_ms() / 1000).map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+            let v = token::tee_pubkey_of(&claims).ok_or_else(|| {
+                ApiError::unauthenticated("the token carries no tee-pubkey; send a token from POST /kbs/v0/attest")
+            })?;
+            parse_tee_pubkey(v)?
+        }
+        Some(Err(())) => {
+            return Err(ApiError::unauthenticated("the Authorization header must be `Bearer <token from /kbs/v0/attest>`"))
+        }
+        None => match session_from_headers(&state, &headers).await? {
+            Some(Session { attested: Some(a), .. }) => {
+                let v: Value = serde_json::from_str(&a.tee_pubkey)
+                    .map_err(|e| ApiError::internal("reading the session's tee-pubkey", e))?;
+                parse_tee_pubkey(&v)?
+            }
+            Some(_) => {
+                return Err(ApiError::unauthenticated(
+                    "this session has not attested; POST /kbs/v0/attest first",
+                ))
+            }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorKind::TokenNotFound,
+                    "no attestation token and no live attested session: send `Authorization: Bearer <token>` or the kbs-session-id cookie after /kbs/v0/attest",
+                ))
+            }
+        },
+    };
+    let path = ResourcePath::new(&repo, &kind, &tag)
+        .map_err(|e| ApiError::bad_request(ErrorKind::InvalidRequest, e.to_string()))?;
+    let p = path.clone();
+    let sealed = db(&state, "reading the resource", move |s| s.get_resource(&p))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorKind::ResourceNotFound,
+                format!("no resource {path}; an administrator must upload it first"),
+            )
+        })?;
+    let plaintext = state
+        .resource_key
+        .open(&path, &sealed)
+        .map_err(|e| ApiError::internal("decrypting the stored resource", e))?;
+    let jwe = jwe::encrypt(&tee_pubkey, &plaintext, &state.rng).map_err(|e| match e {
+        jwe::JweError::Random | jwe::JweError::Crypto => {
+            ApiError::internal("encrypting the resource", e)
+        }
+        other => ApiError::bad_request(ErrorKind::UnsupportedTeeKey, other.to_string()),
+    })?;
+    state.metrics.resources_released.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(resource = %path, "released");
+    Ok(json_response(StatusCode::OK, &jwe))
+}

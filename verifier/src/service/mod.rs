@@ -1,0 +1,401 @@
+//! The verifier service: KBS protocol 0.4.0 over HTTP(S) (axum).
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /healthz` | — | `ok` |
+//! | `GET /metrics` | — | Prometheus counters |
+//! | `GET /tellus/v1/jwks` | — | the token-signing public key (JWK Set) |
+//! | `POST /kbs/v0/auth` | — | nonce + `kbs-session-id` cookie |
+//! | `POST /kbs/v0/attest` | session cookie | EAR token (ES256 JWT) |
+//! | `GET /kbs/v0/resource/{repo}/{type}/{tag}` | attested cookie or `Bearer <token>` | the resource as a JWE |
+//! | `POST /kbs/v0/resource/{repo}/{type}/{tag}` | admin | upload a resource |
+//! | `POST /kbs/v0/attestation-policy` | admin | store an attestation policy |
+//! | `POST`/`GET /kbs/v0/resource-policy` | admin | store / read the resource policy |
+//! | `POST /kbs/v0/reference-value` | admin | store reference values |
+//!
+//! Modules: [`kbs`] (client routes), [`admin`], [`verifier`] (the
+//! [`EvidenceVerifier`] trait per tee), [`token`] (EAR JWTs, JWKS),
+//! [`jwe`] (ECDH-ES+A256KW), [`keys`] (generated secrets), [`metrics`],
+//! [`error`] (the KBS error body), [`cli`] (`serve` arguments).
+
+pub mod admin;
+pub mod cli;
+pub mod error;
+pub mod jwe;
+pub mod kbs;
+pub mod keys;
+pub mod metrics;
+pub mod token;
+pub mod verifier;
+
+pub use error::{ApiError, ErrorKind};
+pub use verifier::{Claims, EvidenceVerifier, SampleVerifier, TpmNotWired, VerifyError};
+
+use crate::config::Config;
+use crate::storage::{ResourceKey, SqliteStore, Store, StoreError};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use ring::rand::SystemRandom;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
+    #[error("refusing plain HTTP on {0}: insecure_http is allowed only on a loopback address; configure tls_cert and tls_key, or listen on 127.0.0.1 / ::1")]
+    InsecureNotLoopback(SocketAddr),
+    #[error("no TLS certificate configured: set tls_cert and tls_key, or (on a loopback address only) insecure_http = true")]
+    NoTls,
+    #[error("tls_cert and tls_key must be set together")]
+    TlsHalfConfigured,
+    #[error("both TLS and insecure_http are configured; choose one")]
+    TlsAndInsecure,
+    #[error("cannot load TLS {what} from {path}: {detail}; give a PEM file")]
+    TlsFile { what: &'static str, path: PathBuf, detail: String },
+    #[error("the TLS certificate and key do not make a valid TLS configuration: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}; is another process using the port?")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Tunables taken from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub session_lifetime: Duration,
+    pub token_lifetime: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub resource_key: Arc<ResourceKey>,
+    pub signer: Arc<token::TokenSigner>,
+    /// SHA-256 of each accepted admin token.
+    pub admin_token_digests: Arc<Vec<[u8; 32]>>,
+    /// The enabled tees and their verifiers.
+    pub verifiers: Arc<BTreeMap<String, Arc<dyn EvidenceVerifier>>>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub settings: Settings,
+    pub rng: SystemRandom,
+}
+
+impl AppState {
+    /// Loads or creates the secrets in the state directory and opens the
+    /// SQLite store there.
+    pub fn open(config: &Config) -> Result<AppState, ServiceError> {
+        config.validate()?;
+        let rng = SystemRandom::new();
+        let secrets = keys::Secrets::load_or_create(config, &rng)?;
+        if let Some(p) = &secrets.admin_token_file {
+            tracing::info!(path = %p.display(), "admin token file");
+        }
+        let store = SqliteStore::open_in(&config.state_dir)?;
+        let signer = token::TokenSigner::from_pkcs8(&secrets.signing_key_pkcs8)?;
+        let mut verifiers: BTreeMap<String, Arc<dyn EvidenceVerifier>> = BTreeMap::new();
+        verifiers.insert("tpm".into(), Arc::new(TpmNotWired));
+        if config.enable_sample_tee {
+            tracing::warn!(
+                "the sample tee is enabled: its evidence proves nothing about the platform"
+            );
+            verifiers.insert("sample".into(), Arc::new(SampleVerifier));
+        }
+        let admin_token_digests = secrets
+            .admin_tokens
+            .iter()
+            .map(|t| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(
+                    ring::digest::digest(&ring::digest::SHA256, t.as_bytes()).as_ref(),
+                );
+                d
+            })
+            .collect();
+        Ok(AppState {
+            store: Arc::new(store),
+            resource_key: Arc::new(ResourceKey::new(&secrets.resource_key)),
+            signer: Arc::new(signer),
+            admin_token_digests: Arc::new(admin_token_digests),
+            verifiers: Arc::new(verifiers),
+            metrics: Arc::new(metrics::Metrics::default()),
+            settings: Settings {
+                session_lifetime: Duration::from_secs(config.session_lifetime_secs),
+                token_lifetime: Duration::from_secs(config.token_lifetime_secs),
+                max_body_bytes: config.max_body_bytes,
+            },
+            rng,
+        })
+    }
+
+    /// Plugs in (or replaces) the verifier for `tee`.
+    pub fn with_verifier(mut self, tee: &str, v: Arc<dyn EvidenceVerifier>) -> AppState {
+        Arc::make_mut(&mut self.verifiers).insert(tee.to_owned(), v);
+        self
+    }
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Runs a store operation on the blocking pool.
+pub(crate) async fn db<T, F>(state: &AppState, what: &'static str, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(what, e))?
+        .map_err(|e| ApiError::internal(what, e))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+        .into_response()
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    match serde_json::to_vec(&state.signer.jwks()) {
+        Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/jwk-set+json")], b)
+            .into_response(),
+        Err(e) => ApiError::internal("serialising the JWK Set", e).into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorKind::InvalidRequest,
+        "no such route; see the verifier's documentation for the KBS 0.4.0 routes",
+    )
+}
+
+/// The service's routes.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/tellus/v1/jwks", get(jwks))
+        .route("/kbs/v0/auth", post(kbs::auth))
+        .route("/kbs/v0/attest", post(kbs::attest))
+        .route(
+            "/kbs/v0/resource/{repo}/{type}/{tag}",
+            get(kbs::get_resource).post(admin::put_resource),
+        )
+        .route("/kbs/v0/attestation-policy", post(admin::set_attestation_policy))
+        .route(
+            "/kbs/v0/resource-policy",
+            post(admin::set_resource_policy).get(admin::get_resource_policy),
+        )
+        .route("/kbs/v0/reference-value", post(admin::set_reference_values))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+/// How the listener speaks.
+enum Transport {
+    Tls(axum_server::tls_rustls::RustlsConfig),
+    Plain,
+}
+
+/// Decides TLS or plain HTTP, refusing plain HTTP off loopback.
+fn transport(config: &Config) -> Result<Transport, ServiceError> {
+    match (&config.tls_cert, &config.tls_key, config.insecure_http) {
+        (Some(_), Some(_), true) => Err(ServiceError::TlsAndInsecure),
+        (Some(cert), Some(key), false) => Ok(Transport::Tls(tls_config(cert, key)?)),
+        (Some(_), None, _) | (None, Some(_), _) => Err(ServiceError::TlsHalfConfigured),
+        (None, None, true) if config.listen.ip().is_loopback() => Ok(Transport::Plain),
+        (None, None, true) => Err(ServiceError::InsecureNotLoopback(config.listen)),
+        (None, None, false) => Err(ServiceError::NoTls),
+    }
+}
+
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<axum_server::tls_rustls::RustlsConfig, ServiceError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServiceError::TlsFile {
+            what: "certificate",
+            path: cert.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(ServiceError::TlsFile {
+            what: "certificate",
+            path: cert.to_owned(),
+            detail: "no CERTIFICATE block".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| ServiceError::TlsFile {
+        what: "private key",
+        path: key.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServiceError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServiceError::Tls(e.to_string()))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server)))
+}
+
+/// A service bound to its port, not yet serving.
+pub struct BoundServer {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    transport: Transport,
+    state: AppState,
+}
+
+/// Opens the state and binds the listener; refuses insecure set-ups.
+pub async fn bind(config: Config) -> Result<BoundServer, ServiceError> {
+    let transport = transport(&config)?;
+    let state = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || AppState::open(&config))
+            .await
+            .map_err(|e| ServiceError::Serve(std::io::Error::other(e)))??
+    };
+    bind_with_state(&config, state, transport)
+}
+
+fn bind_with_state(
+    config: &Config,
+    state: AppState,
+    transport: Transport,
+) -> Result<BoundServer, ServiceError> {
+    let bind_err = |source| ServiceError::Bind { addr: config.listen, source };
+    let listener = std::net::TcpListener::bind(config.listen).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    Ok(BoundServer { listener, addr, transport, state })
+}
+
+impl BoundServer {
+    /// The address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The state the server runs with.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains connections.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServiceError> {
+        let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let sweeper = tokio::spawn(sweep_sessions(self.state.clone()));
+        let scheme = match self.transport {
+            Transport::Tls(_) => "https",
+            Transport::Plain => "http",
+        };
+        tracing::info!(addr = %self.addr, scheme, "tellus-verifier listening");
+        let result = match self.transport {
+            Transport::Plain => {
+                let listener = tokio::net::TcpListener::from_std(self.listener)
+                    .map_err(ServiceError::Serve)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(ServiceError::Serve)
+            }
+            Transport::Tls(tls) => {
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    shutdown.await;
+                    h.graceful_shutdown(Some(Duration::from_secs(10)));
+                });
+                axum_server::from_tcp_rustls(self.listener, tls)
+                    .handle(handle)
+                    .serve(app)
+                    .await
+                    .map_err(ServiceError::Serve)
+            }
+        };
+        sweeper.abort();
+        result
+    }
+}
+
+/// Deletes expired sessions every minute.
+async fn sweep_sessions(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        match db(&state, "deleting expired sessions", |s| s.delete_expired_sessions(now_ms())).await
+        {
+            Ok(n) if n > 0 => tracing::debug!(n, "expired sessions deleted"),
+            _ => {}
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Binds and serves until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServiceError> {
+    bind(config).await?.run(shutdown_signal()).await
+}

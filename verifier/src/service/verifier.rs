@@ -1,0 +1,126 @@
+//! Evidence verification behind one trait, so each tee's verifier plugs in
+//! on its own: `sample` here; `tpm` once [`crate::tpm`] and the registrar
+//! give an AK to trust (until then `tpm` answers 501, it never pretends).
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+/// What a verifier established about the evidence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claims {
+    /// EAR trustworthiness-vector entries for what was actually checked
+    /// (claim name → AR4SI tier, e.g. 2 = affirming). Empty when nothing
+    /// about the platform was checked.
+    pub trust_vector: Map<String, Value>,
+    /// Claims to show under `ear.veraison.annotated-evidence`.
+    pub annotated_evidence: Value,
+    /// `ear.appraisal-policy-id`.
+    pub policy_id: String,
+}
+
+/// Why evidence was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("tee {0:?} has no verifier here")]
+    UnknownTee(String),
+    #[error("{tee} evidence verification is not wired into the service yet; use tee `sample` for tests, or the `verify-evidence` command offline")]
+    NotWired { tee: String },
+    #[error("the {tee} evidence is malformed: {detail}")]
+    Malformed { tee: String, detail: String },
+    #[error("the evidence does not carry this attestation's binding (SHA-384 of the JCS of tee-pubkey, nonce and additional-evidence); recompute report data from the runtime data you sent")]
+    BindingMismatch,
+}
+
+/// Verifies one tee's evidence against the runtime-data binding.
+pub trait EvidenceVerifier: Send + Sync {
+    /// Checks `evidence` (the `primary_evidence` of the attestation) and
+    /// that it carries `binding`.
+    fn verify(
+        &self,
+        tee: &str,
+        evidence: &Value,
+        binding: &[u8; 48],
+    ) -> Result<Claims, VerifyError>;
+}
+
+/// Trustee's `sample` tee: `{"svn": "<string>", "report_data": base64(H)}`.
+/// The only check is that `report_data` is the binding: it proves the
+/// client saw this session's nonce and holds the tee key, and nothing about
+/// the platform, so its trust vector is empty. Off unless
+/// `enable_sample_tee` is set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleVerifier;
+
+/// Longest sample `svn` accepted.
+const MAX_SVN_LEN: usize = 64;
+
+impl EvidenceVerifier for SampleVerifier {
+    fn verify(
+        &self,
+        tee: &str,
+        evidence: &Value,
+        binding: &[u8; 48],
+    ) -> Result<Claims, VerifyError> {
+        let malformed =
+            |detail: &str| VerifyError::Malformed { tee: tee.into(), detail: detail.into() };
+        let obj = evidence.as_object().ok_or_else(|| malformed("expected a JSON object"))?;
+        let svn = obj
+            .get("svn")
+            .and_then(Value::as_str)
+            .filter(|s| s.len() <= MAX_SVN_LEN)
+            .ok_or_else(|| malformed("`svn` must be a string of at most 64 characters"))?;
+        let report_data = obj
+            .get("report_data")
+            .and_then(Value::as_str)
+            .filter(|s| s.len() <= 128)
+            .ok_or_else(|| malformed("`report_data` must be a base64 string"))?;
+        let rd = B64.decode(report_data).map_err(|_| malformed("`report_data` is not base64"))?;
+        if !constant_time_eq(&rd, binding) {
+            return Err(VerifyError::BindingMismatch);
+        }
+        Ok(Claims {
+            trust_vector: Map::new(),
+            annotated_evidence: json!({"sample": {"svn": svn, "report_data": report_data}}),
+            policy_id: "tellus:sample-binding-only".into(),
+        })
+    }
+}
+
+/// `tpm` until the TPM verifier is plugged in: always refuses, saying so.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TpmNotWired;
+
+impl EvidenceVerifier for TpmNotWired {
+    fn verify(&self, tee: &str, _: &Value, _: &[u8; 48]) -> Result<Claims, VerifyError> {
+        Err(VerifyError::NotWired { tee: tee.into() })
+    }
+}
+
+/// Constant-time comparison of two byte strings (their lengths are not
+/// secret).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_checks_the_binding() {
+        let b = [9u8; 48];
+        let ok = json!({"svn": "1", "report_data": B64.encode(b)});
+        let c = SampleVerifier.verify("sample", &ok, &b).unwrap();
+        assert!(c.trust_vector.is_empty());
+        let bad = json!({"svn": "1", "report_data": B64.encode([8u8; 48])});
+        assert!(matches!(
+            SampleVerifier.verify("sample", &bad, &b),
+            Err(VerifyError::BindingMismatch)
+        ));
+        let short = json!({"svn": "1", "report_data": B64.encode([9u8; 47])});
+        assert!(SampleVerifier.verify("sample", &short, &b).is_err());
+        assert!(SampleVerifier.verify("sample", &json!([]), &b).is_err());
+        assert!(TpmNotWired.verify("tpm", &ok, &b).is_err());
+    }
+}

@@ -1,0 +1,315 @@
+//! The KBS routes in process (`tower::ServiceExt::oneshot` on the router,
+//! a temp-dir SQLite store).
+
+mod service_support;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use service_support::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn auth_happy_path() {
+    let app = App::new(false);
+    let (s, h, v) = app.json(post_json("/kbs/v0/auth", &auth_body("tpm"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let cookie = h.get("set-cookie").unwrap().to_str().unwrap();
+    let (pair, expires) = cookie.split_once("; Expires=").unwrap();
+    let id = pair.strip_prefix("kbs-session-id=").unwrap();
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    let when = httpdate::parse_http_date(expires).unwrap();
+    let left = when.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(left > Duration::from_secs(250) && left <= Duration::from_secs(300), "{left:?}");
+    assert_eq!(B64.decode(v["nonce"].as_str().unwrap()).unwrap().len(), 32);
+    assert_eq!(v["extra-params"], "");
+    // Each session gets its own nonce.
+    let (_, v2) = app.auth("tpm").await;
+    assert_ne!(v["nonce"].as_str().unwrap(), v2);
+}
+
+#[tokio::test]
+async fn auth_refuses_other_versions() {
+    let app = App::new(false);
+    for version in [json!("0.1.1"), json!("0.4"), json!(4), Value::Null] {
+        let body = json!({"version": version, "tee": "tpm", "extra-params": {}});
+        let (s, _, v) = app.json(post_json("/kbs/v0/auth", &body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert_eq!(error_kind(&v), "ProtocolVersion");
+        assert!(v["detail"].as_str().unwrap().contains("0.4.0"), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn auth_refuses_unknown_and_disabled_tees() {
+    let app = App::new(false);
+    for tee in ["no-such-tee", "sample", "snp"] {
+        let (s, _, v) = app.json(post_json("/kbs/v0/auth", &auth_body(tee))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{tee}");
+        assert_eq!(error_kind(&v), "UnsupportedTee", "{tee}: {v}");
+        assert!(v["detail"].as_str().unwrap().contains("supported: tpm"), "{v}");
+    }
+    // With the sample tee enabled, it is accepted.
+    let app = App::new(true);
+    app.auth("sample").await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_specific_400() {
+    let app = App::new(false);
+    let req = Request::post("/kbs/v0/auth").body(Body::from("{\"version\": \"0.4.0\",")).unwrap();
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(error_kind(&v), "InvalidRequest");
+    assert!(v["detail"].as_str().unwrap().contains("not valid JSON"), "{v}");
+    // Valid JSON, wrong shape.
+    let (s, _, v) =
+        app.json(post_json("/kbs/v0/auth", &json!({"version": "0.4.0", "tee": "tpm"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(error_kind(&v), "InvalidRequest");
+    assert!(v["detail"].as_str().unwrap().contains("extra-params"), "{v}");
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let app = App::with(|c| c.max_body_bytes = 1024);
+    let big = json!({"version": "0.4.0", "tee": "tpm", "extra-params": "x".repeat(2000)});
+    let (s, _, v) = app.json(post_json("/kbs/v0/auth", &big)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_kind(&v), "PayloadTooLarge");
+    let req = Request::post("/kbs/v0/resource/a/b/c")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::from(vec![0u8; 1025]))
+        .unwrap();
+    let (s, _, _) = app.call(req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn attest_without_cookie_or_with_unknown_session_is_401() {
+    let app = App::new(true);
+    let key = TeeKey::new();
+    let body = key.sample_attestation("bm9uY2U=", &[0; 48]);
+    let (s, _, v) = app.json(post_json("/kbs/v0/attest", &body)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_kind(&v), "UnAuthenticated");
+    let req = with_cookie(
+        post_json("/kbs/v0/attest", &body),
+        &format!("kbs-session-id={}", "0".repeat(32)),
+    );
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_kind(&v), "UnAuthenticated");
+}
+
+#[tokio::test]
+async fn expired_session_is_401() {
+    let mut app = App::new(true);
+    app.state.settings.session_lifetime = Duration::from_millis(1);
+    let (cookie, nonce) = app.auth("sample").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let key = TeeKey::new();
+    let b = key.binding(&nonce);
+    let req =
+        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(error_kind(&v), "UnAuthenticated");
+}
+
+#[tokio::test]
+async fn nonce_mismatch_is_denied() {
+    let app = App::new(true);
+    let (cookie, nonce) = app.auth("sample").await;
+    let (_, other_nonce) = app.auth("sample").await;
+    assert_ne!(nonce, other_nonce);
+    let key = TeeKey::new();
+    // Evidence consistent with the other session's nonce, sent in this one.
+    let b = key.binding(&other_nonce);
+    let req = with_cookie(
+        post_json("/kbs/v0/attest", &key.sample_attestation(&other_nonce, &b)),
+        &cookie,
+    );
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_kind(&v), "NonceMismatch");
+}
+
+#[tokio::test]
+async fn wrong_binding_is_denied_and_nothing_is_released() {
+    let app = App::new(true);
+    app.upload("default/key/disk", b"disk key").await;
+    let (cookie, nonce) = app.auth("sample").await;
+    let key = TeeKey::new();
+    let mut b = key.binding(&nonce);
+    b[0] ^= 1;
+    let req =
+        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(error_kind(&v), "AttestationError");
+    assert!(v["detail"].as_str().unwrap().contains("binding"), "{v}");
+    let req = with_cookie(
+        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
+        &cookie,
+    );
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(error_kind(&v), "UnAuthenticated");
+    let (_, _, metrics) = app.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(metrics.contains("tellus_verifier_resources_released_total 0"), "{metrics}");
+    assert!(metrics.contains("tellus_verifier_attest_failure_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn tpm_is_not_wired_yet_and_says_so() {
+    let app = App::new(false);
+    let (cookie, nonce) = app.auth("tpm").await;
+    let key = TeeKey::new();
+    let b = key.binding(&nonce);
+    let req =
+        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "{v}");
+    assert_eq!(error_kind(&v), "NotImplemented");
+    assert!(v["detail"].as_str().unwrap().contains("not wired"), "{v}");
+}
+
+/// auth → attest → resource; returns (cookie, token, key).
+async fn attest_sample(app: &App) -> (String, String, TeeKey) {
+    let (cookie, nonce) = app.auth("sample").await;
+    let key = TeeKey::new();
+    let b = key.binding(&nonce);
+    let req =
+        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
+    let (s, h, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(h.get("set-cookie").unwrap().to_str().unwrap().starts_with(&cookie));
+    let token = v["token"].as_str().unwrap().to_owned();
+    (cookie, token, key)
+}
+
+#[tokio::test]
+async fn sample_end_to_end_with_cookie() {
+    check_unwrap_vector();
+    let app = App::new(true);
+    let secret: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    app.upload("default/key/disk", &secret).await;
+    let (cookie, token, key) = attest_sample(&app).await;
+
+    // The token verifies with the published JWK Set and is EAR-shaped.
+    let (s, _, jwks) = app.json(Request::get("/tellus/v1/jwks").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let claims = verify_with_jwks(&token, &jwks);
+    assert_eq!(claims["eat_profile"], "tag:github.com,2023:veraison/ear");
+    assert_eq!(claims["submods"]["cpu0"]["ear.status"], "affirming");
+    assert_eq!(
+        claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["runtime_data_claims"]
+            ["tee-pubkey"],
+        key.jwk()
+    );
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+
+    // A repeated attest returns the cached token.
+    let b = key.binding("irrelevant");
+    let req = with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation("x", &b)), &cookie);
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["token"], token.as_str());
+
+    let req = with_cookie(
+        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
+        &cookie,
+    );
+    let (s, _, jwe) = app.json(req).await;
+    assert_eq!(s, StatusCode::OK, "{jwe}");
+    assert_eq!(key.decrypt(&jwe), secret);
+
+    // Missing resources are 404.
+    let req = with_cookie(
+        Request::get("/kbs/v0/resource/default/key/none").body(Body::empty()).unwrap(),
+        &cookie,
+    );
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(error_kind(&v), "ResourceNotFound");
+}
+
+#[tokio::test]
+async fn sample_end_to_end_with_bearer_token() {
+    let app = App::new(true);
+    app.upload("repo/type/tag", b"bearer secret").await;
+    let (_cookie, token, key) = attest_sample(&app).await;
+    let req = Request::get("/kbs/v0/resource/repo/type/tag")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, jwe) = app.json(req).await;
+    assert_eq!(s, StatusCode::OK, "{jwe}");
+    assert_eq!(key.decrypt(&jwe), b"bearer secret");
+
+    // A tampered token, a token of another verifier, no token at all.
+    let mut bad = token.clone();
+    bad.pop();
+    bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+    for (auth, kind) in [
+        (Some(format!("Bearer {bad}")), "UnAuthenticated"),
+        (Some("Bearer not.a.token".into()), "UnAuthenticated"),
+        (Some("Basic abc".into()), "UnAuthenticated"),
+        (None, "TokenNotFound"),
+    ] {
+        let mut req = Request::get("/kbs/v0/resource/repo/type/tag");
+        if let Some(a) = &auth {
+            req = req.header("authorization", a);
+        }
+        let (s, _, v) = app.json(req.body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(error_kind(&v), kind, "{auth:?}: {v}");
+    }
+    let other = App::new(true);
+    other.upload("repo/type/tag", b"x").await;
+    let req = Request::get("/kbs/v0/resource/repo/type/tag")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, _) = other.json(req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn rsa_tee_keys_are_refused_specifically() {
+    let app = App::new(true);
+    let (cookie, nonce) = app.auth("sample").await;
+    let body = json!({
+        "runtime-data": {"nonce": nonce, "tee-pubkey": {"kty": "RSA", "alg": "RSA-OAEP-256", "n": "AQAB", "e": "AQAB"}},
+        "tee-evidence": {"primary_evidence": {"svn": "1", "report_data": ""}, "additional_evidence": ""}
+    });
+    let (s, _, v) = app.json(with_cookie(post_json("/kbs/v0/attest", &body), &cookie)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(error_kind(&v), "UnsupportedTeeKey");
+    assert!(v["detail"].as_str().unwrap().contains("RSA tee keys are not supported yet"), "{v}");
+}
+
+#[tokio::test]
+async fn health_metrics_jwks_need_no_auth() {
+    let app = App::new(false);
+    let (s, _, b) = app.call(Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!((s, &b[..]), (StatusCode::OK, &b"ok"[..]));
+    app.auth("tpm").await;
+    let (s, _, b) = app.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(b.to_vec()).unwrap();
+    assert!(
+        text.contains("tellus_verifier_requests_total{route=\"/kbs/v0/auth\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tellus_verifier_auth_total 1"), "{text}");
+    let (s, _, v) = app.json(Request::get("/tellus/v1/jwks").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["keys"][0]["alg"], "ES256");
+    assert_eq!(v["keys"][0]["crv"], "P-256");
+}
