@@ -12,6 +12,7 @@ pub mod backend;
 pub mod channel;
 pub mod cli;
 pub mod control;
+pub mod enroll_client;
 pub mod measure;
 pub mod measured_launch;
 pub mod run;

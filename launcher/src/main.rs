@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 use tellus_launcher::{
-    accel, backend, cli, control, measure, measured_launch, run, tpm, vm_config,
+    accel, backend, cli, control, enroll_client, measure, measured_launch, run, tpm, vm_config,
 };
 
 /// tellus: measured, attested VM launches with availability-only host control.
@@ -71,6 +71,23 @@ enum HostCommand {
         /// Where to write the request JSON ("-": stdout).
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
+    },
+    /// Enroll this host with a verifier: send the enrollment request, answer
+    /// the verifier's challenge with TPM2_ActivateCredential, send the
+    /// proof, and print the result. Needs `host init`.
+    Enroll {
+        /// The verifier's base URL: https://HOST[:PORT] (http:// only to a
+        /// loopback address).
+        #[arg(long, value_name = "URL")]
+        verifier: String,
+        /// PEM file of the CA that issued the verifier's TLS certificate
+        /// (default: the built-in web PKI roots).
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
+        #[command(flatten)]
+        tpm: TpmArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: cli::Output,
     },
     /// Answer a verifier's enrollment challenge: recover its secret with
     /// TPM2_ActivateCredential and print the activation proof as JSON.
@@ -326,6 +343,28 @@ fn main() -> ExitCode {
                             "tellus: warning: the request has no EK certificate; a verifier \
                              that requires one will refuse it"
                         );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Host { command: HostCommand::Enroll { verifier, ca_cert, tpm: t, output } } => {
+            let r = enroll_client::VerifierClient::new(&verifier, ca_cert.as_deref())
+                .and_then(|c| enroll_client::enroll(&c, &t.tpm, &t.state_dir));
+            match r {
+                Ok(res) => {
+                    match output {
+                        cli::Output::Text => {
+                            println!("host id:   {}", res.host_id);
+                            println!("activated: {}", res.activated);
+                            for (k, v) in &res.labels {
+                                println!("label:     {k}={v}");
+                            }
+                        }
+                        cli::Output::Json => {
+                            println!("{}", serde_json::to_string_pretty(&res).unwrap_or_default())
+                        }
                     }
                     ExitCode::SUCCESS
                 }

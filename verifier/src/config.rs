@@ -78,6 +78,16 @@ pub struct Config {
     /// Accept the `sample` tee (Trustee's test evidence, which proves
     /// nothing about the platform). Never enable it in production.
     pub enable_sample_tee: bool,
+    /// Directory of the trusted EK CA certificates (PEM or DER files:
+    /// `*.pem`, `*.crt`, `*.cer`, `*.der`) for host enrollment. Default
+    /// `<state_dir>/ek-ca`. When it is missing or holds no certificate,
+    /// every enrollment is refused.
+    pub ek_ca_dir: Option<PathBuf>,
+    /// Enroll hosts whose TPM has no EK certificate (the EK is trusted on
+    /// first use). Off by default; never in production.
+    pub allow_uncertified_ek: bool,
+    /// How long an enrollment challenge stays valid, in seconds.
+    pub enrollment_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -94,6 +104,9 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             resource_key: None,
             enable_sample_tee: false,
+            ek_ca_dir: None,
+            allow_uncertified_ek: false,
+            enrollment_ttl_secs: 300,
         }
     }
 }
@@ -130,6 +143,9 @@ impl Config {
         if self.token_lifetime_secs == 0 {
             return Err(ConfigError::Zero { field: "token_lifetime_secs" });
         }
+        if self.enrollment_ttl_secs == 0 {
+            return Err(ConfigError::Zero { field: "enrollment_ttl_secs" });
+        }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Zero { field: "max_body_bytes" });
         }
@@ -147,6 +163,11 @@ impl Config {
             _ => {}
         }
         self.resource_key.as_deref().map(parse_resource_key).transpose()
+    }
+
+    /// The EK CA directory: `ek_ca_dir`, or `<state_dir>/ek-ca`.
+    pub fn ek_ca_dir(&self) -> PathBuf {
+        self.ek_ca_dir.clone().unwrap_or_else(|| self.state_dir.join("ek-ca"))
     }
 
     /// The default configuration as a commented TOML document.
@@ -188,6 +209,16 @@ max_body_bytes = {body}
 
 # Accept the `sample` tee (test evidence that proves nothing). Never in production.
 enable_sample_tee = {sample}
+
+# Directory of the trusted EK CA certificates (*.pem, *.crt, *.cer, *.der) for host
+# enrollment; default <state_dir>/ek-ca. Missing or empty: every enrollment is refused.
+# ek_ca_dir = "/etc/tellus-verifier/ek-ca"
+
+# Enroll hosts whose TPM has no EK certificate (trust on first use). Never in production.
+allow_uncertified_ek = {uncertified}
+
+# How long an enrollment challenge stays valid, in seconds.
+enrollment_ttl_secs = {enroll_ttl}
 "#,
             listen = d.listen,
             state_dir = d.state_dir.display(),
@@ -197,6 +228,8 @@ enable_sample_tee = {sample}
             body = d.max_body_bytes,
             env = RESOURCE_KEY_ENV,
             sample = d.enable_sample_tee,
+            uncertified = d.allow_uncertified_ek,
+            enroll_ttl = d.enrollment_ttl_secs,
         )
     }
 }

@@ -166,7 +166,8 @@ async fn wrong_binding_is_denied_and_nothing_is_released() {
 }
 
 #[tokio::test]
-async fn tpm_is_not_wired_yet_and_says_so() {
+async fn tpm_refuses_sample_shaped_evidence() {
+    // Real TPM evidence is exercised in service_tpm.rs (swtpm).
     let app = App::new(false);
     let (cookie, nonce) = app.auth("tpm").await;
     let key = TeeKey::new();
@@ -174,9 +175,9 @@ async fn tpm_is_not_wired_yet_and_says_so() {
     let req =
         with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
     let (s, _, v) = app.json(req).await;
-    assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "{v}");
-    assert_eq!(error_kind(&v), "NotImplemented");
-    assert!(v["detail"].as_str().unwrap().contains("not wired"), "{v}");
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(error_kind(&v), "AttestationError");
+    assert!(v["detail"].as_str().unwrap().contains("not tellus TPM evidence"), "{v}");
 }
 
 /// auth → attest → resource; returns (cookie, token, key).

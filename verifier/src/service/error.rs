@@ -34,6 +34,16 @@ pub enum ErrorKind {
     UnsupportedTeeKey,
     /// The body exceeds `max_body_bytes`.
     PayloadTooLarge,
+    /// Host enrollment refused (EK certificate, AK, request consistency).
+    EnrollmentRefused,
+    /// The enrollment id is unknown or was already used.
+    EnrollmentNotFound,
+    /// The enrollment challenge is older than `enrollment_ttl_secs`.
+    EnrollmentExpired,
+    /// The activation proof's secret does not match the credential.
+    ActivationFailed,
+    /// No such enrolled host.
+    HostNotFound,
     /// Anything on the verifier's side.
     InternalError,
 }
@@ -54,6 +64,11 @@ impl ErrorKind {
             ErrorKind::PolicyNotFound => "PolicyNotFound",
             ErrorKind::UnsupportedTeeKey => "UnsupportedTeeKey",
             ErrorKind::PayloadTooLarge => "PayloadTooLarge",
+            ErrorKind::EnrollmentRefused => "EnrollmentRefused",
+            ErrorKind::EnrollmentNotFound => "EnrollmentNotFound",
+            ErrorKind::EnrollmentExpired => "EnrollmentExpired",
+            ErrorKind::ActivationFailed => "ActivationFailed",
+            ErrorKind::HostNotFound => "HostNotFound",
             ErrorKind::InternalError => "InternalError",
         }
     }

@@ -267,7 +267,17 @@ pub async fn attest(
                     ApiError::new(StatusCode::NOT_IMPLEMENTED, ErrorKind::NotImplemented, e.to_string())
                 }
                 VerifyError::UnknownTee(_) => ApiError::bad_request(ErrorKind::UnsupportedTee, e.to_string()),
-                VerifyError::Malformed { .. } | VerifyError::BindingMismatch => {
+                VerifyError::Store { .. } => ApiError::internal("reading the host enrollment", &e),
+                VerifyError::Malformed { .. }
+                | VerifyError::BindingMismatch
+                | VerifyError::QuoteInvalid { .. }
+                | VerifyError::LaunchLogMissing
+                | VerifyError::LaunchLogInvalid { .. }
+                | VerifyError::LaunchPcrNotQuoted { .. }
+                | VerifyError::LaunchPcrNotLogged
+                | VerifyError::AkNotEnrolled { .. }
+                | VerifyError::AkMismatch { .. }
+                | VerifyError::HostNotActivated { .. } => {
                     ApiError::new(StatusCode::FORBIDDEN, ErrorKind::AttestationError, e.to_string())
                 }
             };

@@ -24,6 +24,14 @@ pub struct Metrics {
     pub resources_released: AtomicU64,
     /// Answers with status 401 or 403.
     pub denials: AtomicU64,
+    /// Host enrollment challenges issued.
+    pub enrollments: AtomicU64,
+    /// Host enrollment requests refused.
+    pub enrollments_refused: AtomicU64,
+    /// Hosts activated (proof matched).
+    pub activations: AtomicU64,
+    /// Activation proofs refused (unknown, expired or wrong secret).
+    pub activations_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -60,6 +68,10 @@ impl Metrics {
                 &self.resources_released,
             ),
             ("denials", "Answers with status 401 or 403.", &self.denials),
+            ("enrollments", "Host enrollment challenges issued.", &self.enrollments),
+            ("enrollments_refused", "Host enrollment requests refused.", &self.enrollments_refused),
+            ("activations", "Hosts activated.", &self.activations),
+            ("activations_failed", "Activation proofs refused.", &self.activations_failed),
         ] {
             let _ = writeln!(out, "# HELP tellus_verifier_{name}_total {help}");
             let _ = writeln!(out, "# TYPE tellus_verifier_{name}_total counter");

@@ -12,23 +12,30 @@
 //! | `POST /kbs/v0/attestation-policy` | admin | store an attestation policy |
 //! | `POST`/`GET /kbs/v0/resource-policy` | admin | store / read the resource policy |
 //! | `POST /kbs/v0/reference-value` | admin | store reference values |
+//! | `POST /tellus/v1/hosts/enroll` | — | host enrollment challenge ([`hosts`]) |
+//! | `POST /tellus/v1/hosts/activate` | — | activation proof → enrolled host |
+//! | `GET /tellus/v1/hosts/{host_id}` | admin | the host record |
+//! | `PUT /tellus/v1/hosts/{host_id}/labels` | admin | replace the host's labels |
 //!
 //! Modules: [`kbs`] (client routes), [`admin`], [`verifier`] (the
-//! [`EvidenceVerifier`] trait per tee), [`token`] (EAR JWTs, JWKS),
+//! [`EvidenceVerifier`] trait per tee; [`tpm_verifier`] for tee `tpm`), [`token`] (EAR JWTs, JWKS),
 //! [`jwe`] (ECDH-ES+A256KW), [`keys`] (generated secrets), [`metrics`],
 //! [`error`] (the KBS error body), [`cli`] (`serve` arguments).
 
 pub mod admin;
 pub mod cli;
 pub mod error;
+pub mod hosts;
 pub mod jwe;
 pub mod kbs;
 pub mod keys;
 pub mod metrics;
 pub mod token;
+pub mod tpm_verifier;
 pub mod verifier;
 
 pub use error::{ApiError, ErrorKind};
+pub use tpm_verifier::TpmVerifier;
 pub use verifier::{Claims, EvidenceVerifier, SampleVerifier, TpmNotWired, VerifyError};
 
 use crate::config::Config;
@@ -100,6 +107,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     pub settings: Settings,
     pub rng: SystemRandom,
+    /// Host enrollment: EK CA anchors, options, challenge lifetime.
+    pub enrollment: Arc<hosts::EnrollmentSettings>,
 }
 
 impl AppState {
@@ -112,10 +121,10 @@ impl AppState {
         if let Some(p) = &secrets.admin_token_file {
             tracing::info!(path = %p.display(), "admin token file");
         }
-        let store = SqliteStore::open_in(&config.state_dir)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(&config.state_dir)?);
         let signer = token::TokenSigner::from_pkcs8(&secrets.signing_key_pkcs8)?;
         let mut verifiers: BTreeMap<String, Arc<dyn EvidenceVerifier>> = BTreeMap::new();
-        verifiers.insert("tpm".into(), Arc::new(TpmNotWired));
+        verifiers.insert("tpm".into(), Arc::new(TpmVerifier::new(store.clone())));
         if config.enable_sample_tee {
             tracing::warn!(
                 "the sample tee is enabled: its evidence proves nothing about the platform"
@@ -134,7 +143,7 @@ impl AppState {
             })
             .collect();
         Ok(AppState {
-            store: Arc::new(store),
+            store,
             resource_key: Arc::new(ResourceKey::new(&secrets.resource_key)),
             signer: Arc::new(signer),
             admin_token_digests: Arc::new(admin_token_digests),
@@ -146,6 +155,7 @@ impl AppState {
                 max_body_bytes: config.max_body_bytes,
             },
             rng,
+            enrollment: Arc::new(hosts::EnrollmentSettings::load(config)),
         })
     }
 
@@ -219,6 +229,10 @@ pub fn router(state: AppState) -> Router {
             post(admin::set_resource_policy).get(admin::get_resource_policy),
         )
         .route("/kbs/v0/reference-value", post(admin::set_reference_values))
+        .route("/tellus/v1/hosts/enroll", post(hosts::enroll))
+        .route("/tellus/v1/hosts/activate", post(hosts::activate))
+        .route("/tellus/v1/hosts/{host_id}", get(hosts::get_host))
+        .route("/tellus/v1/hosts/{host_id}/labels", axum::routing::put(hosts::put_labels))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
@@ -370,6 +384,14 @@ async fn sweep_sessions(state: AppState) {
         match db(&state, "deleting expired sessions", |s| s.delete_expired_sessions(now_ms())).await
         {
             Ok(n) if n > 0 => tracing::debug!(n, "expired sessions deleted"),
+            _ => {}
+        }
+        let before = (now_ms() / 1000).max(0) as u64;
+        let before = before.saturating_sub(state.enrollment.ttl_secs);
+        match db(&state, "deleting expired enrollments", move |s| s.delete_expired_pending(before))
+            .await
+        {
+            Ok(n) if n > 0 => tracing::debug!(n, "expired enrollment challenges deleted"),
             _ => {}
         }
     }

@@ -1,6 +1,5 @@
 //! Evidence verification behind one trait, so each tee's verifier plugs in
-//! on its own: `sample` here; `tpm` once [`crate::tpm`] and the registrar
-//! give an AK to trust (until then `tpm` answers 501, it never pretends).
+//! on its own: `sample` here; `tpm` in [`super::tpm_verifier`].
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -30,6 +29,24 @@ pub enum VerifyError {
     Malformed { tee: String, detail: String },
     #[error("the evidence does not carry this attestation's binding (SHA-384 of the JCS of tee-pubkey, nonce and additional-evidence); recompute report data from the runtime data you sent")]
     BindingMismatch,
+    #[error("the TPM quote does not verify: {detail}")]
+    QuoteInvalid { detail: String },
+    #[error("the TPM evidence carries no launch log (event_log): the launch PCR cannot be checked without it; quote after `tellus run` has measured a launch, so that <state-dir>/launch-log.cel exists")]
+    LaunchLogMissing,
+    #[error("the TPM launch log does not verify against the quote: {detail}; send <state-dir>/launch-log.cel unmodified, as `tellus quote` reads it")]
+    LaunchLogInvalid { detail: String },
+    #[error("the TPM quote does not cover the launch PCR sha256:13 (it selects {selection}); quote with `tellus quote --pcrs 13`")]
+    LaunchPcrNotQuoted { selection: String },
+    #[error("the launch log has no record for the launch PCR sha256:13, so the quoted value is not vouched for; quote after `tellus run` has measured a launch")]
+    LaunchPcrNotLogged,
+    #[error("AK not enrolled: no host {host_id} is enrolled with this verifier; enroll the host (`tellus host enroll-request`, then `tellus host activate`) first")]
+    AkNotEnrolled { host_id: String },
+    #[error("AK not enrolled: the quote is signed by AK {found}, but host {host_id} is enrolled with AK {enrolled}; if the host was re-initialised, enroll it again")]
+    AkMismatch { host_id: String, enrolled: String, found: String },
+    #[error("host {host_id} is enrolled but not activated: the verifier has not seen the proof of its AK credential activation; finish enrollment with `tellus host activate`")]
+    HostNotActivated { host_id: String },
+    #[error("cannot read the enrollment of host {host_id}: {detail}")]
+    Store { host_id: String, detail: String },
 }
 
 /// Verifies one tee's evidence against the runtime-data binding.

@@ -15,6 +15,7 @@ pub mod sqlite;
 pub use sealing::{ResourceKey, SealError, SealedResource};
 pub use sqlite::SqliteStore;
 
+pub use crate::registrar::enrollment::PendingEnrollment;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -188,6 +189,21 @@ pub trait Store: Send + Sync {
     fn put_host(&self, host: &HostRecord) -> Result<(), StoreError>;
     /// The host record for `host_id`.
     fn get_host(&self, host_id: &str) -> Result<Option<HostRecord>, StoreError>;
+    /// Replaces the labels of host `host_id`; false when no such host.
+    fn set_host_labels(
+        &self,
+        host_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores a pending enrollment under its `enrollment_id`.
+    fn put_pending(&self, pending: &PendingEnrollment) -> Result<(), StoreError>;
+    /// Removes and returns the pending enrollment `id` (take-once: a second
+    /// call returns `None`). Expired or not (callers check expiry).
+    fn take_pending(&self, id: &str) -> Result<Option<PendingEnrollment>, StoreError>;
+    /// Deletes pending enrollments created before `before_secs` (Unix
+    /// seconds); returns how many.
+    fn delete_expired_pending(&self, before_secs: u64) -> Result<usize, StoreError>;
 }
 
 #[cfg(test)]

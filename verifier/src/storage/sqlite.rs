@@ -13,9 +13,11 @@
 //! database newer than this code.
 
 use super::{
-    Attested, HostRecord, PolicyKind, ResourcePath, SealedResource, Session, Store, StoreError,
+    Attested, HostRecord, PendingEnrollment, PolicyKind, ResourcePath, SealedResource, Session,
+    Store, StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -63,6 +65,15 @@ pub const MIGRATIONS: &[&str] = &[
         labels    TEXT NOT NULL,
         activated INTEGER NOT NULL
     );
+    "#,
+    // 2: host enrollment challenges waiting for their activation proof.
+    r#"
+    CREATE TABLE pending_enrollments (
+        enrollment_id TEXT PRIMARY KEY,
+        pending       TEXT NOT NULL,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE INDEX pending_enrollments_created ON pending_enrollments (created_at);
     "#,
 ];
 
@@ -338,6 +349,55 @@ impl Store for SqliteStore {
         let labels = serde_json::from_str(&labels).map_err(|e| corrupt("host labels", e))?;
         Ok(Some(HostRecord { host_id, ek_public, ak_public, labels, activated }))
     }
+
+    fn set_host_labels(
+        &self,
+        host_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        let labels = serde_json::to_string(labels).map_err(|e| corrupt("host labels", e))?;
+        let conn = self.lock()?;
+        let n = conn
+            .execute("UPDATE hosts SET labels = ?2 WHERE host_id = ?1", params![host_id, labels])?;
+        Ok(n == 1)
+    }
+
+    fn put_pending(&self, p: &PendingEnrollment) -> Result<(), StoreError> {
+        let text = serde_json::to_string(p).map_err(|e| corrupt("pending enrollment", e))?;
+        let created = i64::try_from(p.created_at).unwrap_or(i64::MAX);
+        let conn = self.lock()?;
+        conn.execute(
+            "INSERT INTO pending_enrollments (enrollment_id, pending, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (enrollment_id) DO UPDATE SET pending = excluded.pending,
+                created_at = excluded.created_at",
+            params![p.enrollment_id, text, created],
+        )?;
+        Ok(())
+    }
+
+    fn take_pending(&self, id: &str) -> Result<Option<PendingEnrollment>, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let text: Option<String> = tx
+            .query_row(
+                "SELECT pending FROM pending_enrollments WHERE enrollment_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if text.is_some() {
+            tx.execute("DELETE FROM pending_enrollments WHERE enrollment_id = ?1", params![id])?;
+        }
+        tx.commit()?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("pending enrollment", e)))
+            .transpose()
+    }
+
+    fn delete_expired_pending(&self, before_secs: u64) -> Result<usize, StoreError> {
+        let before = i64::try_from(before_secs).unwrap_or(i64::MAX);
+        let conn = self.lock()?;
+        Ok(conn.execute("DELETE FROM pending_enrollments WHERE created_at < ?1", params![before])?)
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +496,35 @@ mod tests {
         assert_eq!(s.get_host("host-1").unwrap(), Some(h.clone()));
         let h2 = HostRecord { activated: true, ..h };
         s.put_host(&h2).unwrap();
-        assert_eq!(s.get_host("host-1").unwrap(), Some(h2));
+        assert_eq!(s.get_host("host-1").unwrap(), Some(h2.clone()));
+        let labels: BTreeMap<String, String> = [("site".to_string(), "x".to_string())].into();
+        assert!(s.set_host_labels("host-1", &labels).unwrap());
+        assert!(!s.set_host_labels("host-2", &labels).unwrap());
+        assert_eq!(s.get_host("host-1").unwrap().unwrap().labels, labels);
+    }
+
+    #[test]
+    fn pending_enrollments_are_taken_once_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let p = |id: &str, created_at| PendingEnrollment {
+            enrollment_id: id.into(),
+            host_id: "ab".repeat(32),
+            ek_public: "AA==".into(),
+            ek_cert: None,
+            ek_anchor: None,
+            ak_public: "AA==".into(),
+            ak_name: "000b".into(),
+            secret_sha256: "00".repeat(32),
+            created_at,
+        };
+        s.put_pending(&p("e1", 100)).unwrap();
+        s.put_pending(&p("e2", 200)).unwrap();
+        assert_eq!(s.take_pending("e1").unwrap(), Some(p("e1", 100)));
+        assert_eq!(s.take_pending("e1").unwrap(), None);
+        assert_eq!(s.take_pending("nope").unwrap(), None);
+        assert_eq!(s.delete_expired_pending(200).unwrap(), 0);
+        assert_eq!(s.delete_expired_pending(201).unwrap(), 1);
+        assert_eq!(s.take_pending("e2").unwrap(), None);
     }
 }
