@@ -252,3 +252,40 @@ fn swtpm_killed_between_two_extends_no_vcpu_runs() {
     assert!(err.contains("PCR_Extend"), "{err}");
     assert!(!err.contains("started /") && !err.contains("vCPUs running"), "{err}");
 }
+
+/// `--tpm swtpm:path=SOCK`: swtpm on UNIX sockets (SOCK and SOCK.ctrl).
+#[test]
+fn swtpm_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("tpm");
+    std::fs::create_dir_all(&state).unwrap();
+    let sock = dir.path().join("tpm.sock");
+    let mut swtpm = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--server")
+        .arg(format!("type=unixio,path={}", sock.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}.ctrl", sock.display()))
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "swtpm socket did not appear");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let addr = format!("swtpm:path={}", sock.display());
+    let (code, err) = oneshot(&addr, &dir.path().join("state"));
+    let pcr = Command::new("tpm2_pcrread")
+        .env("TPM2TOOLS_TCTI", &addr)
+        .arg("sha256:13")
+        .output()
+        .unwrap();
+    let _ = swtpm.kill();
+    let _ = swtpm.wait();
+    assert_eq!(code, 0, "{err}");
+    let r = replay(&dir.path().join("state/launch-log.cel"));
+    let text = String::from_utf8_lossy(&pcr.stdout).to_lowercase();
+    assert!(text.contains(r["pcrs"]["sha256"]["13"].as_str().unwrap()), "{text}");
+}

@@ -7,6 +7,7 @@
 pub mod enroll;
 pub mod host;
 pub mod quote;
+mod unix_relay;
 
 use std::str::FromStr;
 use tellus_measured_boot::{Digest, HashAlg};
@@ -29,6 +30,8 @@ pub enum TpmError {
     Spec { spec: String, reason: String },
     #[error("cannot reach the TPM at '{spec}': {source}; is the TPM (or swtpm) running?")]
     Connect { spec: String, source: tss_esapi::Error },
+    #[error("cannot reach the swtpm UNIX socket of '{spec}': {source}; is swtpm running with --server type=unixio,path=SOCK --ctrl type=unixio,path=SOCK.ctrl?")]
+    Unix { spec: String, source: std::io::Error },
     #[error("TPM command {command} failed: {source}")]
     Command { command: &'static str, source: tss_esapi::Error },
     #[error("PCR {0} cannot be used: launch records go into PCR 8..=15")]
@@ -43,7 +46,14 @@ pub enum TpmError {
 #[derive(Debug, Clone)]
 pub struct TpmAddress {
     spec: String,
-    tcti: TctiNameConf,
+    kind: AddressKind,
+}
+
+#[derive(Debug, Clone)]
+enum AddressKind {
+    Tcti(TctiNameConf),
+    /// `swtpm:path=SOCK`: reached through [`unix_relay::UnixRelay`].
+    SwtpmUnix(std::path::PathBuf),
 }
 
 impl FromStr for TpmAddress {
@@ -56,14 +66,16 @@ impl FromStr for TpmAddress {
         {
             return Err(bad("unknown kind (swtpm:, device: or mssim:)"));
         }
-        if spec.starts_with("swtpm:path=") {
-            // tss-esapi 7's TCTI configuration knows host/port only.
-            return Err(bad(
-                "swtpm over a UNIX socket is not supported by tss-esapi 7; use host=,port=",
-            ));
+        if let Some(path) = spec.strip_prefix("swtpm:path=") {
+            if path.is_empty() || path.contains(',') {
+                return Err(bad(
+                    "swtpm:path= needs one socket path (its control socket is PATH.ctrl)",
+                ));
+            }
+            return Ok(TpmAddress { spec: spec.into(), kind: AddressKind::SwtpmUnix(path.into()) });
         }
         let tcti = TctiNameConf::from_str(spec).map_err(|e| bad(&e.to_string()))?;
-        Ok(TpmAddress { spec: spec.into(), tcti })
+        Ok(TpmAddress { spec: spec.into(), kind: AddressKind::Tcti(tcti) })
     }
 }
 
@@ -75,7 +87,9 @@ impl std::fmt::Display for TpmAddress {
 
 /// An open TPM connection.
 pub struct Tpm {
+    // Field order matters: the context closes before the relay stops.
     ctx: Context,
+    _relay: Option<unix_relay::UnixRelay>,
 }
 
 fn hashing(alg: HashAlg) -> HashingAlgorithm {
@@ -123,9 +137,19 @@ fn cmd(command: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
 impl Tpm {
     /// Opens a connection.
     pub fn connect(addr: &TpmAddress) -> Result<Tpm, TpmError> {
-        let ctx = Context::new(addr.tcti.clone())
-            .map_err(|source| TpmError::Connect { spec: addr.spec.clone(), source })?;
-        Ok(Tpm { ctx })
+        let connect_err = |source| TpmError::Connect { spec: addr.spec.clone(), source };
+        let (tcti, relay) = match &addr.kind {
+            AddressKind::Tcti(t) => (t.clone(), None),
+            AddressKind::SwtpmUnix(path) => {
+                let relay = unix_relay::UnixRelay::start(path)
+                    .map_err(|e| TpmError::Unix { spec: addr.spec.clone(), source: e })?;
+                let conf = format!("swtpm:host=127.0.0.1,port={}", relay.port());
+                let tcti = TctiNameConf::from_str(&conf).map_err(connect_err)?;
+                (tcti, Some(relay))
+            }
+        };
+        let ctx = Context::new(tcti).map_err(connect_err)?;
+        Ok(Tpm { ctx, _relay: relay })
     }
 
     /// The banks (we support) in which `pcr` is allocated. A bank of an
@@ -212,8 +236,8 @@ mod tests {
         assert!("device:/dev/tpmrm0".parse::<TpmAddress>().is_ok());
         let e = "tpm0".parse::<TpmAddress>().unwrap_err().to_string();
         assert!(e.contains("unknown kind"), "{e}");
-        let e = "swtpm:path=/run/swtpm.sock".parse::<TpmAddress>().unwrap_err().to_string();
-        assert!(e.contains("UNIX socket"), "{e}");
+        assert!("swtpm:path=/run/swtpm.sock".parse::<TpmAddress>().is_ok());
+        assert!("swtpm:path=".parse::<TpmAddress>().is_err());
         assert!(pcr_slot(16).is_err());
         assert!(pcr_slot(13).is_ok());
     }
