@@ -6,10 +6,8 @@
 
 mod common;
 use base64::Engine;
-use common::{tellus, Swtpm};
+use common::{tellus, text, Swtpm, TpmHost};
 use ring::rand::SystemRandom;
-use std::path::PathBuf;
-use std::process::Output;
 use tellus_protocol::enrollment::{ActivationProof, EnrollChallenge, EnrollRequest};
 use tellus_verifier::registrar::ek_cert::{EkCertError, TrustAnchors, ValidationTime};
 use tellus_verifier::registrar::enrollment::{begin, finish, EnrollError, PendingEnrollment};
@@ -18,38 +16,19 @@ use tellus_verifier::tpm_types::TpmPublic;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+/// A provisioned host (see `common::TpmHost`) with this file's helpers.
+struct Host(TpmHost);
 
-/// A provisioned swtpm with `tellus host init` done in `state`.
-struct Host {
-    tpm: Swtpm,
-    state: PathBuf,
+impl std::ops::Deref for Host {
+    type Target = TpmHost;
+    fn deref(&self) -> &TpmHost {
+        &self.0
+    }
 }
 
 impl Host {
     fn new() -> Host {
-        let tpm = Swtpm::start_provisioned();
-        let state = tpm.path("tellus-state");
-        let h = Host { tpm, state };
-        let out = h.tellus(&["host", "init"]);
-        assert!(out.status.success(), "host init failed:\n{}", text(&out.stderr));
-        h
-    }
-
-    /// Runs `tellus` with `args` and this host's --tpm and --state-dir.
-    fn tellus(&self, args: &[&str]) -> Output {
-        let out = tellus()
-            .args(args)
-            .arg("--tpm")
-            .arg(self.tpm.addr())
-            .arg("--state-dir")
-            .arg(&self.state)
-            .output()
-            .unwrap();
-        assert!(!text(&out.stderr).contains("panicked"), "panic:\n{}", text(&out.stderr));
-        out
+        Host(TpmHost::new())
     }
 
     /// The swtpm local CA: the EK certificates' issuer and its root.

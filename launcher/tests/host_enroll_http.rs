@@ -10,18 +10,14 @@
 //! (`<target>/<profile>/deps/..`), which also honours `CARGO_TARGET_DIR`.
 
 mod common;
-use common::{tellus, Swtpm};
+use common::{text, TpmHost};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The `tellus-verifier` binary, built once per test process.
 fn verifier_bin() -> &'static Path {
@@ -130,37 +126,19 @@ impl Drop for Verifier {
     }
 }
 
-struct Host {
-    tpm: Swtpm,
-    state: PathBuf,
+/// A provisioned host (see `common::TpmHost`) with this file's helpers.
+struct Host(TpmHost);
+
+impl std::ops::Deref for Host {
+    type Target = TpmHost;
+    fn deref(&self) -> &TpmHost {
+        &self.0
+    }
 }
 
 impl Host {
     fn new() -> Host {
-        let tpm = Swtpm::start_provisioned();
-        let state = tpm.path("tellus-state");
-        let h = Host { tpm, state };
-        let out = h.tellus(&["host", "init"]);
-        assert!(out.status.success(), "host init failed:\n{}", text(&out.stderr));
-        h
-    }
-
-    fn tellus(&self, args: &[&str]) -> Output {
-        let out = tellus()
-            .args(args)
-            .arg("--tpm")
-            .arg(self.tpm.addr())
-            .arg("--state-dir")
-            .arg(&self.state)
-            .output()
-            .unwrap();
-        assert!(!text(&out.stderr).contains("panicked"), "panic:\n{}", text(&out.stderr));
-        out
-    }
-
-    fn host_id(&self) -> String {
-        let ek = std::fs::read(self.state.join("host/ek.pub")).unwrap();
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, &ek))
+        Host(TpmHost::new())
     }
 }
 

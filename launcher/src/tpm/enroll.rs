@@ -304,17 +304,7 @@ pub fn activate(
     let saved = host::load_saved(state_dir)?;
     let mut tpm = Tpm::connect(addr)?;
     let recovered = {
-        let mut ekg = host::create_ek(&mut tpm.ctx, saved.ek_algorithm)
-            .map_err(|source| TpmError::Command { command: "CreatePrimary(EK)", source })?;
-        let (_, now) = host::ek_identity(&mut ekg)?;
-        if now != saved.host_id {
-            return Err(HostError::HostIdChanged {
-                dir: saved.files.dir.clone(),
-                saved: saved.host_id.clone(),
-                now,
-            }
-            .into());
-        }
+        let mut ekg = host::saved_ek(&mut tpm.ctx, &saved)?;
         let ek = ekg.handle();
         let ak = tss_esapi::abstraction::ak::load_ak(
             &mut ekg,

@@ -473,6 +473,25 @@ pub(crate) fn ek_identity(ek: &mut Transient<'_>) -> Result<(Vec<u8>, String), H
     Ok((bytes, id))
 }
 
+/// Recreates the EK and checks it against the saved host id: a different
+/// TPM (or a cleared endorsement hierarchy) is refused here, once for all
+/// callers.
+pub(crate) fn saved_ek<'a>(
+    ctx: &'a mut Context,
+    saved: &SavedHost,
+) -> Result<Transient<'a>, HostError> {
+    let mut ekg = create_ek(ctx, saved.ek_algorithm).map_err(cmd("CreatePrimary(EK)"))?;
+    let (_, now) = ek_identity(&mut ekg)?;
+    if now != saved.host_id {
+        return Err(HostError::HostIdChanged {
+            dir: saved.files.dir.clone(),
+            saved: saved.host_id.clone(),
+            now,
+        });
+    }
+    Ok(ekg)
+}
+
 /// Recreates the EK, checks it against the saved host id, loads the saved
 /// AK under it, flushes the EK and runs `f` with the AK loaded; the AK is
 /// flushed when `f` returns.
@@ -482,16 +501,7 @@ pub(crate) fn with_ak<R, E: From<HostError>>(
     f: impl FnOnce(&mut Context, KeyHandle) -> Result<R, E>,
 ) -> Result<R, E> {
     let ak_handle = {
-        let mut ekg = create_ek(ctx, saved.ek_algorithm).map_err(cmd("CreatePrimary(EK)"))?;
-        let (_, now) = ek_identity(&mut ekg)?;
-        if now != saved.host_id {
-            return Err(HostError::HostIdChanged {
-                dir: saved.files.dir.clone(),
-                saved: saved.host_id.clone(),
-                now,
-            }
-            .into());
-        }
+        let mut ekg = saved_ek(ctx, saved)?;
         let parent = ekg.handle();
         ak::load_ak(&mut ekg, parent, None, saved.ak_private.clone(), saved.ak_public.clone())
             .map_err(|source| HostError::AkLoad { dir: saved.files.dir.clone(), source })?

@@ -201,3 +201,45 @@ pub fn write_exe(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// Lossy UTF-8 of a command's output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A provisioned swtpm (EK certificate from its private local CA) with
+/// `tellus host init` done in its own state directory.
+pub struct TpmHost {
+    pub tpm: Swtpm,
+    pub state: PathBuf,
+}
+
+impl TpmHost {
+    pub fn new() -> TpmHost {
+        let tpm = Swtpm::start_provisioned();
+        let state = tpm.path("tellus-state");
+        let h = TpmHost { tpm, state };
+        let out = h.tellus(&["host", "init"]);
+        assert!(out.status.success(), "host init failed:\n{}", text(&out.stderr));
+        h
+    }
+
+    /// Runs `tellus` with `args` and this host's --tpm and --state-dir.
+    pub fn tellus(&self, args: &[&str]) -> std::process::Output {
+        let out = tellus()
+            .args(args)
+            .arg("--tpm")
+            .arg(self.tpm.addr())
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(!text(&out.stderr).contains("panicked"), "panic:\n{}", text(&out.stderr));
+        out
+    }
+
+    /// The host id: SHA-256 of the EK's TPM2B_PUBLIC, as `host init` saved it.
+    pub fn host_id(&self) -> String {
+        std::fs::read_to_string(self.state.join("host/host-id")).unwrap().trim().to_string()
+    }
+}
