@@ -57,6 +57,22 @@ fn invalid(detail: impl Into<String>) -> ApiError {
     ApiError::bad_request(ErrorKind::InvalidRequest, detail)
 }
 
+/// Every JSON admin route starts the same way: check the admin token, read
+/// the body within the size limit, decode it as `T`; `example` tells the
+/// caller what to send instead.
+fn admin_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    example: &str,
+) -> Result<T, ApiError> {
+    require_admin(state, headers)?;
+    let body = body_or_error(body)?;
+    serde_json::from_value(parse_json(&body, what)?)
+        .map_err(|e| invalid(format!("the body is not a {what} ({e}); send {example}")))
+}
+
 fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     if s.is_empty() || s.len() > MAX_NAME_LEN || s.chars().any(char::is_control) {
         return Err(invalid(format!(
@@ -109,10 +125,13 @@ pub async fn set_attestation_policy(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    let body = body_or_error(body)?;
-    let b: AttestationPolicyBody = serde_json::from_value(parse_json(&body, "attestation policy")?)
-        .map_err(|e| invalid(format!("not an attestation policy ({e}); send {{\"type\":\"rego\",\"policy_id\":\"…\",\"policy\":\"<base64url>\"}}")))?;
+    let b: AttestationPolicyBody = admin_json(
+        &state,
+        &headers,
+        body,
+        "attestation policy",
+        r#"{"type":"rego","policy_id":"…","policy":"<base64url>"}"#,
+    )?;
     if b.kind != "rego" {
         return Err(invalid("attestation policy `type` must be \"rego\""));
     }
@@ -137,12 +156,8 @@ pub async fn set_resource_policy(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    let body = body_or_error(body)?;
-    let b: ResourcePolicyBody = serde_json::from_value(parse_json(&body, "resource policy")?)
-        .map_err(|e| {
-            invalid(format!("not a resource policy ({e}); send {{\"policy\":\"<base64url>\"}}"))
-        })?;
+    let b: ResourcePolicyBody =
+        admin_json(&state, &headers, body, "resource policy", r#"{"policy":"<base64url>"}"#)?;
     let text = decode_policy(&b.policy)?;
     db(&state, "storing the policy", move |s| s.put_policy(PolicyKind::Resource, "default", &text))
         .await?;
@@ -185,10 +200,13 @@ pub async fn set_reference_values(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    let body = body_or_error(body)?;
-    let b: ReferenceValueBody = serde_json::from_value(parse_json(&body, "reference value message")?)
-        .map_err(|e| invalid(format!("not a reference value message ({e}); send {{\"version\":\"0.1.0\",\"type\":\"sample\",\"payload\":\"<base64>\"}}")))?;
+    let b: ReferenceValueBody = admin_json(
+        &state,
+        &headers,
+        body,
+        "reference value message",
+        r#"{"version":"0.1.0","type":"sample","payload":"<base64>"}"#,
+    )?;
     if b.version != "0.1.0" {
         return Err(invalid("reference value message `version` must be \"0.1.0\""));
     }
