@@ -20,23 +20,24 @@
 //! runs at ~20 quotes/s on the swtpm, so the default pool of 2,000 takes
 //! ~100 s of (untimed) setup and the timed phase lasts ~2 s.
 
+#[path = "../tests/launch_support/mod.rs"]
+mod launch_support;
 #[path = "../tests/service_support/mod.rs"]
 mod service_support;
+use launch_support::{extend_launch_log, tellus_bin};
 
 use axum::body::Bytes;
 use base64::Engine;
 use serde_json::{json, Value};
 use service_support::{auth_body, TeeKey, ADMIN};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swtpm_tests::Swtpm;
-use tellus_measured_boot::cel::{self, CelRecord};
-use tellus_measured_boot::records::LaunchRecord;
-use tellus_measured_boot::HashAlg;
+use tellus_measured_boot::cel;
 use tellus_verifier::config::Config;
 use tellus_verifier::service::{self, jwe, token};
 use tellus_verifier::storage::HostRecord;
@@ -79,38 +80,9 @@ fn args() -> Args {
     a
 }
 
-/// The launcher binary, built like tests/service_tpm.rs does.
-fn tellus_bin() -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "tellus-launcher", "--bin", "tellus"])
-        .args(["--message-format", "json-render-diagnostics"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tellus")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no tellus executable")
-}
-
 /// swtpm + PCR 13 extended with a tellus launch log + `tellus host init`.
 fn host_setup(tpm: &Swtpm, state: &Path) -> HostRecord {
-    let records: Vec<CelRecord> = [
-        LaunchRecord::cmdline("console=ttyS0"),
-        LaunchRecord::separator(),
-        LaunchRecord::stop("poweroff", 1),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, r)| CelRecord::tellus(i as u64, 13, r, &[HashAlg::Sha256]))
-    .collect();
-    for r in &records {
-        let arg = format!("13:sha256={}", hex::encode(&r.digests[0].bytes));
-        tpm.tpm2("tpm2_pcrextend", &[&arg]);
-    }
+    let records = extend_launch_log(tpm, "console=ttyS0");
     let out = Command::new(tellus_bin())
         .args(["host", "init", "--tpm", &tpm.addr(), "--state-dir"])
         .arg(state)

@@ -3,7 +3,9 @@
 //! launch log extended into PCR 13. The host is put into the store directly
 //! (the enrollment routes have their own tests).
 
+mod launch_support;
 mod service_support;
+use launch_support::{extend_launch_log, tellus_bin};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -13,35 +15,12 @@ use serde_json::{json, Value};
 use service_support::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use swtpm_tests::Swtpm;
-use tellus_measured_boot::cel::{self, CelRecord};
-use tellus_measured_boot::records::LaunchRecord;
-use tellus_measured_boot::HashAlg;
+use tellus_measured_boot::cel;
 use tellus_verifier::storage::HostRecord;
 use tellus_verifier::tpm::binding::runtime_data_binding;
 
 const SECRET: &[u8] = b"disk key for the attested guest";
-
-/// The launcher binary, built once per test process.
-fn tellus_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "tellus-launcher", "--bin", "tellus"])
-            .args(["--message-format", "json-render-diagnostics"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tellus")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no tellus executable")
-    })
-}
 
 fn tellus(tpm: &Swtpm, state: &Path, args: &[&str]) {
     let out = Command::new(tellus_bin())
@@ -71,19 +50,7 @@ struct Host {
 impl Host {
     fn new() -> Host {
         let tpm = Swtpm::start_provisioned();
-        let records: Vec<CelRecord> = [
-            LaunchRecord::cmdline("console=ttyS0"),
-            LaunchRecord::separator(),
-            LaunchRecord::stop("poweroff", 1),
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, r)| CelRecord::tellus(i as u64, 13, r, &[HashAlg::Sha256]))
-        .collect();
-        for r in &records {
-            let arg = format!("13:sha256={}", hex::encode(&r.digests[0].bytes));
-            tpm.tpm2("tpm2_pcrextend", &[&arg]);
-        }
+        let records = extend_launch_log(&tpm, "console=ttyS0");
         let host = Host { tpm, dir: tempfile::tempdir().unwrap(), log: cel::encode(&records) };
         host.init("state");
         host

@@ -10,8 +10,7 @@
 use base64::Engine;
 use std::path::Path;
 use std::process::Command;
-use tellus_measured_boot::cel::{self, CelRecord};
-use tellus_measured_boot::records::LaunchRecord;
+use tellus_measured_boot::cel;
 use tellus_measured_boot::{Digest, HashAlg};
 use tellus_verifier::tpm::attest::QuoteAttest;
 use tellus_verifier::tpm::evidence::{
@@ -21,6 +20,9 @@ use tellus_verifier::tpm::pcrs::parse_pcrs_file;
 use tellus_verifier::tpm::verify::VerifyError;
 
 use swtpm_tests::Swtpm;
+
+mod launch_support;
+use launch_support::extend_launch_log;
 
 /// `tpm2_createek` (RSA, in ek.ctx / ek.pub).
 fn create_ek(tpm: &Swtpm) {
@@ -237,18 +239,7 @@ fn cel_launch_log_and_evidence() {
     tpm.tpm2("tpm2_readpublic", &["-c", "ak.ctx", "-o", "ak.tpm2b"]);
 
     // A tellus launch log, measured into PCR 13 of the SHA-256 bank.
-    let records: Vec<CelRecord> = [
-        LaunchRecord::cmdline("console=ttyS0 tsc_early_khz=2000000"),
-        LaunchRecord::separator(),
-        LaunchRecord::stop("poweroff", 1),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, r)| CelRecord::tellus(i as u64, 13, r, &[HashAlg::Sha256]))
-    .collect();
-    for r in &records {
-        tpm.tpm2("tpm2_pcrextend", &[&format!("13:sha256={}", hex::encode(&r.digests[0].bytes))]);
-    }
+    let records = extend_launch_log(&tpm, "console=ttyS0 tsc_early_khz=2000000");
     let log = cel::encode(&records);
     std::fs::write(tpm.path("launch.cel"), &log).unwrap();
 
