@@ -54,6 +54,12 @@ pub struct TpmEvidence {
     /// until tickets exist.
     #[serde(default)]
     pub launch_ticket: Option<String>,
+    /// tellus: the record number of the first record (`launcher-binary`)
+    /// of the launch this evidence speaks for. The host log holds every
+    /// launch since the TPM was reset; this picks the one whose records
+    /// describe the attesting VM. Absent: the last launch in the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_recnum: Option<u64>,
 }
 
 /// `tpm_quote` (Trustee's `TpmQuote`).
@@ -95,6 +101,7 @@ mod tests {
             host_id: Some("h".into()),
             event_log: Some(String::new()),
             launch_ticket: None,
+            launch_recnum: None,
         }
     }
 

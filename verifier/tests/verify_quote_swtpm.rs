@@ -290,6 +290,7 @@ fn cel_launch_log_and_evidence() {
         host_id: Some(Digest::of(HashAlg::Sha256, &read("ek.pub")).to_hex()),
         event_log: Some(b64(&log)),
         launch_ticket: None,
+        launch_recnum: None,
     };
     let v = verify_evidence(&evidence, &binding).unwrap();
     assert_eq!(v.nonce, binding);

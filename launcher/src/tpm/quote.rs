@@ -283,6 +283,7 @@ pub fn quote(
         host_id: Some(saved.host_id),
         event_log: Some(if log_bytes.is_empty() { String::new() } else { b64.encode(log_bytes) }),
         launch_ticket: None,
+        launch_recnum: None,
     })
 }
 
