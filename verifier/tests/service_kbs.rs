@@ -282,7 +282,7 @@ async fn sample_end_to_end_with_bearer_token() {
 }
 
 #[tokio::test]
-async fn rsa_tee_keys_are_refused_specifically() {
+async fn weak_rsa_tee_keys_are_refused_specifically() {
     let app = App::new(true);
     let (cookie, nonce) = app.auth("sample").await;
     let body = json!({
@@ -292,7 +292,7 @@ async fn rsa_tee_keys_are_refused_specifically() {
     let (s, _, v) = app.json(with_cookie(post_json("/kbs/v0/attest", &body), &cookie)).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(error_kind(&v), "UnsupportedTeeKey");
-    assert!(v["detail"].as_str().unwrap().contains("RSA tee keys are not supported yet"), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("the modulus has 17 bits"), "{v}");
 }
 
 #[tokio::test]

@@ -534,10 +534,11 @@ fn left_pad(b: &[u8], len: usize) -> Result<Vec<u8>, MakeCredentialError> {
 }
 
 /// `rsa`'s OAEP needs a `rand_core` RNG; this one draws from ring. `fill_bytes`
-/// cannot fail, so a failure is recorded and the result discarded.
-struct RingRng<'a> {
-    rng: &'a dyn SecureRandom,
-    failed: bool,
+/// cannot fail, so a failure is recorded in `failed` and the caller must
+/// discard the result when it is set.
+pub(crate) struct RingRng<'a> {
+    pub(crate) rng: &'a dyn SecureRandom,
+    pub(crate) failed: bool,
 }
 
 impl RngCore for RingRng<'_> {
