@@ -1,0 +1,312 @@
+//! Rego evaluation with `regorus`.
+//!
+//! A policy is one Rego module in `package policy` that defines `allow`;
+//! it may define `reasons` (a set of reason objects, see [`Reason`]) and,
+//! for attestation policies, `trust_vector` (EAR claim name → AR4SI tier).
+//! Every policy is loaded beside the helper library
+//! [`LIB_REGO`] (`package tellus.lib`).
+//!
+//! Cost: [`Policy::compile`] parses; [`Policy::prepare`] adds the data
+//! document (reference values, requirements) and runs regorus' analysis
+//! once; [`Prepared::evaluate`] clones that prepared engine (cheap:
+//! copy-on-write) and evaluates one input. The verifier keeps one
+//! [`Prepared`] per (policy version, reference-value version).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The helper library every policy can import as `data.tellus.lib`.
+pub const LIB_REGO: &str = include_str!("../rego/lib/tellus.rego");
+/// The default attestation policy.
+pub const TPM_LAUNCH_REGO: &str = include_str!("../rego/tpm-launch.rego");
+/// The default resource policy.
+pub const RESOURCE_DEFAULT_REGO: &str = include_str!("../rego/resource-default.rego");
+
+/// The package every policy must declare.
+pub const PACKAGE: &str = "policy";
+/// The rule every policy must define.
+pub const ALLOW_RULE: &str = "allow";
+
+const LIB_PATH: &str = "tellus/lib/tellus.rego";
+/// Most reasons kept from one evaluation.
+pub const MAX_REASONS: usize = 64;
+
+/// Why a policy was refused or could not be evaluated.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    /// A syntax or semantic error; the message carries `file:line:col`.
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{file}: the policy declares package {found}; declare `package policy`")]
+    WrongPackage { file: String, found: String },
+    #[error("{file}: the policy does not define the rule `allow`; define it, e.g. `default allow := false` and `allow if {{ … }}`")]
+    MissingRule { file: String },
+    #[error("evaluating policy {file} failed: {detail}")]
+    Eval { file: String, detail: String },
+    #[error("the policy's {rule} has the wrong shape: {detail}")]
+    Shape { rule: &'static str, detail: String },
+}
+
+/// Why a policy denied (or a note it attached).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// The policy rule that failed (e.g. `kernel`, `host-labels`).
+    #[serde(default)]
+    pub rule: String,
+    /// The claim it looked at (e.g. `launch.records[kernel].file`).
+    #[serde(default)]
+    pub claim: String,
+    /// What the rule wanted (reference digests, a label…).
+    #[serde(default)]
+    pub expected: Value,
+    /// What the claims held.
+    #[serde(default)]
+    pub found: Value,
+    /// One sentence for a person.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Reason {
+    /// `message [rule R, claim C, expected E]` on one line.
+    pub fn describe(&self) -> String {
+        let expected = match &self.expected {
+            Value::Null => String::new(),
+            Value::String(s) => format!(", expected {s}"),
+            Value::Array(a) if a.is_empty() => ", expected: no reference values".into(),
+            Value::Array(a) => format!(
+                ", expected one of {}",
+                a.iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            other => format!(", expected {other}"),
+        };
+        format!("{} [rule {}, claim {}{}]", self.message, self.rule, self.claim, expected)
+    }
+}
+
+/// A policy's verdict on one input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// Whether `allow` was true.
+    pub allow: bool,
+    /// The `reasons` set (sorted as Rego sorts sets), at most
+    /// [`MAX_REASONS`].
+    pub reasons: Vec<Reason>,
+    /// `trust_vector`, if the policy defines one for this input.
+    pub trust_vector: Map<String, Value>,
+}
+
+impl Decision {
+    /// Every reason, one per line.
+    pub fn describe(&self) -> String {
+        self.reasons.iter().map(Reason::describe).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// A parsed policy (with the helper library), not yet given data.
+#[derive(Clone)]
+pub struct Policy {
+    file: String,
+    engine: regorus::Engine,
+    rules: Rules,
+}
+
+/// Which optional rules a policy defines (evaluating an undeclared rule is
+/// an error in regorus).
+#[derive(Clone, Copy, Debug)]
+struct Rules {
+    reasons: bool,
+    trust_vector: bool,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+fn new_engine() -> Result<regorus::Engine, PolicyError> {
+    let mut engine = regorus::Engine::new();
+    engine
+        .add_policy(LIB_PATH.into(), LIB_REGO.into())
+        .map_err(|e| PolicyError::Syntax(format!("the helper library does not parse: {e}")))?;
+    Ok(engine)
+}
+
+impl Policy {
+    /// Parses `text` (named `file` in messages) and checks that it
+    /// declares `package policy` and defines `allow`.
+    pub fn compile(file: &str, text: &str) -> Result<Policy, PolicyError> {
+        let mut engine = new_engine()?;
+        let package = engine
+            .add_policy(file.into(), text.into())
+            .map_err(|e| PolicyError::Syntax(e.to_string().trim().to_owned()))?;
+        if package != format!("data.{PACKAGE}") {
+            return Err(PolicyError::WrongPackage {
+                file: file.into(),
+                found: package.trim_start_matches("data.").into(),
+            });
+        }
+        let has_allow = engine
+            .has_declared_rule_rooted_at(file, ALLOW_RULE)
+            .map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        if !has_allow {
+            return Err(PolicyError::MissingRule { file: file.into() });
+        }
+        let declared = |rule: &str| {
+            engine
+                .has_declared_rule_rooted_at(file, rule)
+                .map_err(|e| PolicyError::Syntax(e.to_string()))
+        };
+        let rules =
+            Rules { reasons: declared("reasons")?, trust_vector: declared("trust_vector")? };
+        let policy = Policy { file: file.into(), engine, rules };
+        // Semantic errors (unknown functions, unsafe variables) surface
+        // only when regorus analyses the modules: do it now, with no data.
+        policy.prepare(&Value::Object(Map::new()))?;
+        Ok(policy)
+    }
+
+    /// The default attestation policy (`tpm-launch.rego`).
+    pub fn default_attestation() -> Policy {
+        // The shipped policy is tested; failing here is a build defect.
+        Policy::compile("tpm-launch.rego", TPM_LAUNCH_REGO).expect("tpm-launch.rego compiles")
+    }
+
+    /// The default resource policy (`resource-default.rego`).
+    pub fn default_resource() -> Policy {
+        Policy::compile("resource-default.rego", RESOURCE_DEFAULT_REGO)
+            .expect("resource-default.rego compiles")
+    }
+
+    /// The file name given at compile time.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Adds the data document and prepares the engine for evaluation.
+    pub fn prepare(&self, data: &Value) -> Result<Prepared, PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.add_data(regorus::Value::from(data.clone())).map_err(|e| PolicyError::Eval {
+            file: self.file.clone(),
+            detail: format!("the data document is refused: {e}"),
+        })?;
+        // Runs the analysis and leaves the engine prepared; clones keep it.
+        engine.set_input(regorus::Value::new_object());
+        engine
+            .eval_rule(format!("data.{PACKAGE}.{ALLOW_RULE}"))
+            .map_err(|e| PolicyError::Syntax(e.to_string().trim().to_owned()))?;
+        Ok(Prepared { file: self.file.clone(), engine, rules: self.rules })
+    }
+}
+
+/// A policy with its data, ready to evaluate inputs. Cheap to clone.
+#[derive(Clone)]
+pub struct Prepared {
+    file: String,
+    engine: regorus::Engine,
+    rules: Rules,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+fn to_json(v: &regorus::Value) -> Value {
+    match v {
+        regorus::Value::Undefined => Value::Null,
+        v => serde_json::to_value(v).unwrap_or(Value::Null),
+    }
+}
+
+impl Prepared {
+    /// Evaluates `input`: `allow`, then `reasons` and `trust_vector`.
+    pub fn evaluate(&self, input: &Value) -> Result<Decision, PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input.clone()));
+        let eval_err = |e: anyhow::Error| PolicyError::Eval {
+            file: self.file.clone(),
+            detail: e.to_string().trim().to_owned(),
+        };
+        let allow = engine.eval_rule(format!("data.{PACKAGE}.allow")).map_err(eval_err)?;
+        let allow = match allow {
+            regorus::Value::Bool(b) => b,
+            regorus::Value::Undefined => false,
+            other => {
+                return Err(PolicyError::Shape {
+                    rule: "allow",
+                    detail: format!("it is {}, not a boolean", to_json(&other)),
+                })
+            }
+        };
+        let reasons = if self.rules.reasons {
+            engine.eval_rule(format!("data.{PACKAGE}.reasons")).map_err(eval_err)?
+        } else {
+            regorus::Value::Undefined
+        };
+        let mut out = Vec::new();
+        match to_json(&reasons) {
+            Value::Null => {}
+            Value::Array(items) => {
+                for item in items.into_iter().take(MAX_REASONS) {
+                    out.push(match item {
+                        Value::String(message) => Reason { message, ..Reason::default() },
+                        v @ Value::Object(_) => {
+                            serde_json::from_value(v).map_err(|e| PolicyError::Shape {
+                                rule: "reasons",
+                                detail: format!("a reason is not {{rule, claim, expected, found, message}} ({e})"),
+                            })?
+                        }
+                        other => Reason { message: other.to_string(), ..Reason::default() },
+                    });
+                }
+            }
+            other => {
+                return Err(PolicyError::Shape {
+                    rule: "reasons",
+                    detail: format!("it is {other}, not a set"),
+                })
+            }
+        }
+        if !allow && out.is_empty() {
+            out.push(Reason {
+                rule: ALLOW_RULE.into(),
+                claim: String::new(),
+                expected: Value::Bool(true),
+                found: Value::Bool(false),
+                message: format!("policy {} did not allow and gave no reason", self.file),
+            });
+        }
+        let tv = if self.rules.trust_vector {
+            engine.eval_rule(format!("data.{PACKAGE}.trust_vector")).map_err(eval_err)?
+        } else {
+            regorus::Value::Undefined
+        };
+        let trust_vector = match to_json(&tv) {
+            Value::Null => Map::new(),
+            Value::Object(m) => {
+                for (k, v) in &m {
+                    if !v.as_i64().is_some_and(|t| (-128..=127).contains(&t)) {
+                        return Err(PolicyError::Shape {
+                            rule: "trust_vector",
+                            detail: format!("{k} is {v}, not an AR4SI tier (-128..127)"),
+                        });
+                    }
+                }
+                m
+            }
+            other => {
+                return Err(PolicyError::Shape {
+                    rule: "trust_vector",
+                    detail: format!("it is {other}, not an object"),
+                })
+            }
+        };
+        Ok(Decision { allow, reasons: out, trust_vector })
+    }
+}

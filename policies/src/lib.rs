@@ -1,0 +1,19 @@
+//! `tellus-policies`: what a tellus verifier decides with.
+//!
+//! - [`claims`]: the claims schema (one JSON document per attestation,
+//!   tagged by tee) a verifier fills with checked facts;
+//! - [`refs`]: reference values (from `tellus measure predict`), with
+//!   expiry and provenance;
+//! - [`engine`]: Rego evaluation with `regorus`, the helper library and
+//!   the shipped policies (`rego/`), decisions with explained reasons.
+//!
+//! See `policies/README.md` for the claims shape, the policy contract and
+//! examples.
+
+pub mod claims;
+pub mod engine;
+pub mod refs;
+
+pub use claims::Claims;
+pub use engine::{Decision, Policy, PolicyError, Prepared, Reason};
+pub use refs::{ReferenceSet, ReferenceValue, RefsError};
