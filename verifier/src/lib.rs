@@ -8,6 +8,7 @@
 //!
 //! The service (KBS 0.4.0 over axum), storage, policies and release follow.
 
+pub mod audit;
 pub mod config;
 pub mod registrar;
 pub mod service;
