@@ -5,7 +5,6 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::time::{clock_gettime, ClockId};
 use std::process::Command;
-use tellus_protocol::HostMessage;
 
 /// Mounts /proc, /sys, /dev and a tmpfs at /run. Already-mounted targets
 /// (`EBUSY`) are fine: the kernel may have mounted devtmpfs itself.
@@ -34,15 +33,23 @@ pub fn uptime_ms() -> Result<u64, AgentError> {
         + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000)
 }
 
+/// A power action the host asked for (or the agent's own, on error or
+/// `tellus.oneshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Off,
+    Reboot,
+}
+
 /// Carries out a power action and does not return.
 ///
 /// As PID 1 the agent is the init system: it syncs and calls reboot(2). As a
 /// service it asks the guest's own init through the fixed programs
 /// `/sbin/poweroff` and `/sbin/reboot` (nothing received names a program).
-pub fn finish(pid1: bool, action: HostMessage) -> ! {
+pub fn finish(pid1: bool, action: Power) -> ! {
     let (mode, program) = match action {
-        HostMessage::PowerOff => (RebootMode::RB_POWER_OFF, "/sbin/poweroff"),
-        HostMessage::Reboot => (RebootMode::RB_AUTOBOOT, "/sbin/reboot"),
+        Power::Off => (RebootMode::RB_POWER_OFF, "/sbin/poweroff"),
+        Power::Reboot => (RebootMode::RB_AUTOBOOT, "/sbin/reboot"),
     };
     nix::unistd::sync();
     if pid1 {

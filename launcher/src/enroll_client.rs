@@ -156,30 +156,80 @@ impl VerifierClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
         let bytes = serde_json::to_vec(body)
             .map_err(|e| ClientError::BadAnswer { step, reason: e.to_string() })?;
-        let mut resp = self
-            .agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(&bytes[..])
-            .map_err(|source| ClientError::Connect { url: self.base.clone(), source })?;
+        let answer = self.exchange(step, path, Some(&bytes), None, MAX_ANSWER_LEN)?;
+        answer.ok_json(step)
+    }
+
+    /// One HTTP exchange: a POST of `json` (or a GET when `None`) to `path`,
+    /// with the `Cookie` header `cookie` if given; reads at most `limit`
+    /// bytes of the answer. Any status is returned; only transport
+    /// failures and oversized answers are errors.
+    pub(crate) fn exchange(
+        &self,
+        step: &'static str,
+        path: &str,
+        json: Option<&[u8]>,
+        cookie: Option<&str>,
+        limit: u64,
+    ) -> Result<Answer, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let connect = |source| ClientError::Connect { url: self.base.clone(), source };
+        let mut resp = match json {
+            Some(bytes) => {
+                let mut req = self.agent.post(&url).header("content-type", "application/json");
+                if let Some(c) = cookie {
+                    req = req.header("cookie", c);
+                }
+                req.send(bytes).map_err(connect)?
+            }
+            None => {
+                let mut req = self.agent.get(&url);
+                if let Some(c) = cookie {
+                    req = req.header("cookie", c);
+                }
+                req.call().map_err(connect)?
+            }
+        };
         let status = resp.status().as_u16();
-        let answer = resp
+        let set_cookie = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 4096)
+            .map(str::to_owned)
+            .collect();
+        let body = resp
             .body_mut()
             .with_config()
-            .limit(MAX_ANSWER_LEN)
+            .limit(limit)
             .read_to_vec()
             .map_err(|e| ClientError::BadAnswer { step, reason: e.to_string() })?;
-        if status != 200 {
-            let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-            let kind = v["type"]
-                .as_str()
-                .map(|t| t.rsplit('/').next().unwrap_or(t).to_owned())
-                .unwrap_or_else(|| "no error kind".into());
-            let detail = v["detail"].as_str().map(str::to_owned).unwrap_or_else(|| {
-                let text = String::from_utf8_lossy(&answer);
+        Ok(Answer { status, set_cookie, body })
+    }
+}
+
+/// A verifier's answer (see [`VerifierClient::exchange`]).
+pub(crate) struct Answer {
+    pub status: u16,
+    /// Every `Set-Cookie` header (each at most 4 KiB).
+    pub set_cookie: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The verifier's refusal (`{"type", "detail"}`) for a non-200 answer.
+    pub fn refusal(&self, step: &'static str) -> ClientError {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        let kind = v["type"]
+            .as_str()
+            .map(|t| t.rsplit('/').next().unwrap_or(t).chars().take(64).collect())
+            .unwrap_or_else(|| "no error kind".into());
+        let detail =
+            v["detail"].as_str().map(|d| d.chars().take(1024).collect()).unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(&self.body);
                 let text: String = text.chars().take(200).collect();
                 if text.trim().is_empty() {
                     "no detail given".into()
@@ -187,9 +237,18 @@ impl VerifierClient {
                     text
                 }
             });
-            return Err(ClientError::Refused { step, status, kind, detail });
+        ClientError::Refused { step, status: self.status, kind, detail }
+    }
+
+    /// A 200 answer parsed as `T`, or the refusal.
+    pub fn ok_json<T: serde::de::DeserializeOwned>(
+        &self,
+        step: &'static str,
+    ) -> Result<T, ClientError> {
+        if self.status != 200 {
+            return Err(self.refusal(step));
         }
-        serde_json::from_slice(&answer)
+        serde_json::from_slice(&self.body)
             .map_err(|e| ClientError::BadAnswer { step, reason: e.to_string() })
     }
 }

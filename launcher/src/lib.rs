@@ -5,14 +5,18 @@
 //! - [`backend`]: the one interface for running a VM, and its QEMU implementation;
 //! - [`channel`]: host side of the guest-agent channel;
 //! - [`control`]: the availability-only control socket;
-//! - [`run`]: `tellus run`, tying the above together.
+//! - [`run`]: `tellus run`, tying the above together;
+//! - [`attest`]: the KBS relay for the guest's attestation request;
+//! - [`launch`]: `tellus launch --config vm.toml` (run + attestation).
 
 pub mod accel;
+pub mod attest;
 pub mod backend;
 pub mod channel;
 pub mod cli;
 pub mod control;
 pub mod enroll_client;
+pub mod launch;
 pub mod measure;
 pub mod measured_launch;
 pub mod run;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 use tellus_launcher::{
-    accel, backend, cli, control, enroll_client, measure, measured_launch, run, tpm, vm_config,
+    accel, backend, cli, control, enroll_client, launch, measure, measured_launch, run, tpm,
+    vm_config,
 };
 
 /// tellus: measured, attested VM launches with availability-only host control.
@@ -24,6 +25,22 @@ enum Command {
     /// stderr. Exit status: 0 when the guest powered off, 1 when the VM could
     /// not be started, 3 when the VMM failed while the VM ran.
     Run(RunArgs),
+    /// Launch a VM from a configuration file: measure it, boot it, relay
+    /// its attestation request to the verifier and its secrets (encrypted
+    /// to the guest) back; see `tellus_launcher::launch` for the format.
+    ///
+    /// Exit status: 0 when the guest powered off, 1 when the VM could not be
+    /// started, 3 when the VMM failed, 4 when its stop could not be
+    /// recorded, 5 when the attestation was denied and the VM powered off.
+    Launch {
+        /// The launch configuration (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// `json`: a summary object on stdout at the end (the guest console
+        /// then goes only to `console_log`).
+        #[arg(long, value_enum, default_value = "text")]
+        output: cli::Output,
+    },
     /// Send an availability request to a running `tellus run`.
     Ctl {
         /// The run's --control-socket.
@@ -194,6 +211,7 @@ impl VmArgs {
             kernel: self.kernel,
             initrd: self.initrd,
             cmdline: self.cmdline,
+            cmdline_extra: None,
             memory: self.memory,
             vcpus: self.vcpus,
             firmware: self.firmware,
@@ -266,6 +284,10 @@ fn main() -> ExitCode {
                 console_log: a.console_log,
                 control_socket: a.control_socket,
                 started,
+                attest: None,
+                on_attestation_failure: run::OnAttestationFailure::Continue,
+                console_to_stdout: true,
+                after_ready: None,
             };
             match run::run(opts) {
                 Ok(o) => {
@@ -283,6 +305,9 @@ fn main() -> ExitCode {
                     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
                 }
             }
+        }
+        Command::Launch { config, output } => {
+            ExitCode::from(launch::launch(&config, output == cli::Output::Json, started))
         }
         Command::Ctl { socket, request } => match control::request(&socket, request) {
             Ok(resp) => {

@@ -2,6 +2,7 @@
 //! the control socket, and account for how it ends.
 
 use crate::accel::{self, Accel, AccelChoice, NoHardwareKvm};
+use crate::attest::{self, AttestConfig, AttestError, StepTimings};
 use crate::backend::qemu::Qemu;
 use crate::backend::{Backend, BackendChoice, BackendError, EventSink, PowerControl, VmmEvent};
 use crate::channel::{self, ChannelEvent, ChannelWriter};
@@ -21,7 +22,9 @@ use std::time::{Duration, Instant};
 use tellus_measured_boot::digest::MultiHasher;
 use tellus_measured_boot::records::{self, FileMeasurement, LaunchRecord, RecordError};
 use tellus_measured_boot::HashAlg;
-use tellus_protocol::{GuestMessage, HostMessage};
+use tellus_protocol::{
+    AttestResult, FailedSecret, GuestMessage, HostMessage, StoredSecret, TeePubKey, MAX_REASON_LEN,
+};
 
 /// How long the agent gets to power the guest off before the ACPI button.
 const AGENT_GRACE: Duration = Duration::from_secs(10);
@@ -44,6 +47,9 @@ pub struct VmSpec {
     pub initrd: PathBuf,
     /// `None`: the default for the chosen accelerator, see [`default_cmdline`].
     pub cmdline: Option<String>,
+    /// Appended to the command line (after a space), e.g. the
+    /// `tellus.resources=` of `tellus launch`; measured with it.
+    pub cmdline_extra: Option<String>,
     pub memory: MemorySize,
     pub vcpus: u32,
     /// Firmware image; `None`: the backend's default (QEMU: qboot for microvm).
@@ -67,7 +73,11 @@ pub struct Resolved {
 pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
     let host = accel::detect();
     let (accel, accel_reason) = accel::choose(spec.accel, &host)?;
-    let cmdline = spec.cmdline.clone().unwrap_or_else(|| default_cmdline(accel));
+    let mut cmdline = spec.cmdline.clone().unwrap_or_else(|| default_cmdline(accel));
+    if let Some(extra) = spec.cmdline_extra.as_deref().filter(|e| !e.is_empty()) {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
     let qemu = match spec.backend {
         BackendChoice::Auto | BackendChoice::Qemu => Qemu::locate(spec.qemu.as_deref())?,
         BackendChoice::Builtin => return Err(BackendError::BuiltinUnavailable.into()),
@@ -88,8 +98,26 @@ pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
     Ok(Resolved { vm, accel, accel_reason, qemu })
 }
 
-/// Everything `tellus run` is given.
-#[derive(Debug, Clone)]
+/// What `tellus launch` does when the verifier denies the attestation (or
+/// cannot be asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAttestationFailure {
+    /// Tell the guest, then power the VM off (exit status 5).
+    #[default]
+    Poweroff,
+    /// Tell the guest and let it run without its secrets.
+    Continue,
+}
+
+/// A hook that may write raw bytes to the guest's agent channel once, right
+/// after the agent's first `Ready`. For embedders and tests (the end-to-end
+/// test sends a command-shaped frame with it to show the agent rejects it);
+/// the CLI never sets one. It can only do what any host could: send bytes
+/// the guest treats as hostile.
+pub type ReadyHook = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+
+/// Everything `tellus run` / `tellus launch` is given.
 pub struct RunOptions {
     pub spec: VmSpec,
     /// TPM, PCR and host log of the measured launch.
@@ -98,6 +126,13 @@ pub struct RunOptions {
     pub control_socket: Option<PathBuf>,
     /// When the command started; "ready after N ms" counts from here.
     pub started: Instant,
+    /// Relay the guest's attestation requests to this verifier (`tellus
+    /// launch`); `None` (`tellus run`): every request is denied.
+    pub attest: Option<AttestConfig>,
+    pub on_attestation_failure: OnAttestationFailure,
+    /// Copy the guest console to stdout (off for `--output json`).
+    pub console_to_stdout: bool,
+    pub after_ready: Option<ReadyHook>,
 }
 
 /// Why `tellus run` failed.
@@ -150,6 +185,61 @@ pub struct Outcome {
     /// The VMM's reason, e.g. `guest-shutdown`.
     pub reason: String,
     pub boots: u32,
+    /// Milliseconds since [`RunOptions::started`] at each phase.
+    pub timeline: Timeline,
+    /// What became of the guest's attestation request, if it made one.
+    pub attestation: Option<AttestationReport>,
+}
+
+/// When each phase ended, in milliseconds since the command started.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timeline {
+    /// The launch records were in the TPM and the host log.
+    pub measured_ms: f64,
+    /// The vCPUs were started.
+    pub vcpus_started_ms: f64,
+    /// The agent's first `Ready` arrived.
+    pub agent_ready_ms: Option<f64>,
+}
+
+/// The verdict on the guest's attestation request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The verifier attested the VM and released every resource.
+    Released,
+    /// Denied by the verifier, or the verifier could not be asked.
+    Denied,
+}
+
+/// One attestation of a launch: what was asked, the verdict, timings, and
+/// what the guest reported storing (SHA-256 only; the launcher never sees
+/// a secret).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttestationReport {
+    pub resources: Vec<String>,
+    pub verdict: Option<Verdict>,
+    /// The verifier's explanation of a denial.
+    pub reason: Option<String>,
+    /// `AttestRequest` received, since the command started.
+    pub requested_ms: f64,
+    /// Verdict sent to the guest, since the command started.
+    pub answered_ms: Option<f64>,
+    /// The guest's `SecretsStored` received, since the command started.
+    pub stored_ms: Option<f64>,
+    /// The KBS steps.
+    pub steps: Option<StepTimings>,
+    pub stored: Vec<StoredSecret>,
+    pub failed: Vec<FailedSecret>,
+    /// The VM was powered off because of the denial.
+    pub powered_off: bool,
+}
+
+impl Outcome {
+    /// Whether `on_attestation_failure = "poweroff"` stopped the VM.
+    pub fn denied_and_powered_off(&self) -> bool {
+        self.attestation.as_ref().is_some_and(|a| a.powered_off)
+    }
 }
 
 /// The kernel command line used when `--cmdline` is absent.
@@ -165,6 +255,11 @@ pub fn default_cmdline(accel: Accel) -> String {
 }
 
 enum Event {
+    /// The relay finished for the guest's request made in boot `boot`.
+    Attested {
+        boot: u32,
+        result: Result<attest::Released, AttestError>,
+    },
     Channel(ChannelEvent),
     Vmm(VmmEvent),
     Control(Pending),
@@ -180,8 +275,12 @@ enum Stopping {
     Terminated,
 }
 
+fn ms_since(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
+}
+
 /// Runs one VM to its end.
-pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
+pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
     let resolved = resolve(&opts.spec)?;
     let inputs = measure::launch_inputs(&opts.spec, &resolved, opts.measure.pcr, None)?;
     let launch = records::launch_records(&inputs)?;
@@ -203,6 +302,8 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
     for d in &m.pcr_values {
         progress!("PCR {} {d}", opts.measure.pcr);
     }
+    let measured_ms = ms_since(opts.started);
+    progress!("phase measure: done after {measured_ms} ms");
     if accel == Accel::Tcg && !vm.cmdline.contains("tsc_early_khz=") {
         progress!("warning: under TCG the guest may hang in TSC calibration without tsc_early_khz=2000000 on its command line");
     }
@@ -244,15 +345,28 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         }
     };
     progress!("started {} with backend {}", started.description, backend.name());
-    let console = spawn_console(started.streams.console, log);
+    let console = spawn_console(started.streams.console, log, opts.console_to_stdout);
     let chan_tx = tx.clone();
     channel::spawn_reader(started.streams.channel_rx, move |e| {
         let _ = chan_tx.send(Event::Channel(e));
     });
+    // The relay thread reports back through this sender; it is kept only
+    // when there is a verifier to ask (it would otherwise hide a lost VMM
+    // waiter, which is noticed when every sender is gone).
+    let attest_tx = opts.attest.as_ref().map(|_| tx.clone());
     drop(tx);
+    let after_ready = opts.after_ready.take();
+    let attest_cfg = opts.attest.take().map(Arc::new);
 
     let mut lp = Loop {
         opts: &opts,
+        attest_cfg,
+        attest_tx,
+        after_ready,
+        launch_recnum: m.recnums.start,
+        attest_boot: None,
+        report: None,
+        timeline: Timeline { measured_ms, ..Timeline::default() },
         vm: &vm,
         accel,
         backend: backend.name(),
@@ -266,6 +380,11 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
         last_reason: "unknown".into(),
     };
     let result = lp.run_until_exit(&rx);
+    let result = result.map(|mut o| {
+        o.timeline = lp.timeline.clone();
+        o.attestation = lp.report.take();
+        o
+    });
     // The console stream ends when the VMM exits; wait so the log is complete.
     let console_digest = console.join().ok();
     let reason = match &result {
@@ -290,6 +409,15 @@ pub fn run(opts: RunOptions) -> Result<Outcome, RunError> {
 
 struct Loop<'a> {
     opts: &'a RunOptions,
+    attest_cfg: Option<Arc<AttestConfig>>,
+    attest_tx: Option<mpsc::Sender<Event>>,
+    after_ready: Option<ReadyHook>,
+    /// First record number of this launch in the host log.
+    launch_recnum: u64,
+    /// The boot in which the guest asked for an attestation.
+    attest_boot: Option<u32>,
+    report: Option<AttestationReport>,
+    timeline: Timeline,
     vm: &'a VmConfig,
     accel: Accel,
     backend: &'static str,
@@ -306,6 +434,7 @@ struct Loop<'a> {
 impl Loop<'_> {
     fn run_until_exit(&mut self, rx: &mpsc::Receiver<Event>) -> Result<Outcome, RunError> {
         self.power.start_vcpus()?;
+        self.timeline.vcpus_started_ms = ms_since(self.opts.started);
         progress!("vCPUs running after {} ms", self.opts.started.elapsed().as_millis());
         loop {
             let deadline = match self.stopping {
@@ -327,7 +456,12 @@ impl Loop<'_> {
                 None => self.escalate(),
                 Some(Event::Vmm(VmmEvent::Exited { status, stderr_tail })) => {
                     return if status.success() {
-                        Ok(Outcome { reason: self.last_reason.clone(), boots: self.boots })
+                        Ok(Outcome {
+                            reason: self.last_reason.clone(),
+                            boots: self.boots,
+                            timeline: Timeline::default(),
+                            attestation: None,
+                        })
                     } else {
                         Err(RunError::VmmDied { status, stderr_tail })
                     };
@@ -342,6 +476,7 @@ impl Loop<'_> {
                     progress!("VM reset ({reason}); boot {}", self.boots);
                 }
                 Some(Event::Channel(e)) => self.on_channel(e),
+                Some(Event::Attested { boot, result }) => self.on_attested(boot, result),
                 Some(Event::Control((req, reply))) => {
                     let _ = reply.send(self.on_control(req));
                 }
@@ -361,7 +496,44 @@ impl Loop<'_> {
     }
 
     fn on_channel(&mut self, e: ChannelEvent) {
+        if let ChannelEvent::Message(m) = &e {
+            if let Err(err) = m.validate() {
+                progress!(
+                    "warning: agent channel: ignored an invalid message from the guest: {err}"
+                );
+                return;
+            }
+        }
         match e {
+            ChannelEvent::Message(GuestMessage::AttestRequest { resources, tee_pubkey }) => {
+                self.on_attest_request(resources, tee_pubkey)
+            }
+            ChannelEvent::Message(GuestMessage::SecretsStored { stored, failed }) => {
+                for s in &stored {
+                    progress!("guest stored secret {} sha256={}", s.resource, s.sha256);
+                }
+                for f in &failed {
+                    progress!("warning: guest did not store {}: {}", f.resource, f.reason);
+                }
+                let now = ms_since(self.opts.started);
+                match self.report.as_mut() {
+                    Some(r) if r.stored_ms.is_none() && r.answered_ms.is_some() => {
+                        if let Some(at) = r.answered_ms {
+                            progress!(
+                                "phase release: {} secret(s) stored in the guest {:.1} ms after the verdict",
+                                stored.len(),
+                                now - at
+                            );
+                        }
+                        r.stored_ms = Some(now);
+                        r.stored = stored;
+                        r.failed = failed;
+                    }
+                    _ => progress!(
+                        "warning: agent channel: a secrets report nobody asked for; ignored"
+                    ),
+                }
+            }
             ChannelEvent::Message(GuestMessage::Ready { agent_version, uptime_ms }) => {
                 let again = if self.boots > 1 { " again" } else { "" };
                 progress!(
@@ -369,6 +541,18 @@ impl Loop<'_> {
                     self.opts.started.elapsed().as_millis()
                 );
                 self.agent_ready = true;
+                if self.timeline.agent_ready_ms.is_none() {
+                    self.timeline.agent_ready_ms = Some(ms_since(self.opts.started));
+                    progress!(
+                        "phase boot: agent ready {:.1} ms after the vCPUs started",
+                        ms_since(self.opts.started) - self.timeline.vcpus_started_ms
+                    );
+                }
+                if let Some(hook) = self.after_ready.take() {
+                    if let Err(e) = hook(&mut self.writer.0) {
+                        progress!("warning: the ready hook could not write to the channel: {e}");
+                    }
+                }
                 // A shutdown is under way without the agent: ask it now.
                 if matches!(self.stopping, Some(Stopping::PowerButton(_)))
                     && self.writer.send(HostMessage::PowerOff).is_ok()
@@ -386,6 +570,130 @@ impl Loop<'_> {
                 }
             }
             ChannelEvent::Closed => {}
+        }
+    }
+
+    /// The guest asks to be attested: start the relay in its own thread
+    /// (the loop keeps serving control requests and signals), or deny.
+    fn on_attest_request(&mut self, resources: Vec<String>, tee_pubkey: TeePubKey) {
+        let now = ms_since(self.opts.started);
+        progress!("phase attest: the guest asks for {}", resources.join(", "));
+        if self.attest_boot == Some(self.boots) {
+            // Not a new attestation: refused without touching the first one's verdict.
+            let reason = AttestError::AlreadyAttested.to_string();
+            progress!("warning: {reason}");
+            self.send_result(AttestResult::Denied { reason });
+            return;
+        }
+        self.attest_boot = Some(self.boots);
+        self.report = Some(AttestationReport {
+            resources: resources.clone(),
+            verdict: None,
+            reason: None,
+            requested_ms: now,
+            answered_ms: None,
+            stored_ms: None,
+            steps: None,
+            stored: Vec::new(),
+            failed: Vec::new(),
+            powered_off: false,
+        });
+        let (Some(cfg), Some(tx)) = (self.attest_cfg.clone(), self.attest_tx.clone()) else {
+            self.on_attested(self.boots, Err(AttestError::NoVerifier));
+            return;
+        };
+        let boot = self.boots;
+        let recnum = self.launch_recnum;
+        let spawned = std::thread::Builder::new().name("attest-relay".into()).spawn(move || {
+            let result = attest::relay(&cfg, recnum, &resources, &tee_pubkey);
+            let _ = tx.send(Event::Attested { boot, result });
+        });
+        if let Err(e) = spawned {
+            progress!("error: cannot start the attestation relay: {e}");
+            self.on_attested(boot, Err(AttestError::Binding(format!("no relay thread: {e}"))));
+        }
+    }
+
+    fn send_result(&mut self, result: AttestResult) -> bool {
+        match self.writer.send(HostMessage::AttestResult(result)) {
+            Ok(()) => true,
+            Err(e) => {
+                progress!("warning: cannot send the attestation result to the guest: {e}");
+                false
+            }
+        }
+    }
+
+    /// The relay's result: relay it to the guest, and apply
+    /// `on_attestation_failure` to a denial.
+    fn on_attested(&mut self, boot: u32, result: Result<attest::Released, AttestError>) {
+        if boot != self.boots {
+            progress!("attestation result of boot {boot} dropped: the VM has rebooted since");
+            return;
+        }
+        let requested = self.report.as_ref().map_or(0.0, |r| r.requested_ms);
+        let result = result.and_then(|r| {
+            let msg = HostMessage::AttestResult(AttestResult::Released {
+                resources: r.resources.clone(),
+            });
+            match tellus_protocol::encode_frame(&msg) {
+                Ok(_) => Ok(r),
+                Err(tellus_protocol::FrameError::TooLarge(n)) => Err(AttestError::TooLarge(n)),
+                Err(e) => Err(AttestError::Binding(e.to_string())),
+            }
+        });
+        match result {
+            Ok(released) => {
+                let t = &released.timings;
+                progress!(
+                    "phase attest: affirmed by the verifier; {} resource(s) released in {:.1} ms                      (auth {} ms, TPM quote {} ms, attest {} ms, resources {} ms)",
+                    released.resources.len(),
+                    ms_since(self.opts.started) - requested,
+                    t.auth_ms,
+                    t.quote_ms,
+                    t.attest_ms,
+                    t.resources_ms
+                );
+                if let Some(r) = self.report.as_mut() {
+                    r.verdict = Some(Verdict::Released);
+                    r.steps = Some(released.timings.clone());
+                }
+                self.send_result(AttestResult::Released { resources: released.resources });
+            }
+            Err(e) => {
+                let mut reason = e.to_string();
+                if reason.len() > MAX_REASON_LEN {
+                    let mut cut = MAX_REASON_LEN - 3;
+                    while !reason.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    reason.truncate(cut);
+                    reason.push_str("...");
+                }
+                progress!("phase attest: DENIED: {reason}");
+                if let Some(r) = self.report.as_mut() {
+                    r.verdict = Some(Verdict::Denied);
+                    r.reason = Some(reason.clone());
+                }
+                self.send_result(AttestResult::Denied { reason });
+                match self.opts.on_attestation_failure {
+                    OnAttestationFailure::Poweroff => {
+                        progress!("on_attestation_failure = \"poweroff\": powering the VM off; no secret was released");
+                        if let Some(r) = self.report.as_mut() {
+                            r.powered_off = true;
+                        }
+                        if self.stopping.is_none() {
+                            self.shutdown();
+                        }
+                    }
+                    OnAttestationFailure::Continue => progress!(
+                        "on_attestation_failure = \"continue\": the guest runs on without its secrets"
+                    ),
+                }
+            }
+        }
+        if let Some(r) = self.report.as_mut() {
+            r.answered_ms = Some(ms_since(self.opts.started));
         }
     }
 
@@ -507,6 +815,7 @@ impl Loop<'_> {
 fn spawn_console(
     mut console: Box<dyn Read + Send>,
     mut log: Option<File>,
+    to_stdout: bool,
 ) -> std::thread::JoinHandle<FileMeasurement> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
@@ -522,8 +831,10 @@ fn spawn_console(
             };
             hasher.update(&buf[..n]);
             size += n as u64;
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&buf[..n]).and_then(|_| out.flush());
+            if to_stdout {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]).and_then(|_| out.flush());
+            }
             if let Some(f) = log.as_mut() {
                 if let Err(e) = f.write_all(&buf[..n]) {
                     if !log_failed {

@@ -45,12 +45,16 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Why the decoder skipped bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DropReason {
     /// A header announced a zero-length payload or one larger than [`MAX_FRAME_LEN`].
     BadLength(u32),
     /// A complete frame whose payload is not a valid message of the expected type.
     InvalidPayload,
+    /// A complete frame holding one well-formed CBOR item that names a
+    /// message this side does not know (e.g. a command), or a known one in
+    /// the wrong shape: rejected whole, never acted on. The name is cut to 32 printable ASCII characters.
+    UnknownMessage(String),
     /// Bytes in front of a valid frame that did not form a frame themselves.
     Garbage,
     /// The buffer was full without a decodable frame in it.
@@ -64,6 +68,9 @@ impl std::fmt::Display for DropReason {
                 write!(f, "frame header announces {n} bytes (allowed: 1..={MAX_FRAME_LEN})")
             }
             DropReason::InvalidPayload => f.write_str("frame payload is not a valid message"),
+            DropReason::UnknownMessage(name) => {
+                write!(f, "message {name:?} rejected: not one this side knows, or not in its shape")
+            }
             DropReason::Garbage => f.write_str("bytes that do not form a frame"),
             DropReason::Overflow => f.write_str("buffer full without a valid frame"),
         }
@@ -146,6 +153,9 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
                 Some(Decoded::Message(msg))
             }
             Attempt::Bad(reason) => Some(self.drop_front(1, reason)),
+            Attempt::Unknown(name, used) => {
+                Some(self.drop_front(used, DropReason::UnknownMessage(name)))
+            }
             Attempt::Incomplete => {
                 // A plausible header waits for its payload. If a complete valid
                 // frame already follows, the header was garbage.
@@ -191,6 +201,8 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
 
 enum Attempt<T> {
     Frame(T, usize),
+    /// A well-formed CBOR item of the frame's exact length that is not a `T`.
+    Unknown(String, usize),
     Bad(DropReason),
     Incomplete,
 }
@@ -211,8 +223,32 @@ fn try_frame<T: DeserializeOwned>(buf: &[u8]) -> Attempt<T> {
     match ciborium::from_reader::<T, _>(&mut reader) {
         // The payload must be exactly one message, nothing after it.
         Ok(msg) if reader.is_empty() => Attempt::Frame(msg, HEADER_LEN + n),
-        _ => Attempt::Bad(DropReason::InvalidPayload),
+        _ => match unknown_message_name(payload) {
+            Some(name) => Attempt::Unknown(name, HEADER_LEN + n),
+            None => Attempt::Bad(DropReason::InvalidPayload),
+        },
     }
+}
+
+/// The name of a message-shaped CBOR item (`"Name"` or `{"Name": …}`, the
+/// externally tagged enum form) that is exactly `payload`; `None` when the
+/// payload is not one well-formed item of that shape. ciborium bounds the
+/// nesting depth it decodes.
+fn unknown_message_name(payload: &[u8]) -> Option<String> {
+    let mut reader = payload;
+    let value: ciborium::Value = ciborium::from_reader(&mut reader).ok()?;
+    if !reader.is_empty() {
+        return None;
+    }
+    let name = match &value {
+        ciborium::Value::Text(t) => t,
+        ciborium::Value::Map(m) => match m.as_slice() {
+            [(ciborium::Value::Text(t), _)] => t,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(name.chars().filter(|c| c.is_ascii_graphic()).take(32).collect())
 }
 
 #[cfg(test)]
@@ -305,6 +341,26 @@ mod tests {
         let (msgs, dropped) = drain(&mut d);
         assert!(msgs.is_empty());
         assert!(dropped > 0);
+    }
+
+    /// A command-shaped frame (what a hostile host might send) is rejected
+    /// whole and named, and the next frame still decodes.
+    #[test]
+    fn unknown_message_is_rejected_whole_and_named() {
+        #[derive(serde::Serialize)]
+        enum Evil {
+            Exec { argv: Vec<String> },
+        }
+        let mut d = FrameDecoder::<HostMessage>::new();
+        d.push(&encode_frame(&Evil::Exec { argv: vec!["/bin/sh".into()] }).unwrap());
+        d.push(&encode_frame(&HostMessage::PowerOff).unwrap());
+        let first = d.next().unwrap();
+        assert!(
+            matches!(&first, Decoded::Dropped { reason: DropReason::UnknownMessage(n), .. } if n == "Exec"),
+            "{first:?}"
+        );
+        assert_eq!(d.next(), Some(Decoded::Message(HostMessage::PowerOff)));
+        assert_eq!(d.buffered(), 0);
     }
 
     #[test]

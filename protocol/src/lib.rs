@@ -13,6 +13,11 @@
 //! bounds every length, never allocates more than [`MAX_FRAME_LEN`] per frame,
 //! reports what it drops and resynchronises on the next valid frame.
 //!
+//! [`GuestMessage::AttestRequest`] / [`HostMessage::AttestResult`] carry
+//! attested secret release: the guest names the resources and its ephemeral
+//! public key, the launcher relays the verifier's JWEs (or its denial), and
+//! only the guest can decrypt them ([`jwe`], cargo feature `jwe`).
+//!
 //! [`TpmEvidence`] is the TPM evidence (KBS tee `tpm`) JSON that `tellus
 //! quote` writes and the verifier checks.
 //!
@@ -21,9 +26,15 @@
 
 pub mod enrollment;
 mod frame;
+#[cfg(feature = "jwe")]
+pub mod jwe;
 mod messages;
 mod tpm_evidence;
 
 pub use frame::{encode_frame, Decoded, DropReason, FrameDecoder, FrameError, MAX_FRAME_LEN};
-pub use messages::{GuestMessage, HostMessage};
+pub use messages::{
+    AttestResult, FailedSecret, GuestMessage, HostMessage, MessageError, ReleasedResource,
+    ResourcePath, StoredSecret, TeePubKey, MAX_JWE_LEN, MAX_REASON_LEN, MAX_RESOURCES,
+    MAX_SEGMENT_LEN,
+};
 pub use tpm_evidence::{QuotedPcrs, TpmEvidence, TpmQuote};

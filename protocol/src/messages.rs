@@ -3,8 +3,178 @@
 //! Each direction has its own enum, so a frame that is valid in one direction
 //! cannot be confused with one of the other. Both are encoded as CBOR with
 //! serde's externally tagged representation (`{"Ready": {...}}` or `"PowerOff"`).
+//!
+//! The frame decoder only checks that a payload is well-formed CBOR of the
+//! right shape; the receiver then calls `validate()` ([`GuestMessage::validate`],
+//! [`HostMessage::validate`]), which bounds every count and length and checks
+//! every field's syntax. A message that fails it is dropped, nothing else
+//! happens.
 
 use serde::{Deserialize, Serialize};
+
+/// Most resources one `AttestRequest` may name.
+pub const MAX_RESOURCES: usize = 16;
+/// Longest segment of a resource path (`repo`, `type` or `tag`), as the
+/// verifier allows.
+pub const MAX_SEGMENT_LEN: usize = 128;
+/// Longest released JWE (flattened JSON serialisation) relayed to the guest.
+/// All JWEs of one result must also fit one frame together
+/// ([`crate::MAX_FRAME_LEN`]), so a secret can be up to about 40 KiB.
+pub const MAX_JWE_LEN: usize = 60 * 1024;
+/// Longest denial reason the host sends (longer ones are cut by the sender).
+pub const MAX_REASON_LEN: usize = 2048;
+/// Longest agent version string.
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// The only `kty` of a tee key.
+pub const JWK_KTY_EC: &str = "EC";
+/// The only `crv` of a tee key.
+pub const JWK_CRV_P256: &str = "P-256";
+/// The only `alg` of a tee key: the JWE key management the verifier uses.
+pub const JWK_ALG_ECDH_ES_A256KW: &str = "ECDH-ES+A256KW";
+
+/// Why a decoded message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("{field} is {len} long; at most {max} allowed")]
+    TooLong { field: &'static str, len: usize, max: usize },
+    #[error("the request names no resource; name 1..={MAX_RESOURCES} of them")]
+    NoResources,
+    #[error("resource path {0:?} is not repo/type/tag of [A-Za-z0-9._-] segments (not . or ..)")]
+    BadResourcePath(String),
+    #[error("resource {0} is named twice")]
+    DuplicateResource(String),
+    #[error("the tee key must be an EC P-256 JWK with alg ECDH-ES+A256KW and 43-character base64url x and y; {0}")]
+    BadTeeKey(&'static str),
+    #[error("sha256 of {0} is not 64 lower-case hex digits")]
+    BadDigest(String),
+}
+
+fn bounded(field: &'static str, s: &str, max: usize) -> Result<(), MessageError> {
+    if s.len() > max {
+        Err(MessageError::TooLong { field, len: s.len(), max })
+    } else {
+        Ok(())
+    }
+}
+
+/// A shortened copy of untrusted text for an error message.
+fn excerpt(s: &str) -> String {
+    let mut e: String = s.chars().take(64).collect();
+    if e.len() < s.len() {
+        e.push('…');
+    }
+    e
+}
+
+/// A KBS resource path `repo/type/tag`, checked: three segments of 1 to
+/// [`MAX_SEGMENT_LEN`] bytes of `[A-Za-z0-9._-]`, none `.` or `..` (the
+/// verifier's rule; the agent also uses it as a relative file path, so
+/// the rule is what keeps a path inside the secrets directory).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourcePath {
+    segments: [String; 3],
+}
+
+impl ResourcePath {
+    /// Parses and checks `repo/type/tag`.
+    pub fn parse(s: &str) -> Result<ResourcePath, MessageError> {
+        let bad = || MessageError::BadResourcePath(excerpt(s));
+        if s.len() > 3 * MAX_SEGMENT_LEN + 2 {
+            return Err(bad());
+        }
+        let mut parts = s.split('/');
+        let mut segments: [String; 3] = Default::default();
+        for seg in segments.iter_mut() {
+            let p = parts.next().ok_or_else(bad)?;
+            let ok = !p.is_empty()
+                && p.len() <= MAX_SEGMENT_LEN
+                && p != "."
+                && p != ".."
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(bad());
+            }
+            *seg = p.to_owned();
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(ResourcePath { segments })
+    }
+
+    /// `[repo, type, tag]`.
+    pub fn segments(&self) -> [&str; 3] {
+        [&self.segments[0], &self.segments[1], &self.segments[2]]
+    }
+}
+
+impl std::fmt::Display for ResourcePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.segments[0], self.segments[1], self.segments[2])
+    }
+}
+
+/// The guest's public key for the KBS `runtime-data.tee-pubkey`: an EC
+/// P-256 JWK (RFC 7518 §6.2.1) with `alg` `ECDH-ES+A256KW`, the shape
+/// `kbs_types::TeePubKey::EC` serialises to. The launcher puts exactly
+/// these five members into the KBS attest request; the runtime-data
+/// binding covers them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeePubKey {
+    /// `"EC"`.
+    pub kty: String,
+    /// `"P-256"`.
+    pub crv: String,
+    /// `"ECDH-ES+A256KW"`.
+    pub alg: String,
+    /// The point's x coordinate: 32 bytes, unpadded base64url (43 characters).
+    pub x: String,
+    /// The point's y coordinate: 32 bytes, unpadded base64url (43 characters).
+    pub y: String,
+}
+
+impl TeePubKey {
+    /// Checks the key's shape (not that the point is on the curve: the
+    /// verifier checks that when it encrypts to it).
+    pub fn validate(&self) -> Result<(), MessageError> {
+        if self.kty != JWK_KTY_EC {
+            return Err(MessageError::BadTeeKey("kty is not EC"));
+        }
+        if self.crv != JWK_CRV_P256 {
+            return Err(MessageError::BadTeeKey("crv is not P-256"));
+        }
+        if self.alg != JWK_ALG_ECDH_ES_A256KW {
+            return Err(MessageError::BadTeeKey("alg is not ECDH-ES+A256KW"));
+        }
+        let coord = |c: &str| {
+            c.len() == 43 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !coord(&self.x) || !coord(&self.y) {
+            return Err(MessageError::BadTeeKey("x or y is not 43 base64url characters"));
+        }
+        Ok(())
+    }
+}
+
+/// One secret the agent stored: the resource and the SHA-256 of its bytes
+/// (the secret itself never leaves the guest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    /// `repo/type/tag`.
+    pub resource: String,
+    /// SHA-256 of the plaintext, 64 lower-case hex digits.
+    pub sha256: String,
+}
+
+/// A released resource the agent could not decrypt or store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedSecret {
+    /// `repo/type/tag`.
+    pub resource: String,
+    /// What went wrong.
+    pub reason: String,
+}
 
 /// Guest → launcher.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,14 +186,244 @@ pub enum GuestMessage {
         /// Time since the guest kernel booted (CLOCK_BOOTTIME), in milliseconds.
         uptime_ms: u64,
     },
+    /// Asks the launcher to attest this VM to the verifier (KBS protocol,
+    /// tee `tpm`) and fetch `resources`, encrypted to `tee_pubkey`, whose
+    /// private key only the guest holds.
+    AttestRequest {
+        /// KBS resource paths `repo/type/tag`, 1..=[`MAX_RESOURCES`], distinct.
+        resources: Vec<String>,
+        /// The guest's ephemeral public key.
+        tee_pubkey: TeePubKey,
+    },
+    /// What the agent did with an [`AttestResult`]: which secrets it stored
+    /// (with their SHA-256) and which it could not.
+    SecretsStored {
+        /// Stored under `/run/tellus/secrets/<repo>/<type>/<tag>`.
+        stored: Vec<StoredSecret>,
+        /// Released but not decrypted or not written.
+        failed: Vec<FailedSecret>,
+    },
 }
 
-/// Launcher → guest. The host can ask only for availability functions; there
-/// is deliberately no message that carries a command, a path or code to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+impl GuestMessage {
+    /// Bounds and checks every field; a message that fails is ignored.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            GuestMessage::Ready { agent_version, .. } => {
+                bounded("agent_version", agent_version, MAX_VERSION_LEN)
+            }
+            GuestMessage::AttestRequest { resources, tee_pubkey } => {
+                tee_pubkey.validate()?;
+                check_resource_list(resources.iter())
+            }
+            GuestMessage::SecretsStored { stored, failed } => {
+                if stored.len() + failed.len() > MAX_RESOURCES {
+                    return Err(MessageError::TooLong {
+                        field: "stored + failed",
+                        len: stored.len() + failed.len(),
+                        max: MAX_RESOURCES,
+                    });
+                }
+                for s in stored {
+                    ResourcePath::parse(&s.resource)?;
+                    if s.sha256.len() != 64
+                        || !s
+                            .sha256
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    {
+                        return Err(MessageError::BadDigest(s.resource.clone()));
+                    }
+                }
+                for f in failed {
+                    ResourcePath::parse(&f.resource)?;
+                    bounded("failed.reason", &f.reason, MAX_REASON_LEN)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_resource_list<'a>(paths: impl Iterator<Item = &'a String>) -> Result<(), MessageError> {
+    let mut seen = std::collections::HashSet::new();
+    for p in paths {
+        if seen.len() == MAX_RESOURCES {
+            return Err(MessageError::TooLong {
+                field: "resources",
+                len: MAX_RESOURCES + 1,
+                max: MAX_RESOURCES,
+            });
+        }
+        let path = ResourcePath::parse(p)?;
+        if !seen.insert(path) {
+            return Err(MessageError::DuplicateResource(excerpt(p)));
+        }
+    }
+    if seen.is_empty() {
+        return Err(MessageError::NoResources);
+    }
+    Ok(())
+}
+
+/// One resource the verifier released: its path and the flattened JWE JSON
+/// (`{"protected", "encrypted_key", "iv", "ciphertext", "tag"}`) exactly as
+/// the verifier sent it. The launcher cannot read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedResource {
+    /// `repo/type/tag`.
+    pub resource: String,
+    /// The verifier's JWE, at most [`MAX_JWE_LEN`] bytes.
+    pub jwe: String,
+}
+
+/// The verifier's verdict on an [`GuestMessage::AttestRequest`], relayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttestResult {
+    /// Attested; every requested resource, encrypted to the guest's key.
+    Released {
+        /// In the order requested.
+        resources: Vec<ReleasedResource>,
+    },
+    /// Not attested, or a resource was refused: no secret is released.
+    Denied {
+        /// The verifier's explanation (its error `detail`), or why the
+        /// launcher could not ask.
+        reason: String,
+    },
+}
+
+/// Launcher → guest. The host can ask only for availability functions and
+/// relay the verifier's answer; there is deliberately no message that
+/// carries a command, a path to run or code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMessage {
     /// Flush file systems and power the VM off.
     PowerOff,
     /// Flush file systems and reboot the VM.
     Reboot,
+    /// The answer to the guest's `AttestRequest`.
+    AttestResult(AttestResult),
+}
+
+impl HostMessage {
+    /// Bounds and checks every field; a message that fails is ignored.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            HostMessage::PowerOff | HostMessage::Reboot => Ok(()),
+            HostMessage::AttestResult(AttestResult::Denied { reason }) => {
+                bounded("reason", reason, MAX_REASON_LEN)
+            }
+            HostMessage::AttestResult(AttestResult::Released { resources }) => {
+                check_resource_list(resources.iter().map(|r| &r.resource))?;
+                for r in resources {
+                    bounded("jwe", &r.jwe, MAX_JWE_LEN)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> TeePubKey {
+        TeePubKey {
+            kty: "EC".into(),
+            crv: "P-256".into(),
+            alg: "ECDH-ES+A256KW".into(),
+            x: "A".repeat(43),
+            y: "B".repeat(43),
+        }
+    }
+
+    #[test]
+    fn resource_paths() {
+        let p = ResourcePath::parse("default/key/disk-1.v2").unwrap();
+        assert_eq!(p.segments(), ["default", "key", "disk-1.v2"]);
+        assert_eq!(p.to_string(), "default/key/disk-1.v2");
+        for bad in [
+            "", "a/b", "a/b/c/d", "a//c", "../b/c", "a/./c", "a/b/..", "/a/b", "a/b/c/", "a b/c/d",
+            "a/b/c\0", "ä/b/c",
+        ] {
+            assert!(ResourcePath::parse(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(MAX_SEGMENT_LEN + 1);
+        assert!(ResourcePath::parse(&format!("a/b/{long}")).is_err());
+        assert!(ResourcePath::parse(&format!("a/b/{}", &long[1..])).is_ok());
+    }
+
+    #[test]
+    fn attest_request_bounds() {
+        let req = |resources: Vec<String>, tee_pubkey| GuestMessage::AttestRequest {
+            resources,
+            tee_pubkey,
+        };
+        assert!(req(vec!["a/b/c".into()], key()).validate().is_ok());
+        assert_eq!(req(vec![], key()).validate(), Err(MessageError::NoResources));
+        let many: Vec<String> = (0..=MAX_RESOURCES).map(|i| format!("a/b/{i}")).collect();
+        assert!(matches!(req(many, key()).validate(), Err(MessageError::TooLong { .. })));
+        assert!(matches!(
+            req(vec!["a/b/c".into(), "a/b/c".into()], key()).validate(),
+            Err(MessageError::DuplicateResource(_))
+        ));
+        for k in [
+            TeePubKey { kty: "RSA".into(), ..key() },
+            TeePubKey { crv: "P-384".into(), ..key() },
+            TeePubKey { alg: "ECDH-ES".into(), ..key() },
+            TeePubKey { x: "A".repeat(44), ..key() },
+            TeePubKey { y: format!("{}=", "B".repeat(42)), ..key() },
+        ] {
+            assert!(matches!(
+                req(vec!["a/b/c".into()], k).validate(),
+                Err(MessageError::BadTeeKey(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn host_message_bounds() {
+        let ok = HostMessage::AttestResult(AttestResult::Released {
+            resources: vec![ReleasedResource { resource: "a/b/c".into(), jwe: "{}".into() }],
+        });
+        assert!(ok.validate().is_ok());
+        let big = HostMessage::AttestResult(AttestResult::Released {
+            resources: vec![ReleasedResource {
+                resource: "a/b/c".into(),
+                jwe: "x".repeat(MAX_JWE_LEN + 1),
+            }],
+        });
+        assert!(matches!(big.validate(), Err(MessageError::TooLong { field: "jwe", .. })));
+        let evil = HostMessage::AttestResult(AttestResult::Released {
+            resources: vec![ReleasedResource {
+                resource: "../../etc/passwd".into(),
+                jwe: "{}".into(),
+            }],
+        });
+        assert!(matches!(evil.validate(), Err(MessageError::BadResourcePath(_))));
+        let long = HostMessage::AttestResult(AttestResult::Denied { reason: "r".repeat(5000) });
+        assert!(long.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_stored_bounds() {
+        let m = |sha256: &str| GuestMessage::SecretsStored {
+            stored: vec![StoredSecret { resource: "a/b/c".into(), sha256: sha256.into() }],
+            failed: vec![],
+        };
+        assert!(m(&"0a".repeat(32)).validate().is_ok());
+        assert!(m(&"0A".repeat(32)).validate().is_err());
+        assert!(m("00").validate().is_err());
+    }
+
+    /// The JWK serialises to exactly the members a KBS tee-pubkey has.
+    #[test]
+    fn tee_pubkey_json_shape() {
+        let v = serde_json::to_value(key()).unwrap();
+        let mut names: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["alg", "crv", "kty", "x", "y"]);
+    }
 }
