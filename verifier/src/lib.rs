@@ -12,6 +12,7 @@ pub mod audit;
 pub mod config;
 pub mod registrar;
 pub mod service;
+pub mod snp;
 pub mod storage;
 pub mod tpm;
 pub mod tpm_types;
