@@ -9,6 +9,8 @@ use tellus_launcher::{
     vm_config,
 };
 
+mod snp_cli;
+
 /// tellus: measured, attested VM launches with availability-only host control.
 #[derive(Parser)]
 #[command(version, about)]
@@ -153,6 +155,8 @@ enum MeasureCommand {
     /// Print the launch records `tellus run` would measure for these flags
     /// and the PCR value they produce from a reset PCR (reference values).
     Predict(PredictArgs),
+    /// AMD SEV/SEV-ES/SEV-SNP launch digest (flags as sev-snp-measure's).
+    Snp(snp_cli::SnpMeasureArgs),
 }
 
 #[derive(Subcommand)]
@@ -334,6 +338,7 @@ fn main() -> ExitCode {
                 a.output,
             ))
         }
+        Command::Measure { command: MeasureCommand::Snp(a) } => snp_cli::run(&a),
         Command::Eventlog { command: EventlogCommand::Show { file, format, output } } => {
             report(cli::eventlog_show(&file, format, output))
         }
