@@ -8,6 +8,7 @@
 //! write guest memory, pause for inspection, snapshot or migrate, so no caller
 //! can ask for one.
 
+pub mod builtin;
 pub mod qemu;
 
 use crate::accel::Accel;
@@ -111,6 +112,8 @@ pub enum BackendError {
     WaiterLost,
     #[error("the built-in VMM is not part of this build yet; use --backend qemu")]
     BuiltinUnavailable,
+    #[error("built-in VMM: {0}")]
+    Builtin(#[from] builtin::BuiltinError),
 }
 
 fn tail(stderr: &str) -> String {

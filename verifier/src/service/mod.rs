@@ -31,6 +31,7 @@ pub mod kbs;
 pub mod keys;
 pub mod metrics;
 pub mod token;
+pub mod snp_verifier;
 pub mod tpm_verifier;
 pub mod verifier;
 
@@ -125,6 +126,10 @@ impl AppState {
         let signer = token::TokenSigner::from_pkcs8(&secrets.signing_key_pkcs8)?;
         let mut verifiers: BTreeMap<String, Arc<dyn EvidenceVerifier>> = BTreeMap::new();
         verifiers.insert("tpm".into(), Arc::new(TpmVerifier::new(store.clone())));
+        verifiers.insert(
+            "snp".into(),
+            Arc::new(snp_verifier::SnpVerifier::for_state_dir(&config.state_dir)),
+        );
         if config.enable_sample_tee {
             tracing::warn!(
                 "the sample tee is enabled: its evidence proves nothing about the platform"

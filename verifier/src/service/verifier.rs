@@ -47,6 +47,8 @@ pub enum VerifyError {
     HostNotActivated { host_id: String },
     #[error("cannot read the enrollment of host {host_id}: {detail}")]
     Store { host_id: String, detail: String },
+    #[error("the SEV-SNP evidence does not verify: {0}")]
+    Snp(crate::snp::SnpError),
 }
 
 /// Verifies one tee's evidence against the runtime-data binding.

@@ -1,0 +1,122 @@
+//! seccomp allow-lists (seccompiler) for the built-in VMM's threads. Each
+//! thread installs its list as its first action, before it touches the guest:
+//! vCPU threads before their first `KVM_RUN`.
+//!
+//! A syscall outside the list kills the whole process (`SIGSYS`): a VMM
+//! thread that makes an unexpected syscall is broken or compromised, and the
+//! VM must not go on with it. (Killing only the thread would leave the VMM
+//! waiting on a vCPU that silently vanished.)
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+
+/// `KVM_RUN` = `_IO(KVMIO, 0x80)`: the only ioctl a vCPU thread makes.
+pub const KVM_RUN: u64 = 0xae80;
+
+/// The kinds of VMM thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// Runs one vCPU: `KVM_RUN`, port I/O to the devices, UART output.
+    Vcpu,
+    /// Feeds host bytes into COM2 and supervises the vCPUs (stop, kick).
+    Device,
+}
+
+/// Errors of building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(String),
+    #[error("cannot install the seccomp filter: {0}")]
+    Install(String),
+}
+
+/// Syscalls every VMM thread needs: locks, memory for the allocator, its own
+/// exit, signal return (the vCPU kick) and thread-stack teardown.
+const COMMON: &[i64] = &[
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_write,
+    // std writes to UNIX sockets with send(2) (MSG_NOSIGNAL).
+    libc::SYS_sendto,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_close,
+    libc::SYS_exit,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_clock_gettime,
+];
+
+/// The allow-list of `kind`, as BPF.
+pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        COMMON.iter().map(|&nr| (nr, Vec::new())).collect();
+    let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
+    // fcntl(fd, F_GETFD) only: std checks that an fd is open before closing
+    // it (debug builds).
+    let getfd =
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::F_GETFD as u64)
+            .map_err(build)?;
+    rules.insert(libc::SYS_fcntl, vec![SeccompRule::new(vec![getfd]).map_err(build)?]);
+    match kind {
+        ThreadKind::Vcpu => {
+            let is_kvm_run =
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, KVM_RUN)
+                    .map_err(build)?;
+            rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![is_kvm_run]).map_err(build)?]);
+        }
+        ThreadKind::Device => {
+            for nr in [
+                libc::SYS_read,
+                libc::SYS_recvfrom,
+                libc::SYS_clock_nanosleep,
+                libc::SYS_nanosleep,
+                libc::SYS_getpid,
+                libc::SYS_tgkill,
+                libc::SYS_shutdown,
+            ] {
+                rules.insert(nr, Vec::new());
+            }
+        }
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| SeccompError::Build(e.to_string()))?;
+    BpfProgram::try_from(filter).map_err(|e| SeccompError::Build(e.to_string()))
+}
+
+/// Installs the allow-list of `kind` on the calling thread (and on threads it
+/// creates later). Cannot be undone.
+pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
+    install(&program(kind)?)
+}
+
+/// Installs an already built program on the calling thread. Does not
+/// allocate, so it may run in a freshly forked child (tests do).
+pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
+    seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_build() {
+        for k in [ThreadKind::Vcpu, ThreadKind::Device] {
+            assert!(!program(k).unwrap().is_empty());
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The built-in VMM on /dev/kvm (PVM here, hardware KVM elsewhere) with test
+//! payloads that go through the real bzImage loader and boot path, driven
+//! through the same `Backend` interface `tellus run` uses: console capture,
+//! the agent channel through the launcher's own FrameDecoder path
+//! (`channel::spawn_reader`), and the power functions.
+
+mod builtin_support;
+
+use builtin_support::*;
+use std::io::Read;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tellus_launcher::accel::Accel;
+use tellus_launcher::backend::builtin::boot::BootError;
+use tellus_launcher::backend::builtin::kernel::KernelError;
+use tellus_launcher::backend::builtin::{Builtin, BuiltinError};
+use tellus_launcher::backend::{Backend, BackendError, EventSink, PowerControl, VmmEvent};
+use tellus_launcher::channel::{self, ChannelEvent, ChannelWriter};
+use tellus_launcher::vm_config::{MemorySize, VmConfig};
+use tellus_protocol::{DropReason, GuestMessage, HostMessage};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const CMDLINE: &str = "console=ttyS0 tellus.test=payload";
+
+fn config(g: &Guest, vcpus: u32, mib: u64) -> VmConfig {
+    VmConfig {
+        kernel: g.kernel.clone(),
+        initrd: g.initrd.clone(),
+        cmdline: CMDLINE.into(),
+        memory: MemorySize(mib),
+        vcpus,
+        firmware: "/nonexistent-the-builtin-vmm-uses-none".into(),
+    }
+}
+
+/// Copies what it reads into a shared buffer.
+struct Tee<R> {
+    inner: R,
+    copy: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A running payload VM and everything observed from it.
+struct Run {
+    power: Box<dyn PowerControl>,
+    writer: ChannelWriter,
+    vmm: Receiver<VmmEvent>,
+    chan: Receiver<ChannelEvent>,
+    console: Arc<Mutex<Vec<u8>>>,
+    channel_bytes: Arc<Mutex<Vec<u8>>>,
+    console_done: std::thread::JoinHandle<()>,
+}
+
+fn start(g: &Guest, vcpus: u32) -> Run {
+    let (tx, vmm) = mpsc::channel();
+    let sink: EventSink = Arc::new(move |e| {
+        let _ = tx.send(e);
+    });
+    let started = Builtin.start(&config(g, vcpus, 64), Accel::Kvm, sink).expect("builtin start");
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let c = console.clone();
+    let mut con = started.streams.console;
+    let console_done = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = con.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            c.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let channel_bytes = Arc::new(Mutex::new(Vec::new()));
+    let (ctx, chan) = mpsc::channel();
+    channel::spawn_reader(
+        Box::new(Tee { inner: started.streams.channel_rx, copy: channel_bytes.clone() }),
+        move |e| {
+            let _ = ctx.send(e);
+        },
+    );
+    let mut power = started.power;
+    power.start_vcpus().unwrap();
+    Run {
+        power,
+        writer: ChannelWriter(started.streams.channel_tx),
+        vmm,
+        chan,
+        console,
+        channel_bytes,
+        console_done,
+    }
+}
+
+impl Run {
+    fn console_text(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()).into_owned()
+    }
+
+    fn wait_console(&self, text: &str) {
+        let end = Instant::now() + TIMEOUT;
+        while !self.console_text().contains(text) {
+            assert!(Instant::now() < end, "no {text:?} on the console: {:?}", self.console_text());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn next_channel(&self) -> ChannelEvent {
+        self.chan.recv_timeout(TIMEOUT).expect("channel event")
+    }
+
+    fn next_vmm(&self) -> VmmEvent {
+        self.vmm.recv_timeout(TIMEOUT).expect("VMM event")
+    }
+
+    /// Expects `Shutdown { reason }` then a successful `Exited`; returns the
+    /// console output (complete: the stream has ended).
+    fn expect_end(self, reason: &str) -> String {
+        match self.next_vmm() {
+            VmmEvent::Shutdown { reason: r } => assert_eq!(r, reason),
+            other => panic!("expected Shutdown({reason}), got {other:?}"),
+        }
+        match self.next_vmm() {
+            VmmEvent::Exited { status, stderr_tail } => {
+                assert!(status.success(), "{status} {stderr_tail}");
+                assert_eq!(stderr_tail, "");
+            }
+            other => panic!("expected Exited, got {other:?}"),
+        }
+        self.console_done.join().unwrap();
+        // The channel stream ends too.
+        match self.chan.recv_timeout(TIMEOUT) {
+            Ok(ChannelEvent::Closed) => {}
+            Ok(other) => panic!("unexpected channel event at the end: {other:?}"),
+            Err(e) => panic!("channel did not close: {e}"),
+        }
+        String::from_utf8(self.console.lock().unwrap().clone()).unwrap()
+    }
+}
+
+fn expect_ready(e: ChannelEvent) {
+    match e {
+        ChannelEvent::Message(GuestMessage::Ready { agent_version, uptime_ms }) => {
+            assert_eq!(agent_version, AGENT_VERSION);
+            assert_eq!(uptime_ms, UPTIME_MS);
+        }
+        other => panic!("expected Ready, got {other:?}"),
+    }
+}
+
+/// Runs a variant that sends `Ready` and answers `PowerOff`; `before` are
+/// the bytes it sends ahead of its `Ready` frame.
+fn ready_and_poweroff(v: Variant, vcpus: u32, before: &[u8]) -> Vec<ChannelEvent> {
+    let g = Guest::payload(v);
+    let mut run = start(&g, vcpus);
+    let mut dropped = Vec::new();
+    loop {
+        match run.next_channel() {
+            e @ ChannelEvent::Dropped { .. } => dropped.push(e),
+            e => {
+                expect_ready(e);
+                break;
+            }
+        }
+    }
+    run.writer.send(HostMessage::PowerOff).unwrap();
+    let channel_bytes = run.channel_bytes.clone();
+    let console = run.expect_end("guest-reset");
+    assert_eq!(console, expected_console(v, CMDLINE));
+    let mut sent = before.to_vec();
+    sent.extend_from_slice(&ready_frame());
+    assert_eq!(*channel_bytes.lock().unwrap(), sent, "bytes on COM2");
+    dropped
+}
+
+#[test]
+fn payload_ready_then_poweroff_via_i8042() {
+    if !kvm_usable_or_skip("payload_ready_then_poweroff_via_i8042") {
+        return;
+    }
+    let dropped = ready_and_poweroff(Variant::Ready, 1, &[]);
+    assert!(dropped.is_empty(), "{dropped:?}");
+}
+
+#[test]
+fn payload_on_two_vcpus_stops_both() {
+    if !kvm_usable_or_skip("payload_on_two_vcpus_stops_both") {
+        return;
+    }
+    // vCPU 1 waits for INIT/SIPI in KVM the whole time; ending the VM must
+    // still stop and join its thread.
+    let dropped = ready_and_poweroff(Variant::Ready, 2, &[]);
+    assert!(dropped.is_empty(), "{dropped:?}");
+}
+
+#[test]
+fn payload_garbage_is_dropped_then_ready() {
+    if !kvm_usable_or_skip("payload_garbage_is_dropped_then_ready") {
+        return;
+    }
+    let dropped = ready_and_poweroff(Variant::Garbage, 1, GARBAGE);
+    let total: usize = dropped
+        .iter()
+        .map(|e| match e {
+            ChannelEvent::Dropped { bytes, .. } => *bytes,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, GARBAGE.len(), "{dropped:?}");
+}
+
+#[test]
+fn payload_oversized_frame_is_dropped_then_ready() {
+    if !kvm_usable_or_skip("payload_oversized_frame_is_dropped_then_ready") {
+        return;
+    }
+    let dropped = ready_and_poweroff(Variant::Oversized, 1, OVERSIZED);
+    let total: usize = dropped
+        .iter()
+        .map(|e| match e {
+            ChannelEvent::Dropped { bytes, .. } => *bytes,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, OVERSIZED.len(), "{dropped:?}");
+    assert!(
+        matches!(
+            dropped.first(),
+            Some(ChannelEvent::Dropped { reason: DropReason::BadLength(0x10_0000), .. })
+        ),
+        "{dropped:?}"
+    );
+}
+
+#[test]
+fn payload_triple_fault_ends_the_vm() {
+    if !kvm_usable_or_skip("payload_triple_fault_ends_the_vm") {
+        return;
+    }
+    let g = Guest::payload(Variant::TripleFault);
+    let run = start(&g, 1);
+    let console = run.expect_end("guest-triple-fault");
+    assert_eq!(console, expected_console(Variant::TripleFault, CMDLINE));
+}
+
+#[test]
+fn payload_spinning_forever_is_stopped_by_terminate() {
+    if !kvm_usable_or_skip("payload_spinning_forever_is_stopped_by_terminate") {
+        return;
+    }
+    let g = Guest::payload(Variant::Spin);
+    let mut run = start(&g, 2);
+    run.wait_console("spinning\n");
+    // No ACPI: the power button is refused with its reason, the VM runs on.
+    let e = run.power.power_button().unwrap_err();
+    assert!(matches!(e, BackendError::Builtin(BuiltinError::NoPowerButton)), "{e}");
+    assert!(run.vmm.recv_timeout(Duration::from_millis(200)).is_err());
+    run.power.terminate().unwrap();
+    let console = run.expect_end("host-terminate");
+    assert_eq!(console, expected_console(Variant::Spin, CMDLINE));
+}
+
+#[test]
+fn terminate_before_start_runs_nothing() {
+    if !kvm_usable_or_skip("terminate_before_start_runs_nothing") {
+        return;
+    }
+    let g = Guest::payload(Variant::Ready);
+    let (tx, vmm) = mpsc::channel();
+    let sink: EventSink = Arc::new(move |e| {
+        let _ = tx.send(e);
+    });
+    let started = Builtin.start(&config(&g, 1, 64), Accel::Kvm, sink).unwrap();
+    let mut power = started.power;
+    let mut console = started.streams.console;
+    power.terminate().unwrap();
+    assert!(
+        matches!(vmm.recv_timeout(TIMEOUT).unwrap(), VmmEvent::Shutdown { reason } if reason == "host-terminate")
+    );
+    assert!(
+        matches!(vmm.recv_timeout(TIMEOUT).unwrap(), VmmEvent::Exited { status, .. } if status.success())
+    );
+    let mut out = Vec::new();
+    console.read_to_end(&mut out).unwrap();
+    assert!(out.is_empty(), "the guest ran: {:?}", String::from_utf8_lossy(&out));
+}
+
+fn start_err(image: &[u8], mib: u64) -> BootError {
+    let g = Guest::new(image);
+    let sink: EventSink = Arc::new(|_| {});
+    match Builtin.start(&config(&g, 1, mib), Accel::Kvm, sink) {
+        Ok(_) => panic!("started"),
+        Err(BackendError::Builtin(BuiltinError::Boot(e))) => e,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn kernel_err(image: &[u8]) -> KernelError {
+    match start_err(image, 64) {
+        BootError::Kernel { source, .. } => source,
+        e => panic!("not a kernel error: {e}"),
+    }
+}
+
+#[test]
+fn bad_kernel_images_are_rejected_with_specific_errors() {
+    if !kvm_usable_or_skip("bad_kernel_images_are_rejected_with_specific_errors") {
+        return;
+    }
+    let good = bzimage(&program(Variant::Ready), Header::default());
+    // Random bytes (a fixed xorshift sequence, so failures reproduce).
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    assert_eq!(kernel_err(&random), KernelError::NoBootSignature);
+    assert_eq!(kernel_err(&random[..100]), KernelError::TooShort { len: 100 });
+    // Truncated: the header announces more payload than the file has.
+    let cut = &good[..good.len() - 64];
+    assert!(matches!(kernel_err(cut), KernelError::Truncated { .. }), "{:?}", kernel_err(cut));
+    assert!(matches!(kernel_err(&good[..1024 + 0x100]), KernelError::Truncated { .. }));
+    let old = bzimage(&program(Variant::Ready), Header { protocol: 0x020b, ..Header::default() });
+    assert_eq!(kernel_err(&old), KernelError::ProtocolTooOld { major: 2, minor: 11 });
+    let no64 = bzimage(&program(Variant::Ready), Header { xloadflags: 0, ..Header::default() });
+    assert_eq!(kernel_err(&no64), KernelError::No64BitEntry);
+    let e = kernel_err(&old).to_string();
+    assert!(e.contains("2.11 is too old") && e.contains("2.12"), "{e}");
+}
+
+#[test]
+fn memory_too_small_for_kernel_and_initrd() {
+    if !kvm_usable_or_skip("memory_too_small_for_kernel_and_initrd") {
+        return;
+    }
+    // A kernel that needs 200 MiB to decompress into 64 MiB of RAM.
+    let big = bzimage(
+        &program(Variant::Ready),
+        Header { init_size: Some(200 << 20), ..Header::default() },
+    );
+    match start_err(&big, 64) {
+        BootError::MemoryTooSmall { mib: 64, need_mib } => assert!(need_mib > 200, "{need_mib}"),
+        e => panic!("{e}"),
+    }
+    let g = Guest::payload(Variant::Ready);
+    let mut cfg = config(&g, 9, 64);
+    let sink: EventSink = Arc::new(|_| {});
+    assert!(matches!(
+        Builtin.start(&cfg, Accel::Kvm, sink.clone()),
+        Err(BackendError::Builtin(BuiltinError::Boot(BootError::Vcpus(9))))
+    ));
+    cfg.vcpus = 1;
+    cfg.memory = MemorySize(1);
+    assert!(matches!(
+        Builtin.start(&cfg, Accel::Kvm, sink),
+        Err(BackendError::Builtin(BuiltinError::Boot(BootError::MemoryTooSmall { mib: 1, .. })))
+    ));
+}
