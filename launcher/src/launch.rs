@@ -266,6 +266,11 @@ pub fn exit_status(result: &Result<Outcome, RunError>) -> u8 {
     }
 }
 
+/// Milliseconds rounded to 0.1.
+fn r1(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
+}
+
 /// The `--output json` summary of a launch.
 pub fn summary(
     name: &str,
@@ -297,14 +302,14 @@ pub fn summary(
                 "failed": a.map(|a| a.failed.clone()).unwrap_or_default(),
                 "phases_ms": {
                     "measure": o.timeline.measured_ms,
-                    "boot": o.timeline.agent_ready_ms.map(|r| r - o.timeline.measured_ms),
+                    "boot": o.timeline.agent_ready_ms.map(|r| r1(r - o.timeline.measured_ms)),
                     "vcpus_started_at": o.timeline.vcpus_started_ms,
                     "agent_ready_at": o.timeline.agent_ready_ms,
                     "attest_requested_at": a.map(|a| a.requested_ms),
-                    "attest": a.and_then(|a| a.answered_ms.map(|x| x - a.requested_ms)),
+                    "attest": a.and_then(|a| a.answered_ms.map(|x| r1(x - a.requested_ms))),
                     "attest_steps": a.and_then(|a| a.steps.clone()),
                     "release": a.and_then(|a| match (a.answered_ms, a.stored_ms) {
-                        (Some(x), Some(y)) => Some(y - x),
+                        (Some(x), Some(y)) => Some(r1(y - x)),
                         _ => None,
                     }),
                     "total": total_ms,

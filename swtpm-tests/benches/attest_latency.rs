@@ -1,0 +1,78 @@
+//! Added latency of attestation: `tellus launch` of the test guest asking
+//! for one secret (enrolled host, real verifier, real swtpm) against the
+//! same VM launched without attestation (no resources, no verifier),
+//! alternating, N runs each (`TELLUS_BENCH_RUNS`, default 7). Prints the
+//! medians of the wall time to power-off, of the time from the vCPUs'
+//! start to the agent's `Ready`, and of the attestation phase itself.
+//!
+//! `cargo bench -p swtpm-tests --bench attest_latency`
+
+#[path = "../tests/e2e_support/mod.rs"]
+mod e2e_support;
+
+use e2e_support::{launch, Host, Verifier, VmToml};
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    let runs: usize =
+        std::env::var("TELLUS_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let host = Host::new();
+    let verifier = Verifier::start(&host.tpm.local_ca());
+    host.enroll(&verifier);
+    verifier.upload("default/key/bench", b"bench secret");
+    let plain = VmToml::guest();
+    let mut attested = VmToml::guest();
+    attested.resources = vec!["default/key/bench".into()];
+    attested.verifier = Some(verifier.url());
+    let refs = attested.predict(&host, verifier.dir.path());
+    let _ = verifier.refs_add(&refs);
+
+    let (mut wall_p, mut wall_a, mut attest, mut release) = (vec![], vec![], vec![], vec![]);
+    let (mut ready_p, mut ready_a) = (vec![], vec![]);
+    // One warm-up of each, not counted.
+    for i in 0..=runs {
+        let p = launch(&host, &plain);
+        assert_eq!(p.status, 0, "{}", p.dump());
+        let a = launch(&host, &attested);
+        assert_eq!(a.status, 0, "{}", a.dump());
+        assert_eq!(a.summary["verdict"], "released", "{}", a.dump());
+        if i == 0 {
+            continue;
+        }
+        let f = |l: &e2e_support::Launched, k: &str| l.summary["phases_ms"][k].as_f64().unwrap();
+        wall_p.push(p.wall.as_secs_f64() * 1e3);
+        wall_a.push(a.wall.as_secs_f64() * 1e3);
+        ready_p.push(f(&p, "boot"));
+        ready_a.push(f(&a, "boot"));
+        attest.push(f(&a, "attest"));
+        release.push(f(&a, "release"));
+        eprintln!(
+            "run {i}: plain {:.0} ms, attested {:.0} ms (attest {:.1} ms, release {:.1} ms)",
+            wall_p[i - 1],
+            wall_a[i - 1],
+            attest[i - 1],
+            release[i - 1]
+        );
+    }
+    let (mp, ma) = (median(&mut wall_p), median(&mut wall_a));
+    println!("runs per variant:                    {runs} (alternating, after one warm-up each)");
+    println!("launch to power-off, no attestation: median {mp:.0} ms");
+    println!("launch to power-off, attested:       median {ma:.0} ms");
+    println!("added wall time:                     median difference {:.0} ms", ma - mp);
+    println!("attest phase (request to verdict):   median {:.1} ms", median(&mut attest));
+    println!("release phase (verdict to stored):   median {:.1} ms", median(&mut release));
+    println!(
+        "boot to agent ready:                 median {:.0} ms plain, {:.0} ms attested",
+        median(&mut ready_p),
+        median(&mut ready_a)
+    );
+}

@@ -1,0 +1,402 @@
+//! End-to-end harness shared by `tests/launch_e2e.rs` and
+//! `benches/attest_latency.rs`: a real provisioned swtpm with `tellus host
+//! init`, a real `tellus-verifier serve` process (SQLite, plain HTTP on
+//! loopback, EK CA = a copy of the swtpm's local CA, log captured to a
+//! file), and `tellus launch` of the real Debian kernel + agent initramfs
+//! built by scripts/setup.sh under real QEMU.
+//!
+//! The binaries: cargo builds a dev-dependency's library but not its
+//! binaries, so [`bins`] asks cargo to build both and takes the paths cargo
+//! reports (a no-op when up to date).
+#![allow(dead_code)] // the bench and the tests use different subsets
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use swtpm_tests::Swtpm;
+
+/// Lossy UTF-8.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// (`tellus`, `tellus-verifier`), built once per process.
+pub fn bins() -> &'static (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-q", "-p", "tellus-launcher", "--bin", "tellus"])
+            .args(["-p", "tellus-verifier", "--bin", "tellus-verifier"])
+            .args(["--message-format", "json-render-diagnostics"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Same profile as this test or bench executable.
+        let exe = std::env::current_exe().unwrap();
+        if exe.ancestors().any(|a| a.file_name().is_some_and(|n| n == "release")) {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let find = |name: &str| {
+            text(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+                .unwrap_or_else(|| panic!("cargo reported no {name} executable"))
+        };
+        (find("tellus"), find("tellus-verifier"))
+    })
+}
+
+/// The test guest: (kernel, initrd) from scripts/setup.sh's env file.
+pub fn guest() -> (PathBuf, PathBuf) {
+    if let (Ok(k), Ok(i)) =
+        (std::env::var("TELLUS_GUEST_KERNEL"), std::env::var("TELLUS_GUEST_INITRD"))
+    {
+        return (k.into(), i.into());
+    }
+    let cache = std::env::var_os("TELLUS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tellus")
+    });
+    let env = cache.join("guest/env");
+    let t = std::fs::read_to_string(&env).unwrap_or_else(|e| {
+        panic!("test guest missing ({}: {e}): run scripts/setup.sh first", env.display())
+    });
+    let get = |key: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("{key} missing in {}", env.display()))
+    };
+    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
+}
+
+/// The command line of the test guest under TCG, with `tellus.oneshot`
+/// (the agent powers off once its secrets are handled).
+pub const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tellus.oneshot";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `tellus-verifier serve`; killed on drop.
+pub struct Verifier {
+    child: Child,
+    pub port: u16,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Verifier {
+    /// Starts a verifier that trusts the EK CA in `ek_ca` (a swtpm local CA).
+    pub fn start(ek_ca: &Path) -> Verifier {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ca_dir = dir.path().join("ek-ca");
+        std::fs::create_dir_all(&ca_dir).unwrap();
+        for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
+            std::fs::copy(ek_ca.join(f), ca_dir.join(f)).unwrap();
+        }
+        let config = dir.path().join("verifier.toml");
+        std::fs::write(&config, format!("ek_ca_dir = {:?}\n", ca_dir.to_str().unwrap())).unwrap();
+        let log = dir.path().join("verifier.log");
+        let port = free_port();
+        let child = Command::new(&bins().1)
+            .args(["serve", "--insecure-http", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut v = Verifier { child, port, state, config, log, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = v.child.try_wait().unwrap() {
+                panic!("tellus-verifier exited ({status}):\n{}", v.log_text());
+            }
+            assert!(Instant::now() < deadline, "tellus-verifier did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        v
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The verifier's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.state.join("admin-token")).unwrap().trim().to_string()
+    }
+
+    /// Minimal HTTP/1.1 request with the admin token; (status, body).
+    pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            self.admin_token(),
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let resp = text(&resp);
+        let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// Uploads a resource (admin route).
+    pub fn upload(&self, resource: &str, secret: &[u8]) {
+        let (status, body) = self.admin("POST", &format!("/kbs/v0/resource/{resource}"), secret);
+        assert!((200..300).contains(&status), "upload of {resource}: HTTP {status} {body}");
+    }
+
+    /// `tellus-verifier refs add FILE` (issue 6): loads `tellus measure
+    /// predict --output json` as reference values. `None` when this
+    /// verifier has no such command yet.
+    pub fn refs_add(&self, predict_json: &Path) -> Option<Output> {
+        let out = Command::new(&bins().1)
+            .args(["refs", "add"])
+            .arg(predict_json)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        if !out.status.success()
+            && (err.contains("unrecognized subcommand") || err.contains("unexpected argument"))
+        {
+            return None;
+        }
+        Some(out)
+    }
+
+    /// Whether this verifier evaluates attestation policies against
+    /// reference values (`tellus-verifier refs` exists).
+    pub fn has_policy() -> bool {
+        let out = Command::new(&bins().1).args(["refs", "--help"]).output().unwrap();
+        out.status.success()
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A provisioned swtpm with `tellus host init` done in `state`.
+pub struct Host {
+    pub tpm: Swtpm,
+    pub state: PathBuf,
+}
+
+impl Host {
+    pub fn new() -> Host {
+        let tpm = Swtpm::start_provisioned();
+        let state = tpm.path("tellus-state");
+        let h = Host { tpm, state };
+        h.init();
+        h
+    }
+
+    /// `tellus host init` on this TPM and state directory.
+    pub fn init(&self) {
+        let out = self.tellus(&["host", "init"]);
+        assert!(out.status.success(), "host init failed:\n{}", text(&out.stderr));
+    }
+
+    /// Runs `tellus ARGS --tpm .. --state-dir ..`.
+    pub fn tellus(&self, args: &[&str]) -> Output {
+        let out = Command::new(&bins().0)
+            .args(args)
+            .arg("--tpm")
+            .arg(self.tpm.addr())
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(!text(&out.stderr).contains("panicked"), "panic:\n{}", text(&out.stderr));
+        out
+    }
+
+    pub fn enroll(&self, v: &Verifier) {
+        let out = self.tellus(&["host", "enroll", "--verifier", &v.url()]);
+        assert!(out.status.success(), "enroll failed:\n{}", text(&out.stderr));
+    }
+}
+
+/// What a launch is made of (the `vm.toml` written for it).
+#[derive(Clone)]
+pub struct VmToml {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory: String,
+    pub resources: Vec<String>,
+    pub on_failure: &'static str,
+    pub verifier: Option<String>,
+}
+
+impl VmToml {
+    /// The test guest, one vCPU, `tellus.oneshot`, no resources.
+    pub fn guest() -> VmToml {
+        let (kernel, initrd) = guest();
+        VmToml {
+            name: "e2e".into(),
+            kernel,
+            initrd,
+            cmdline: CMDLINE.into(),
+            vcpus: 1,
+            memory: "256M".into(),
+            resources: vec![],
+            on_failure: "poweroff",
+            verifier: None,
+        }
+    }
+
+    /// The full command line the launch measures.
+    pub fn full_cmdline(&self) -> String {
+        if self.resources.is_empty() {
+            self.cmdline.clone()
+        } else {
+            format!("{} tellus.resources={}", self.cmdline, self.resources.join(","))
+        }
+    }
+
+    fn render(&self, host: &Host, console_log: &Path) -> String {
+        let mut t = format!(
+            "name = {:?}\nkernel = {:?}\ninitrd = {:?}\ncmdline = {:?}\nvcpus = {}\n\
+             memory = {:?}\ntpm = {:?}\nstate_dir = {:?}\nconsole_log = {:?}\n\
+             on_attestation_failure = {:?}\nresources = {:?}\n",
+            self.name,
+            self.kernel,
+            self.initrd,
+            self.cmdline,
+            self.vcpus,
+            self.memory,
+            host.tpm.addr(),
+            host.state,
+            console_log,
+            self.on_failure,
+            self.resources,
+        );
+        if let Some(url) = &self.verifier {
+            t.push_str(&format!("[verifier]\nurl = {url:?}\n"));
+        }
+        t
+    }
+
+    /// Reference values for this VM: `tellus measure predict --output json`
+    /// with the same inputs, written to a file in `dir`.
+    pub fn predict(&self, host: &Host, dir: &Path) -> PathBuf {
+        let mut args: Vec<String> = vec!["measure".into(), "predict".into()];
+        for (k, v) in [
+            ("--name", self.name.clone()),
+            ("--kernel", self.kernel.display().to_string()),
+            ("--initrd", self.initrd.display().to_string()),
+            ("--cmdline", self.full_cmdline()),
+            ("--vcpus", self.vcpus.to_string()),
+            ("--memory", self.memory.clone()),
+            ("--output", "json".into()),
+        ] {
+            args.push(k.into());
+            args.push(v);
+        }
+        let out = Command::new(&bins().0).args(&args).output().unwrap();
+        assert!(out.status.success(), "predict failed:\n{}", text(&out.stderr));
+        let _ = host;
+        let path = dir.join(format!("predict-{}.json", std::process::id()));
+        std::fs::write(&path, &out.stdout).unwrap();
+        path
+    }
+}
+
+/// A finished `tellus launch --output json`.
+pub struct Launched {
+    pub status: i32,
+    pub summary: Value,
+    pub stderr: String,
+    pub console: String,
+    pub wall: Duration,
+}
+
+impl Launched {
+    /// The `secret <path> sha256=<hex>` lines the guest printed.
+    pub fn secret_lines(&self) -> Vec<String> {
+        self.console
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| l.starts_with("secret /run/tellus/secrets/"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Everything, for assertion messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "exit {}\n--- summary\n{}\n--- stderr\n{}\n--- console\n{}",
+            self.status,
+            serde_json::to_string_pretty(&self.summary).unwrap_or_default(),
+            self.stderr,
+            self.console
+        )
+    }
+}
+
+/// Runs `tellus launch --config <vm.toml> --output json` to its end.
+pub fn launch(host: &Host, vm: &VmToml) -> Launched {
+    let dir = tempfile::tempdir().unwrap();
+    let console_log = dir.path().join("console.log");
+    let config = dir.path().join("vm.toml");
+    std::fs::write(&config, vm.render(host, &console_log)).unwrap();
+    let t = Instant::now();
+    let out = Command::new(&bins().0)
+        .args(["launch", "--config"])
+        .arg(&config)
+        .args(["--output", "json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let wall = t.elapsed();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "tellus panicked:\n{stderr}");
+    Launched {
+        status: out.status.code().unwrap_or(-1),
+        summary: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        stderr,
+        console: std::fs::read(&console_log).map(|b| text(&b)).unwrap_or_default(),
+        wall,
+    }
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
+}
