@@ -1,0 +1,119 @@
+//! The built-in VMM boots the real Debian cloud kernel with the tellus-agent
+//! initramfs (scripts/setup.sh) to `Ready` on 1 and 2 vCPUs, then ends it
+//! through the agent. Needs hardware KVM: on PVM's /dev/kvm a stock kernel
+//! dies in KVM's instruction emulator, so there it reports SKIP.
+
+mod builtin_support;
+
+use builtin_support::hardware_kvm_or_skip;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tellus_launcher::accel::Accel;
+use tellus_launcher::backend::builtin::Builtin;
+use tellus_launcher::backend::{Backend, EventSink, VmmEvent};
+use tellus_launcher::channel::{self, ChannelEvent, ChannelWriter};
+use tellus_launcher::vm_config::{MemorySize, VmConfig};
+use tellus_protocol::{GuestMessage, HostMessage};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// (kernel, initrd) from `~/.cache/tellus/guest/env` or the environment.
+fn guest() -> (PathBuf, PathBuf) {
+    if let (Ok(k), Ok(i)) =
+        (std::env::var("TELLUS_GUEST_KERNEL"), std::env::var("TELLUS_GUEST_INITRD"))
+    {
+        return (k.into(), i.into());
+    }
+    let home = std::env::var_os("HOME").expect("HOME");
+    let env = PathBuf::from(home).join(".cache/tellus/guest/env");
+    let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
+        panic!("test guest missing ({}: {e}): run scripts/setup.sh first", env.display())
+    });
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("{key} missing in {}", env.display()))
+    };
+    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
+}
+
+fn boot_to_ready_and_reboot_ends_vm(vcpus: u32) {
+    let (kernel, initrd) = guest();
+    let cfg = VmConfig {
+        kernel,
+        initrd,
+        // reboot=k: the kernel resets through the i8042, which ends a
+        // built-in VM.
+        cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
+        memory: MemorySize(256),
+        vcpus,
+        firmware: PathBuf::new(),
+    };
+    let (tx, vmm) = mpsc::channel();
+    let sink: EventSink = Arc::new(move |e| {
+        let _ = tx.send(e);
+    });
+    let started = Builtin.start(&cfg, Accel::Kvm, sink).expect("builtin start");
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let c = console.clone();
+    let mut con = started.streams.console;
+    let console_done = std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = con.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            c.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let (ctx, chan) = mpsc::channel();
+    channel::spawn_reader(started.streams.channel_rx, move |e| {
+        let _ = ctx.send(e);
+    });
+    let mut writer = ChannelWriter(started.streams.channel_tx);
+    let mut power = started.power;
+    let t0 = Instant::now();
+    power.start_vcpus().unwrap();
+    let text = || String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    loop {
+        match chan.recv_timeout(TIMEOUT) {
+            Ok(ChannelEvent::Message(GuestMessage::Ready { .. })) => break,
+            Ok(_) => {}
+            Err(e) => panic!("no Ready ({e}); console:\n{}", text()),
+        }
+    }
+    eprintln!("builtin: {vcpus} vCPU Linux guest agent ready after {:?}", t0.elapsed());
+    writer.send(HostMessage::Reboot).unwrap();
+    match vmm.recv_timeout(TIMEOUT) {
+        Ok(VmmEvent::Shutdown { reason }) => assert_eq!(reason, "guest-reset"),
+        other => panic!("expected Shutdown(guest-reset), got {other:?}; console:\n{}", text()),
+    }
+    assert!(
+        matches!(vmm.recv_timeout(TIMEOUT), Ok(VmmEvent::Exited { status, .. }) if status.success())
+    );
+    console_done.join().unwrap();
+    let log = text();
+    assert!(log.contains("Linux version 6."), "{log}");
+    assert!(log.contains("Run /init as init process"), "{log}");
+    assert!(log.contains(&format!("Brought up 1 node, {vcpus} CPU")), "{log}");
+    assert!(log.contains("tellus-agent"), "{log}");
+    assert!(log.contains("reboot: Restarting system"), "{log}");
+}
+
+#[test]
+fn linux_boots_to_ready_on_one_vcpu() {
+    if hardware_kvm_or_skip("linux_boots_to_ready_on_one_vcpu") {
+        boot_to_ready_and_reboot_ends_vm(1);
+    }
+}
+
+#[test]
+fn linux_boots_to_ready_on_two_vcpus() {
+    if hardware_kvm_or_skip("linux_boots_to_ready_on_two_vcpus") {
+        boot_to_ready_and_reboot_ends_vm(2);
+    }
+}
