@@ -98,6 +98,12 @@ struct VerifyEvidenceArgs {
     /// The evidence JSON (`-`: standard input).
     #[arg(long, value_name = "FILE")]
     evidence: PathBuf,
+    /// The evidence's tee: `tpm` (tellus TPM evidence) or `snp` (Trustee's
+    /// SEV-SNP evidence; --nonce is then REPORT_DATA or the 48-byte binding).
+    #[arg(long, default_value = "tpm", value_parser = ["tpm", "snp"])]
+    tee: String,
+    #[command(flatten)]
+    snp: tellus_verifier::snp::cli::SnpArgs,
     /// The expected qualifying data as hex (for KBS attestation, the
     /// runtime-data binding).
     #[arg(long, value_name = "HEX")]
@@ -325,6 +331,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::VerifyQuote(a) => run(verify_quote_cmd(&a), a.output),
+        Command::VerifyEvidence(a) if a.tee == "snp" => tellus_verifier::snp::cli::verify_main(
+            &a.evidence,
+            &a.nonce,
+            &a.snp,
+            a.output == Output::Json,
+        ),
         Command::VerifyEvidence(a) => run(verify_evidence_cmd(&a), a.output),
         Command::Serve(a) => tellus_verifier::service::cli::serve_main(a),
     }

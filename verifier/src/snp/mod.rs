@@ -15,6 +15,7 @@
 //! anyway; the report layout is a fixed table.
 
 pub mod certs;
+pub mod cli;
 pub mod evidence;
 pub mod report;
 pub mod verify;
