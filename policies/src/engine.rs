@@ -68,22 +68,27 @@ pub struct Reason {
 }
 
 impl Reason {
-    /// `message [rule R, claim C, expected E]` on one line.
+    /// `message [rule R, claim C, expected E, found F]` on one line.
     pub fn describe(&self) -> String {
+        fn list(v: &Value) -> String {
+            match v {
+                Value::String(s) => s.clone(),
+                Value::Array(a) => a.iter().map(list).collect::<Vec<_>>().join(" "),
+                Value::Object(m) => m.values().map(list).collect::<Vec<_>>().join(" "),
+                other => other.to_string(),
+            }
+        }
         let expected = match &self.expected {
             Value::Null => String::new(),
-            Value::String(s) => format!(", expected {s}"),
             Value::Array(a) if a.is_empty() => ", expected: no reference values".into(),
-            Value::Array(a) => format!(
-                ", expected one of {}",
-                a.iter()
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-            other => format!(", expected {other}"),
+            Value::Array(a) => format!(", expected one of {}", list(&Value::Array(a.clone()))),
+            other => format!(", expected {}", list(other)),
         };
-        format!("{} [rule {}, claim {}{}]", self.message, self.rule, self.claim, expected)
+        let found = match &self.found {
+            Value::Null => String::new(),
+            other => format!(", found {}", list(other)),
+        };
+        format!("{} [rule {}, claim {}{expected}{found}]", self.message, self.rule, self.claim)
     }
 }
 
@@ -128,6 +133,28 @@ impl std::fmt::Debug for Policy {
     }
 }
 
+/// regorus reports `--> file:line:col`, a source excerpt and
+/// `error: message`; this puts `file:line:col: message` first (the form
+/// editors and `policy check` users expect) and keeps the excerpt below.
+fn syntax_error(e: &anyhow::Error) -> PolicyError {
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let loc = lines.iter().find_map(|l| l.trim_start().strip_prefix("--> "));
+    let msg = lines.iter().find_map(|l| l.strip_prefix("error: "));
+    match (loc, msg) {
+        (Some(loc), Some(msg)) => {
+            let excerpt: Vec<&str> = lines
+                .iter()
+                .filter(|l| !l.trim_start().starts_with("--> ") && !l.starts_with("error: "))
+                .copied()
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            PolicyError::Syntax(format!("{}: {msg}\n{}", loc.trim(), excerpt.join("\n")))
+        }
+        _ => PolicyError::Syntax(text.trim().to_owned()),
+    }
+}
+
 fn new_engine() -> Result<regorus::Engine, PolicyError> {
     let mut engine = regorus::Engine::new();
     engine
@@ -141,9 +168,7 @@ impl Policy {
     /// declares `package policy` and defines `allow`.
     pub fn compile(file: &str, text: &str) -> Result<Policy, PolicyError> {
         let mut engine = new_engine()?;
-        let package = engine
-            .add_policy(file.into(), text.into())
-            .map_err(|e| PolicyError::Syntax(e.to_string().trim().to_owned()))?;
+        let package = engine.add_policy(file.into(), text.into()).map_err(|e| syntax_error(&e))?;
         if package != format!("data.{PACKAGE}") {
             return Err(PolicyError::WrongPackage {
                 file: file.into(),
@@ -196,9 +221,7 @@ impl Policy {
         })?;
         // Runs the analysis and leaves the engine prepared; clones keep it.
         engine.set_input(regorus::Value::new_object());
-        engine
-            .eval_rule(format!("data.{PACKAGE}.{ALLOW_RULE}"))
-            .map_err(|e| PolicyError::Syntax(e.to_string().trim().to_owned()))?;
+        engine.eval_rule(format!("data.{PACKAGE}.{ALLOW_RULE}")).map_err(|e| syntax_error(&e))?;
         Ok(Prepared { file: self.file.clone(), engine, rules: self.rules })
     }
 }

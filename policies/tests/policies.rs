@@ -367,7 +367,7 @@ fn compile_errors_name_file_line_and_column() {
     let e = Policy::compile("bad.rego", "package policy\n\nallow if {\n  input.x == \n}\n")
         .unwrap_err();
     let PolicyError::Syntax(msg) = &e else { panic!("{e:?}") };
-    assert!(msg.contains("bad.rego:5:1"), "{msg}");
+    assert!(msg.starts_with("bad.rego:5:1: expecting expression"), "{msg}");
     let e =
         Policy::compile("norule.rego", "package policy\n\nreasons contains \"x\" if { true }\n")
             .unwrap_err();

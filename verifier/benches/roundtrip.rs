@@ -24,7 +24,7 @@
 mod launch_support;
 #[path = "../tests/service_support/mod.rs"]
 mod service_support;
-use launch_support::{extend_launch_log, tellus_bin};
+use launch_support::{extend_predicted_launch, tellus_bin};
 
 use axum::body::Bytes;
 use base64::Engine;
@@ -38,7 +38,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swtpm_tests::Swtpm;
 use tellus_measured_boot::cel;
+use tellus_policies::ReferenceSet;
 use tellus_verifier::config::Config;
+use tellus_verifier::service::policy::policy_input;
 use tellus_verifier::service::{self, jwe, token};
 use tellus_verifier::storage::HostRecord;
 use tellus_verifier::tpm::binding::runtime_data_binding;
@@ -80,9 +82,12 @@ fn args() -> Args {
     a
 }
 
-/// swtpm + PCR 13 extended with a tellus launch log + `tellus host init`.
-fn host_setup(tpm: &Swtpm, state: &Path) -> HostRecord {
-    let records = extend_launch_log(tpm, "console=ttyS0");
+/// swtpm + PCR 13 extended with a predicted launch (`tellus measure
+/// predict`) + `tellus host init`; returns the host and the predict JSON
+/// (the reference values, so the default policies release the resource).
+fn host_setup(tpm: &Swtpm, state: &Path) -> (HostRecord, Value) {
+    std::fs::create_dir_all(state).unwrap();
+    let (records, predict) = extend_predicted_launch(tpm, state, "console=ttyS0");
     let out = Command::new(tellus_bin())
         .args(["host", "init", "--tpm", &tpm.addr(), "--state-dir"])
         .arg(state)
@@ -91,13 +96,14 @@ fn host_setup(tpm: &Swtpm, state: &Path) -> HostRecord {
     assert!(out.status.success(), "tellus host init: {}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(state.join("launch-log.cel"), cel::encode(&records)).unwrap();
     let host = state.join("host");
-    HostRecord {
+    let record = HostRecord {
         host_id: std::fs::read_to_string(host.join("host-id")).unwrap().trim().to_owned(),
         ek_public: std::fs::read(host.join("ek.pub")).unwrap(),
         ak_public: std::fs::read(host.join("ak.pub")).unwrap(),
         labels: [("site".to_owned(), "bench".to_owned())].into(),
         activated: true,
-    }
+    };
+    (record, predict)
 }
 
 /// One keep-alive HTTP/1.1 connection (a minimal client: the server's
@@ -214,7 +220,7 @@ fn main() {
     let tpm = Swtpm::start_provisioned();
     let dir = tempfile::tempdir().unwrap();
     let host_state = dir.path().join("host-state");
-    let record = host_setup(&tpm, &host_state);
+    let (record, predict) = host_setup(&tpm, &host_state);
 
     let config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -231,6 +237,8 @@ fn main() {
     assert!(addr.ip().is_loopback());
     let state = bound.state().clone();
     state.store.put_host(&record).unwrap();
+    let refs = ReferenceSet::from_json(&predict, None, Some("roundtrip bench")).unwrap();
+    state.store.merge_reference_values(&refs).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = server_rt.spawn(bound.run(async {
         let _ = stop_rx.await;
@@ -396,7 +404,30 @@ fn main() {
         .verify("tpm", &serde_json::from_slice(&ceil_ev).unwrap(), &binding)
         .unwrap();
     let nonce_bytes = base64::engine::general_purpose::STANDARD.decode(&ceil_nonce).unwrap();
-    let ear = token::ear_claims(0, 300, &nonce_bytes, "tpm", &claims, &ceil_jwk);
+    // Policy evaluation as the server runs it: the attestation policy over
+    // the claims, and the resource policy over the token's result (each
+    // with its cache-key query and the clone of the prepared engine).
+    let input = policy_input("tpm", &claims.annotated_evidence);
+    let appraisal = state.policies.appraise(&input, &claims.trust_vector).unwrap();
+    assert_eq!(appraisal.status, "affirming", "{:?}", appraisal.reasons);
+    let t_att_policy = time_per_call(|| {
+        std::hint::black_box(state.policies.appraise(&input, &claims.trust_vector).unwrap());
+    });
+    let ear = token::ear_claims(0, 300, &nonce_bytes, "tpm", &claims, &appraisal, &ceil_jwk);
+    let sub = &ear["submods"]["cpu0"];
+    let res_input = json!({
+        "resource": {"path": RESOURCE, "required_labels": {}},
+        "ear": {"status": sub["ear.status"], "tee": "tpm", "trust_vector": sub["ear.trustworthiness-vector"], "reasons": sub["tellus.reasons"]},
+        "claims": input,
+    });
+    assert!(state.policies.decide_resource(&res_input).unwrap().allow);
+    let t_res_policy = time_per_call(|| {
+        std::hint::black_box(state.policies.decide_resource(&res_input).unwrap());
+    });
+    let active = state.policies.active().unwrap();
+    let t_att_eval = time_per_call(|| {
+        std::hint::black_box(active.attestation.evaluate(&input).unwrap());
+    });
     let t_sign = time_per_call(|| {
         std::hint::black_box(state.signer.sign(&ear).unwrap());
     });
@@ -446,6 +477,26 @@ fn main() {
         "  measured / (ceiling x cores) = {:.3}; goal 3000 round trips/s: measured/goal = {:.3}",
         rps / (ceiling * cores as f64),
         rps / 3000.0
+    );
+    let t_policy = t_att_policy + t_res_policy;
+    // Server CPU time per round trip at the measured rate: cores / rps.
+    let cpu_per_round = cores as f64 / rps;
+    println!("policy evaluation (1 core, in-process, default policies, same run):");
+    println!(
+        "  attestation policy (tpm-launch.rego)                 {:8.1} us  (engine only {:.1} us)",
+        t_att_policy * 1e6,
+        t_att_eval * 1e6
+    );
+    println!(
+        "  resource policy (resource-default.rego)              {:8.1} us",
+        t_res_policy * 1e6
+    );
+    println!(
+        "  both {:.1} us per round trip = {:.1}% of the server CPU time per round trip ({:.1} us = cores / rate), {:.1}% of the p50 round-trip latency",
+        t_policy * 1e6,
+        100.0 * t_policy / cpu_per_round,
+        cpu_per_round * 1e6,
+        100.0 * t_policy * 1e3 / pct(&mut round, 0.50)
     );
     drop(tpm);
 }

@@ -88,6 +88,11 @@ pub struct Config {
     pub allow_uncertified_ek: bool,
     /// How long an enrollment challenge stays valid, in seconds.
     pub enrollment_ttl_secs: u64,
+    /// Host labels every attesting host must carry, for every resource
+    /// (the attestation policy sees them as `data.requirements.host_labels`;
+    /// the default policy denies a host that lacks one). Per-resource
+    /// requirements are set at upload (`?required-labels=`).
+    pub required_host_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -107,6 +112,7 @@ impl Default for Config {
             ek_ca_dir: None,
             allow_uncertified_ek: false,
             enrollment_ttl_secs: 300,
+            required_host_labels: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -219,6 +225,12 @@ allow_uncertified_ek = {uncertified}
 
 # How long an enrollment challenge stays valid, in seconds.
 enrollment_ttl_secs = {enroll_ttl}
+
+# Host labels every attesting host must carry (data.requirements.host_labels of the
+# attestation policy). Per-resource requirements are set at upload (?required-labels=).
+# A table must come last in TOML, so this is the last field.
+[required_host_labels]
+# zone = "dmz"
 "#,
             listen = d.listen,
             state_dir = d.state_dir.display(),

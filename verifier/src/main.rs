@@ -3,7 +3,9 @@
 //! - `serve` runs the verifier and key broker (see `service`);
 //! - `verify-quote` checks a quote made with tpm2-tools (`tpm2_quote -m -s
 //!   -o`) against an AK public key, a nonce and optionally an event log;
-//! - `verify-evidence` checks tellus TPM evidence JSON (`tellus quote`).
+//! - `verify-evidence` checks tellus TPM evidence JSON (`tellus quote`);
+//! - `refs add|list` manage reference values, `policy check|test` check and
+//!   evaluate Rego policies offline (see `service::offline`).
 //!
 //! Exit status: 0 verified, 1 not verified (the reason is printed), 2 the
 //! inputs could not be read or the arguments are wrong.
@@ -43,6 +45,13 @@ enum Command {
     /// Run the verifier and key broker (KBS 0.4.0 over HTTPS; plain HTTP
     /// only on loopback with --insecure-http).
     Serve(tellus_verifier::service::cli::ServeArgs),
+    /// Reference values in the verifier's database (offline; safe while a
+    /// server runs).
+    #[command(subcommand)]
+    Refs(tellus_verifier::service::offline::RefsCommand),
+    /// Check or test Rego policies offline.
+    #[command(subcommand)]
+    Policy(tellus_verifier::service::offline::PolicyCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -339,5 +348,7 @@ fn main() -> ExitCode {
         ),
         Command::VerifyEvidence(a) => run(verify_evidence_cmd(&a), a.output),
         Command::Serve(a) => tellus_verifier::service::cli::serve_main(a),
+        Command::Refs(c) => tellus_verifier::service::offline::refs_main(c),
+        Command::Policy(c) => tellus_verifier::service::offline::policy_main(c),
     }
 }

@@ -46,11 +46,13 @@ async fn auth_refuses_other_versions() {
 #[tokio::test]
 async fn auth_refuses_unknown_and_disabled_tees() {
     let app = App::new(false);
-    for tee in ["no-such-tee", "sample", "snp"] {
+    for tee in ["no-such-tee", "sample", "tdx"] {
         let (s, _, v) = app.json(post_json("/kbs/v0/auth", &auth_body(tee))).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{tee}");
         assert_eq!(error_kind(&v), "UnsupportedTee", "{tee}: {v}");
-        assert!(v["detail"].as_str().unwrap().contains("supported: tpm"), "{v}");
+        let detail = v["detail"].as_str().unwrap();
+        let supported = detail.split("supported: ").nth(1).unwrap();
+        assert!(supported.contains("tpm") && !supported.contains("sample"), "{v}");
     }
     // With the sample tee enabled, it is accepted.
     let app = App::new(true);
@@ -200,6 +202,31 @@ async fn sample_end_to_end_with_cookie() {
     let app = App::new(true);
     let secret: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     app.upload("default/key/disk", &secret).await;
+
+    // Under the default policy the sample tee attests (200) with a
+    // contraindicated result, and the resource is denied with the reason.
+    let (cookie, token, _) = attest_sample(&app).await;
+    let (_, _, jwks) = app.json(Request::get("/tellus/v1/jwks").body(Body::empty()).unwrap()).await;
+    let claims = verify_with_jwks(&token, &jwks);
+    assert_eq!(claims["submods"]["cpu0"]["ear.status"], "contraindicated");
+    assert_eq!(claims["submods"]["cpu0"]["tellus.reasons"][0]["rule"], "tee");
+    let req = with_cookie(
+        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
+        &cookie,
+    );
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(error_kind(&v), "PolicyDeny");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("tee sample is not accepted"), "{detail}");
+    assert!(
+        detail.contains("[rule tee, claim tee, expected one of tpm, found sample]"),
+        "{detail}"
+    );
+
+    // With the test-only allow-sample policy it is affirming.
+    let (s, v) = app.set_attestation_policy(ALLOW_SAMPLE).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (cookie, token, key) = attest_sample(&app).await;
 
     // The token verifies with the published JWK Set and is EAR-shaped.
@@ -244,6 +271,8 @@ async fn sample_end_to_end_with_cookie() {
 async fn sample_end_to_end_with_bearer_token() {
     let app = App::new(true);
     app.upload("repo/type/tag", b"bearer secret").await;
+    let (s, v) = app.set_attestation_policy(ALLOW_SAMPLE).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     let (_cookie, token, key) = attest_sample(&app).await;
     let req = Request::get("/kbs/v0/resource/repo/type/tag")
         .header("authorization", format!("Bearer {token}"))

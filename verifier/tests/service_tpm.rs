@@ -1,11 +1,12 @@
 //! tee `tpm` through the KBS routes, with real evidence: a swtpm, the
-//! launcher binary (`tellus host init`, `tellus quote`) and a tellus CEL
-//! launch log extended into PCR 13. The host is put into the store directly
-//! (the enrollment routes have their own tests).
+//! launcher binary (`tellus host init`, `tellus quote`) and the launch
+//! records of a real `tellus measure predict` extended into PCR 13, whose
+//! JSON output serves as the reference values. The host is put into the
+//! store directly (the enrollment routes have their own tests).
 
 mod launch_support;
 mod service_support;
-use launch_support::{extend_launch_log, tellus_bin};
+use launch_support::{extend_predicted_launch, tellus_bin};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use swtpm_tests::Swtpm;
 use tellus_measured_boot::cel;
-use tellus_verifier::storage::HostRecord;
+use tellus_verifier::storage::{HostRecord, PolicyKind};
 use tellus_verifier::tpm::binding::runtime_data_binding;
 
 const SECRET: &[u8] = b"disk key for the attested guest";
@@ -45,13 +46,18 @@ struct Host {
     tpm: Swtpm,
     dir: tempfile::TempDir,
     log: Vec<u8>,
+    /// `tellus measure predict --output json` of the measured launch.
+    predict: Value,
 }
+
+const CMDLINE: &str = "console=ttyS0 quiet";
 
 impl Host {
     fn new() -> Host {
         let tpm = Swtpm::start_provisioned();
-        let records = extend_launch_log(&tpm, "console=ttyS0");
-        let host = Host { tpm, dir: tempfile::tempdir().unwrap(), log: cel::encode(&records) };
+        let dir = tempfile::tempdir().unwrap();
+        let (records, predict) = extend_predicted_launch(&tpm, dir.path(), CMDLINE);
+        let host = Host { tpm, dir, log: cel::encode(&records), predict };
         host.init("state");
         host
     }
@@ -146,12 +152,23 @@ fn refused(s: StatusCode, v: &Value, what: &str) {
     assert!(detail.contains(what), "expected {what:?} in: {detail}");
 }
 
+/// `GET` the disk resource with `cookie`.
+async fn get_disk(app: &App, cookie: &str) -> (StatusCode, Value) {
+    let req = with_cookie(
+        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
+        cookie,
+    );
+    let (s, _, v) = app.json(req).await;
+    (s, v)
+}
+
 #[tokio::test]
 async fn real_tpm_evidence_releases_the_resource() {
     let host = Host::new();
     let record = host.record(true);
     let app = app_with(Some(record.clone()));
     app.upload("default/key/disk", SECRET).await;
+    app.add_predicted_refs(&host.predict).await;
 
     let (s, v, cookie, key) = attest(&app, &host, &host.state(), |_| {}).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -160,31 +177,255 @@ async fn real_tpm_evidence_releases_the_resource() {
     let claims = verify_with_jwks(token, &jwks);
     let sub = &claims["submods"]["cpu0"];
     assert_eq!(sub["tellus.tee"], "tpm");
-    assert_eq!(sub["ear.trustworthiness-vector"], json!({"instance-identity": 2}));
-    assert_eq!(sub["ear.appraisal-policy-id"], "tellus:tpm-enrolled-ak");
+    assert_eq!(sub["ear.status"], "affirming", "{sub}");
+    assert_eq!(
+        sub["ear.trustworthiness-vector"],
+        json!({"instance-identity": 2, "hardware": 2, "executables": 2, "configuration": 2})
+    );
+    assert_eq!(sub["ear.appraisal-policy-id"], "tellus:tpm-launch.rego");
+    assert_eq!(sub["tellus.reasons"], json!([]));
+    // The claims as the schema says (policies/README.md), checked facts only.
     let tpm = &sub["ear.veraison.annotated-evidence"]["tpm"];
-    assert_eq!(tpm["host_id"], record.host_id.as_str());
-    assert_eq!(tpm["labels"], json!({"site": "lab-1"}));
-    assert!(tpm["clock"]["clock"].is_u64() && tpm["clock"]["resetCount"].is_u64(), "{tpm}");
-    assert!(tpm["clock"]["safe"].is_boolean(), "{tpm}");
-    assert!(tpm["firmware_version"].as_str().unwrap().starts_with("0x"), "{tpm}");
-    assert_eq!(tpm["pcrs"]["sha256"]["13"], host.tpm.pcrread("sha256", 13).to_lowercase());
-    let kinds: Vec<&str> = tpm["launch_records"]
+    let typed: tellus_policies::claims::TpmClaims = serde_json::from_value(tpm.clone()).unwrap();
+    assert_eq!(typed.host.id, record.host_id);
+    assert_eq!(typed.host.labels, record.labels);
+    assert!(typed.host.enrolled && typed.host.activated);
+    assert!(typed.host.clock.clock > 0);
+    assert_eq!(typed.pcr_replay.verdict, "replays");
+    assert_eq!(typed.pcr_replay.pcr, "sha256:13");
+    assert_eq!(
+        typed.pcr_replay.value,
+        format!("sha256:{}", host.tpm.pcrread("sha256", 13).to_lowercase())
+    );
+    let kinds: Vec<&str> = typed.launch.records.iter().map(|r| r.kind.as_str()).collect();
+    let predicted: Vec<&str> = host.predict["records"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["cmdline", "separator", "stop"]);
-    assert_eq!(tpm["launch_records"][0]["payload"], json!({"cmdline": "console=ttyS0"}));
-    assert_eq!(tpm["launch_records"][2]["pcr"], 13);
-    assert!(tpm["launch_ticket"].is_null());
+    assert_eq!(kinds, predicted);
+    assert_eq!(typed.launch.first_recnum, 0);
+    assert_eq!(typed.launch.vm.cmdline.as_deref(), Some(CMDLINE));
+    assert_eq!(typed.launch.vm.vcpus, Some(1));
+    assert_eq!(
+        typed.launch.absent_features,
+        ["introspection", "intervention", "snapshot", "migration"]
+    );
+    let kernel = typed.launch.record("kernel").unwrap().file.as_ref().unwrap();
+    assert_eq!(kernel.sha384, host.predict["records"][6]["sha384"].as_str().unwrap());
+    assert_eq!(
+        typed.launch.launcher["sha256"],
+        host.predict["records"][0]["sha256"].as_str().unwrap()
+    );
 
+    let (s, jwe) = get_disk(&app, &cookie).await;
+    assert_eq!(s, StatusCode::OK, "{jwe}");
+    assert_eq!(key.decrypt(&jwe), SECRET);
+}
+
+#[tokio::test]
+async fn a_kernel_that_is_not_a_reference_value_is_denied_with_its_digests() {
+    let host = Host::new();
+    let app = app_with(Some(host.record(true)));
+    app.upload("default/key/disk", SECRET).await;
+    // Reference values for everything but the kernel, whose reference is
+    // another kernel's digest.
+    let mut predict = host.predict.clone();
+    let other = format!("sha384:{}", "ab".repeat(48));
+    let kernel = predict["records"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["kind"] == "kernel")
+        .unwrap();
+    let measured = kernel["sha384"].as_str().unwrap().to_owned();
+    kernel["sha384"] = json!(other);
+    kernel["sha256"] = json!(format!("sha256:{}", "cd".repeat(32)));
+    app.add_predicted_refs(&predict).await;
+
+    // Attestation answers 200 with a contraindicated token...
+    let (s, v, cookie, _) = attest(&app, &host, &host.state(), |_| {}).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, _, jwks) = app.json(Request::get("/tellus/v1/jwks").body(Body::empty()).unwrap()).await;
+    let claims = verify_with_jwks(v["token"].as_str().unwrap(), &jwks);
+    let sub = &claims["submods"]["cpu0"];
+    assert_eq!(sub["ear.status"], "contraindicated");
+    assert_eq!(sub["ear.trustworthiness-vector"]["executables"], 33);
+    assert_eq!(sub["ear.trustworthiness-vector"]["configuration"], 2);
+    assert_eq!(sub["tellus.reasons"][0]["rule"], "kernel");
+
+    // ...and the resource is denied, the detail naming rule, claim and digests.
+    let (s, v) = get_disk(&app, &cookie).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(error_kind(&v), "PolicyDeny");
+    let detail = v["detail"].as_str().unwrap();
+    eprintln!("403 detail:\n{detail}");
+    assert!(detail.starts_with("the resource policy denies default/key/disk:"), "{detail}");
+    let short = format!("{}…", &measured[..19]);
+    assert!(
+        detail.contains(&format!(
+            "kernel digest {short} not in reference values \"kernel\" (2 entries)"
+        )),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("[rule kernel, claim launch.records[kernel].file, expected one of"),
+        "{detail}"
+    );
+    assert!(detail.contains(&other), "{detail}");
+    assert_eq!(detail.lines().count(), 2, "only the kernel fails: {detail}");
+
+    // The same with the token as a bearer credential.
+    let req = Request::get("/kbs/v0/resource/default/key/disk")
+        .header("authorization", format!("Bearer {}", v_token(&app, &host).await))
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("kernel digest"), "{v}");
+    nothing_released_ok(&app).await;
+}
+
+/// A fresh attestation's token.
+async fn v_token(app: &App, host: &Host) -> String {
+    let (s, v, _, _) = attest(app, host, &host.state(), |_| {}).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+async fn nothing_released_ok(app: &App) {
+    let (_, _, m) = app.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let m = String::from_utf8_lossy(&m);
+    assert!(m.contains("tellus_verifier_resources_released_total 0"), "{m}");
+}
+
+#[tokio::test]
+async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
+    let host = Host::new();
+    let app = app_with(Some(host.record(true)));
+    app.upload("default/key/disk", SECRET).await;
+    app.add_predicted_refs(&host.predict).await;
+
+    // A syntax error: 400 with regorus' message and location.
+    let (s, v) =
+        app.set_attestation_policy("package policy\n\nallow if {\n  input.tee == \n}\n").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("default.rego:5:1: expecting expression"), "{detail}");
+    assert!(detail.contains("the policy in force stays"), "{detail}");
+    // No `allow` rule: 400.
+    let (s, v) = app
+        .set_resource_policy(
+            "package policy\n\nimport rego.v1\n\nreasons contains \"x\" if { true }\n",
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("does not define the rule `allow`"), "{v}");
+    // Another package: 400.
+    let (s, v) = app.set_resource_policy("package other\n\nallow := true\n").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("declare `package policy`"), "{v}");
+    // Nothing was stored, and the built-in policies still decide: the
+    // measured launch is released.
+    assert!(app.state.store.policy_history(PolicyKind::Attestation, "default").unwrap().is_empty());
+    assert!(app.state.store.policy_history(PolicyKind::Resource, "default").unwrap().is_empty());
+    let (s, v, cookie, key) = attest(&app, &host, &host.state(), |_| {}).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, jwe) = get_disk(&app, &cookie).await;
+    assert_eq!(s, StatusCode::OK, "{jwe}");
+    assert_eq!(key.decrypt(&jwe), SECRET);
+
+    // A valid resource policy that needs a label the host lacks takes effect
+    // at once (the cached policies are re-prepared), and a later broken
+    // upload leaves it in force.
+    let strict = "package policy\n\nimport rego.v1\nimport data.tellus.lib\n\ndefault allow := false\n\nallow if count(reasons) == 0\n\nreasons contains r if {\n\tsome r in lib.label_reasons(input.claims.host.labels, {\"zone\": \"dmz\"})\n}\n";
+    let (s, v) = app.set_resource_policy(strict).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = app.set_resource_policy("package policy\nallow if {").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = get_disk(&app, &cookie).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("host label zone is missing, but zone=dmz is required"),
+        "{v}"
+    );
+    assert_eq!(app.state.store.policy_history(PolicyKind::Resource, "default").unwrap().len(), 1);
+
+    // Per-resource label requirements with the default resource policy.
+    app.set_resource_policy(tellus_policies::engine::RESOURCE_DEFAULT_REGO).await;
+    let req = Request::post("/kbs/v0/resource/default/key/dmz?required-labels=zone=dmz")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::from("dmz secret"))
+        .unwrap();
+    assert_eq!(app.call(req).await.0, StatusCode::OK);
     let req = with_cookie(
-        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
+        Request::get("/kbs/v0/resource/default/key/dmz").body(Body::empty()).unwrap(),
         &cookie,
     );
-    let (s, _, jwe) = app.json(req).await;
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("host label zone is missing, but zone=dmz is required"),
+        "{v}"
+    );
+    let (s, _) = get_disk(&app, &cookie).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn launch_groups_pick_the_attested_launch() {
+    let host = Host::new();
+    let app = app_with(Some(host.record(true)));
+    app.upload("default/key/disk", SECRET).await;
+    app.add_predicted_refs(&host.predict).await;
+    let records = cel::decode(&host.log).unwrap();
+
+    // A second launch begins (its launcher-binary record is measured) but
+    // never reaches its separator.
+    let mut second = records[0].clone();
+    second.recnum = records.len() as u64;
+    host.tpm
+        .tpm2("tpm2_pcrextend", &[&format!("13:sha256={}", hex::encode(&second.digests[0].bytes))]);
+    let mut log = records.clone();
+    log.push(second.clone());
+    let log_b64 = B64.encode(cel::encode(&log));
+
+    // The last launch is incomplete: refused.
+    let l = log_b64.clone();
+    let (s, v, _, _) =
+        attest(&app, &host, &host.state(), move |ev| ev["event_log"] = json!(l)).await;
+    refused(s, &v, &format!("the launch starting at record {} is incomplete", second.recnum));
+    // A recnum that is not a launch's first record, or no record at all.
+    let l = log_b64.clone();
+    let (s, v, _, _) = attest(&app, &host, &host.state(), move |ev| {
+        ev["event_log"] = json!(l);
+        ev["launch_recnum"] = json!(3);
+    })
+    .await;
+    refused(s, &v, "launch_recnum 3 is a vm-identity record");
+    let l = log_b64.clone();
+    let (s, v, _, _) = attest(&app, &host, &host.state(), move |ev| {
+        ev["event_log"] = json!(l);
+        ev["launch_recnum"] = json!(999);
+    })
+    .await;
+    refused(s, &v, "launch_recnum 999 names no tellus record");
+    // The first, complete launch: its claims, and the resource.
+    let l = log_b64.clone();
+    let (s, v, cookie, key) = attest(&app, &host, &host.state(), move |ev| {
+        ev["event_log"] = json!(l);
+        ev["launch_recnum"] = json!(0);
+    })
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, jwe) = get_disk(&app, &cookie).await;
     assert_eq!(s, StatusCode::OK, "{jwe}");
     assert_eq!(key.decrypt(&jwe), SECRET);
 }
@@ -231,7 +472,7 @@ async fn binding_nonce_and_log_tampering_are_refused() {
     let log = host.log.clone();
     let (s, v, cookie, _) = attest(&app, &host, &host.state(), move |ev| {
         let records = cel::decode(&log).unwrap();
-        ev["event_log"] = json!(B64.encode(cel::encode(&records[..2])));
+        ev["event_log"] = json!(B64.encode(cel::encode(&records[..records.len() - 1])));
     })
     .await;
     refused(s, &v, "does not match the quote");

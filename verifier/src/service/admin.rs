@@ -2,26 +2,35 @@
 //!
 //! | route | body | stored as |
 //! |---|---|---|
-//! | `POST /kbs/v0/resource/{repo}/{type}/{tag}` | raw bytes | sealed resource |
-//! | `POST /kbs/v0/attestation-policy` | `{"type":"rego","policy_id","policy":"<b64url>"}` | policy text under `policy_id` |
-//! | `POST /kbs/v0/resource-policy` | `{"policy":"<b64url>"}` | policy text under `default` |
-//! | `GET /kbs/v0/resource-policy` | — | answers `{"policy":"<b64url>"}` |
-//! | `POST /kbs/v0/reference-value` | `{"version","type","payload":"<base64>"}` | payload `{name: [values]}`, one list per name |
+//! | `POST /kbs/v0/resource/{repo}/{type}/{tag}[?required-labels=k=v,k2=v2]` | raw bytes | sealed resource + the host labels a requester must carry |
+//! | `POST /kbs/v0/attestation-policy` | `{"type":"rego","policy_id","policy":"<b64url>"}` | new version of the policy under `policy_id` (`default` is evaluated) |
+//! | `POST /kbs/v0/resource-policy` | `{"policy":"<b64url>"}` | new version of the resource policy |
+//! | `GET /kbs/v0/resource-policy` | — | answers `{"policy":"<b64url>"}`, the policy in force (the built-in one until one is uploaded) |
+//! | `POST /kbs/v0/reference-value` | `{"version":"0.1.0","type","payload":"<base64>","expires"?,"provenance"?}` | merged into the reference values |
 //!
-//! Policies are stored, not yet evaluated (the policy engine comes later).
+//! Policies are compiled with regorus before they are stored: a syntax
+//! error (the message names `line:col`), a package other than `policy`, or
+//! no `allow` rule answers 400, and the policy in force stays in force.
+//! Reference-value `type`: `tellus` (payload: the output of `tellus measure
+//! predict --output json`) or `sample` (payload: `{"<name>": ["alg:hex" |
+//! {"digest","expires","provenance"}, …]}`); either is read by
+//! `tellus_policies::ReferenceSet::from_json`.
 
 use super::error::{ApiError, ErrorKind};
 use super::kbs::{bearer, body_or_error, parse_json};
+use super::policy::RESOURCE_POLICY_ID;
 use super::{db, AppState};
 use crate::storage::{PolicyKind, ResourcePath};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use tellus_policies::ReferenceSet;
 
 /// Longest policy id or reference-value name.
 const MAX_NAME_LEN: usize = 128;
@@ -90,24 +99,76 @@ fn decode_policy(b64: &str) -> Result<String, ApiError> {
     String::from_utf8(bytes).map_err(|_| invalid("the decoded `policy` must be UTF-8 text"))
 }
 
-/// `POST /kbs/v0/resource/{repo}/{type}/{tag}`.
+/// Longest `required-labels` query value.
+const MAX_LABEL_QUERY: usize = 4096;
+
+/// Parses `required-labels=k=v,k2=v2` out of a query string (no percent
+/// decoding: label names and values here are `[A-Za-z0-9._:/-]`).
+fn required_labels(query: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    let Some(q) = query else { return Ok(out) };
+    if q.len() > MAX_LABEL_QUERY {
+        return Err(invalid(format!("the query string is longer than {MAX_LABEL_QUERY} bytes")));
+    }
+    for part in q.split('&').filter(|p| !p.is_empty()) {
+        let Some(list) = part.strip_prefix("required-labels=") else {
+            return Err(invalid(format!(
+                "unknown query parameter {:?}; the only one is required-labels=k=v,k2=v2",
+                part.chars().take(64).collect::<String>()
+            )));
+        };
+        for pair in list.split(',').filter(|p| !p.is_empty()) {
+            let ok = |t: &str| {
+                !t.is_empty()
+                    && t.len() <= super::hosts::MAX_LABEL_NAME_LEN
+                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+            };
+            match pair.split_once('=') {
+                Some((k, v)) if ok(k) && ok(v) => {
+                    out.insert(k.to_owned(), v.to_owned());
+                }
+                _ => {
+                    return Err(invalid(
+                        "required-labels must be k=v pairs separated by commas, each of A-Z a-z 0-9 . _ : / -",
+                    ))
+                }
+            }
+        }
+    }
+    if out.len() > super::hosts::MAX_LABELS {
+        return Err(invalid(format!("at most {} required labels", super::hosts::MAX_LABELS)));
+    }
+    Ok(out)
+}
+
+/// `POST /kbs/v0/resource/{repo}/{type}/{tag}[?required-labels=k=v,…]`.
 pub async fn put_resource(
     State(state): State<AppState>,
     Path((repo, kind, tag)): Path<(String, String, String)>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
     let body = body_or_error(body)?;
     let path = ResourcePath::new(&repo, &kind, &tag).map_err(|e| invalid(e.to_string()))?;
+    let labels = required_labels(uri.query())?;
     let sealed = state
         .resource_key
         .seal(&state.rng, &path, &body)
         .map_err(|e| ApiError::internal("encrypting the resource", e))?;
     let p = path.clone();
-    db(&state, "storing the resource", move |s| s.put_resource(&p, &sealed)).await?;
-    tracing::info!(resource = %path, bytes = body.len(), "resource stored");
+    let n = labels.len();
+    db(&state, "storing the resource", move |s| s.put_resource(&p, &sealed, &labels)).await?;
+    tracing::info!(resource = %path, bytes = body.len(), required_labels = n, "resource stored");
     Ok(ok())
+}
+
+/// Compiles an uploaded policy; 400 with regorus' message otherwise.
+fn compile_upload(file: &str, text: &str) -> Result<(), ApiError> {
+    super::policy::check_upload(file, text)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("the policy is refused and the policy in force stays: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -137,10 +198,13 @@ pub async fn set_attestation_policy(
     }
     check_name("policy_id", &b.policy_id)?;
     let text = decode_policy(&b.policy)?;
+    compile_upload(&format!("{}.rego", b.policy_id), &text)?;
     let id = b.policy_id.clone();
-    db(&state, "storing the policy", move |s| s.put_policy(PolicyKind::Attestation, &id, &text))
-        .await?;
-    tracing::info!(policy_id = %b.policy_id, "attestation policy stored");
+    let version = db(&state, "storing the policy", move |s| {
+        s.put_policy(PolicyKind::Attestation, &id, &text)
+    })
+    .await?;
+    tracing::info!(policy_id = %b.policy_id, version, "attestation policy stored");
     Ok(ok())
 }
 
@@ -159,9 +223,12 @@ pub async fn set_resource_policy(
     let b: ResourcePolicyBody =
         admin_json(&state, &headers, body, "resource policy", r#"{"policy":"<base64url>"}"#)?;
     let text = decode_policy(&b.policy)?;
-    db(&state, "storing the policy", move |s| s.put_policy(PolicyKind::Resource, "default", &text))
-        .await?;
-    tracing::info!("resource policy stored");
+    compile_upload("resource-policy.rego", &text)?;
+    let version = db(&state, "storing the policy", move |s| {
+        s.put_policy(PolicyKind::Resource, RESOURCE_POLICY_ID, &text)
+    })
+    .await?;
+    tracing::info!(version, "resource policy stored");
     Ok(ok())
 }
 
@@ -171,15 +238,11 @@ pub async fn get_resource_policy(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let text = db(&state, "reading the policy", |s| s.get_policy(PolicyKind::Resource, "default"))
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorKind::PolicyNotFound,
-                "no resource policy has been set; POST one to /kbs/v0/resource-policy",
-            )
-        })?;
+    let text = db(&state, "reading the policy", |s| {
+        s.get_policy(PolicyKind::Resource, RESOURCE_POLICY_ID)
+    })
+    .await?
+    .unwrap_or_else(|| tellus_policies::engine::RESOURCE_DEFAULT_REGO.to_owned());
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
     let body = serde_json::to_vec(&json!({"policy": b64}))
         .map_err(|e| ApiError::internal("serialising", e))?;
@@ -187,11 +250,18 @@ pub async fn get_resource_policy(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReferenceValueBody {
     version: String,
     #[serde(rename = "type")]
     kind: String,
     payload: String,
+    /// RFC 3339 expiry for every value without its own.
+    #[serde(default)]
+    expires: Option<String>,
+    /// Provenance for every value without its own.
+    #[serde(default)]
+    provenance: Option<String>,
 }
 
 /// `POST /kbs/v0/reference-value`.
@@ -205,41 +275,28 @@ pub async fn set_reference_values(
         &headers,
         body,
         "reference value message",
-        r#"{"version":"0.1.0","type":"sample","payload":"<base64>"}"#,
+        r#"{"version":"0.1.0","type":"tellus","payload":"<base64 of `tellus measure predict --output json`>","expires":"2027-01-01T00:00:00Z","provenance":"…"}"#,
     )?;
     if b.version != "0.1.0" {
         return Err(invalid("reference value message `version` must be \"0.1.0\""));
     }
-    if b.kind != "sample" {
+    if b.kind != "sample" && b.kind != "tellus" {
         return Err(invalid(
-            "reference value `type` must be \"sample\" (a JSON map of name to values)",
+            "reference value `type` must be \"tellus\" (the output of `tellus measure predict --output json`) or \"sample\" (a JSON map of name to digests)",
         ));
     }
     let payload = base64::engine::general_purpose::STANDARD
         .decode(b.payload.trim())
         .map_err(|_| invalid("`payload` must be standard base64"))?;
-    let map = match serde_json::from_slice::<Value>(&payload) {
-        Ok(Value::Object(m)) if !m.is_empty() => m,
-        _ => {
-            return Err(invalid(
-                "the decoded `payload` must be a non-empty JSON object {\"<name>\": [values…]}",
-            ))
-        }
-    };
-    let mut entries = Vec::with_capacity(map.len());
-    for (name, v) in map {
-        check_name("reference value name", &name)?;
-        let values = match v {
-            Value::Array(a) => a,
-            other => vec![other],
-        };
-        entries.push((name, values));
+    let doc: Value = serde_json::from_slice(&payload)
+        .map_err(|e| invalid(format!("the decoded `payload` is not JSON ({e})")))?;
+    if b.kind == "tellus" && doc.get("records").is_none() {
+        return Err(invalid("a `tellus` payload is the output of `tellus measure predict --output json` (it has `records`)"));
     }
-    let n = entries.len();
-    db(&state, "storing reference values", move |s| {
-        entries.iter().try_for_each(|(name, values)| s.put_reference_values(name, values))
-    })
-    .await?;
-    tracing::info!(names = n, "reference values stored");
+    let set = ReferenceSet::from_json(&doc, b.expires.as_deref(), b.provenance.as_deref())
+        .map_err(|e| invalid(e.to_string()))?;
+    let (names, digests) = (set.values.len(), set.len());
+    db(&state, "storing reference values", move |s| s.merge_reference_values(&set)).await?;
+    tracing::info!(names, digests, "reference values merged");
     Ok(ok())
 }

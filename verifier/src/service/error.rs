@@ -30,6 +30,8 @@ pub enum ErrorKind {
     ResourceNotFound,
     /// The requested policy has never been set.
     PolicyNotFound,
+    /// The resource policy denied the request (the detail says why).
+    PolicyDeny,
     /// The tee public key's type or curve is not supported.
     UnsupportedTeeKey,
     /// The body exceeds `max_body_bytes`.
@@ -62,6 +64,7 @@ impl ErrorKind {
             ErrorKind::NotImplemented => "NotImplemented",
             ErrorKind::ResourceNotFound => "ResourceNotFound",
             ErrorKind::PolicyNotFound => "PolicyNotFound",
+            ErrorKind::PolicyDeny => "PolicyDeny",
             ErrorKind::UnsupportedTeeKey => "UnsupportedTeeKey",
             ErrorKind::PayloadTooLarge => "PayloadTooLarge",
             ErrorKind::EnrollmentRefused => "EnrollmentRefused",

@@ -7,9 +7,15 @@
 //!   the client's remedy is a new session (`/kbs/v0/auth`), as for any
 //!   other authentication failure; evidence that does not verify answers
 //!   403 `AttestationError`;
-//! - resource policy, until the policy engine exists: a resource is
-//!   released to any attested session (cookie) or valid, unexpired token
-//!   of this verifier, and to nothing else.
+//! - evidence that verifies is appraised by the attestation policy
+//!   ([`super::policy`]); the answer is 200 with a token whose EAR status is
+//!   `affirming` or `contraindicated` (as Trustee does), the latter carrying
+//!   the policy's reasons (`tellus.reasons`), which are also logged;
+//! - a resource request (attested session cookie, or a valid token of this
+//!   verifier) is decided by the resource policy over the token's result,
+//!   its claims and the resource's required host labels; a denial answers
+//!   403 `PolicyDeny` whose detail lists every failing rule, claim and
+//!   expected value.
 
 use super::error::{ApiError, ErrorKind};
 use super::verifier::VerifyError;
@@ -24,7 +30,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use kbs_types::{Attestation, Challenge, Request, TeePubKey};
 use ring::rand::SecureRandom;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 
 /// The protocol version this verifier speaks.
@@ -258,32 +264,46 @@ pub async fn attest(
     })?;
     let tee = session.tee.clone();
     let evidence = attestation.tee_evidence.primary_evidence;
-    let claims = tokio::task::spawn_blocking(move || verifier.verify(&tee, &evidence, &binding))
-        .await
-        .map_err(|e| ApiError::internal("verifying evidence", e))?
-        .map_err(|e| {
-            let err = match &e {
-                VerifyError::NotWired { .. } => {
-                    ApiError::new(StatusCode::NOT_IMPLEMENTED, ErrorKind::NotImplemented, e.to_string())
-                }
-                VerifyError::UnknownTee(_) => ApiError::bad_request(ErrorKind::UnsupportedTee, e.to_string()),
-                VerifyError::Store { .. } => ApiError::internal("reading the host enrollment", &e),
-                VerifyError::Malformed { .. }
-                | VerifyError::BindingMismatch
-                | VerifyError::QuoteInvalid { .. }
-                | VerifyError::LaunchLogMissing
-                | VerifyError::LaunchLogInvalid { .. }
-                | VerifyError::LaunchPcrNotQuoted { .. }
-                | VerifyError::LaunchPcrNotLogged
-                | VerifyError::AkNotEnrolled { .. }
-                | VerifyError::AkMismatch { .. }
-                | VerifyError::HostNotActivated { .. } => {
-                    ApiError::new(StatusCode::FORBIDDEN, ErrorKind::AttestationError, e.to_string())
-                }
-            };
-            tracing::warn!(session = &session.id[..8], tee = %session.tee, error = %e, "attestation refused");
-            attest_failed(&state, err)
-        })?;
+    let policies = state.policies.clone();
+    let (claims, appraisal) = tokio::task::spawn_blocking(move || {
+        let claims = verifier.verify(&tee, &evidence, &binding)?;
+        let input = super::policy::policy_input(&tee, &claims.annotated_evidence);
+        let appraisal = policies.appraise(&input, &claims.trust_vector);
+        Ok::<_, VerifyError>((claims, appraisal))
+    })
+    .await
+    .map_err(|e| ApiError::internal("verifying evidence", e))?
+    .map_err(|e| {
+        let err = match &e {
+            VerifyError::NotWired { .. } => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, ErrorKind::NotImplemented, e.to_string())
+            }
+            VerifyError::UnknownTee(_) => {
+                ApiError::bad_request(ErrorKind::UnsupportedTee, e.to_string())
+            }
+            VerifyError::Store { .. } => ApiError::internal("reading the host enrollment", &e),
+            _ => ApiError::new(StatusCode::FORBIDDEN, ErrorKind::AttestationError, e.to_string()),
+        };
+        tracing::warn!(session = &session.id[..8], tee = %session.tee, error = %e, "attestation refused");
+        attest_failed(&state, err)
+    })?;
+    let appraisal = appraisal.map_err(|e| {
+        attest_failed(&state, ApiError::internal("evaluating the attestation policy", e))
+    })?;
+    if !appraisal.reasons.is_empty() {
+        for r in &appraisal.reasons {
+            tracing::warn!(
+                session = &session.id[..8],
+                tee = %session.tee,
+                policy = %appraisal.policy_id,
+                rule = %r.rule,
+                claim = %r.claim,
+                expected = %r.expected,
+                "attestation contraindicated: {}",
+                r.message
+            );
+        }
+    }
 
     let now = now_ms();
     let nonce_bytes = B64.decode(&session.nonce).unwrap_or_default();
@@ -294,6 +314,7 @@ pub async fn attest(
         &nonce_bytes,
         &session.tee,
         &claims,
+        &appraisal,
         &raw_pubkey,
     );
     let token = state.signer.sign(&ear).map_err(|e| ApiError::internal("signing the token", e))?;
@@ -312,7 +333,7 @@ pub async fn attest(
         ));
     }
     state.metrics.attest_ok.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(session = &session.id[..8], tee = %session.tee, "attested");
+    tracing::info!(session = &session.id[..8], tee = %session.tee, status = appraisal.status, "attested");
     let mut resp = json_response(StatusCode::OK, &json!({"token": token}));
     resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&session.id, expires_at_ms)?);
     Ok(resp)
@@ -343,29 +364,58 @@ fn parse_tee_pubkey(v: &Value) -> Result<TeePubKey, ApiError> {
     Ok(key)
 }
 
+/// The resource policy's input: the resource, the token's EAR result
+/// (status, tee, trust vector, reasons) and the claims it carries.
+fn resource_policy_input(
+    ear: &Map<String, Value>,
+    path: &ResourcePath,
+    required_labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Value {
+    let sub = token::submod(ear);
+    let field = |k: &str| sub.and_then(|s| s.get(k)).cloned().unwrap_or(Value::Null);
+    let tee = field("tellus.tee");
+    let claims = match (tee.as_str(), sub.and_then(|s| s.get("ear.veraison.annotated-evidence"))) {
+        (Some(t), Some(a)) => super::policy::policy_input(t, a),
+        _ => json!({}),
+    };
+    json!({
+        "resource": {
+            "path": path.to_string(),
+            "repo": path.repo,
+            "type": path.kind,
+            "tag": path.tag,
+            "required_labels": required_labels.cloned().unwrap_or_default(),
+        },
+        "ear": {
+            "status": field("ear.status"),
+            "tee": tee,
+            "trust_vector": field("ear.trustworthiness-vector"),
+            "policy_id": field("ear.appraisal-policy-id"),
+            "reasons": field("tellus.reasons"),
+        },
+        "claims": claims,
+    })
+}
+
 /// `GET /kbs/v0/resource/{repo}/{type}/{tag}`.
 pub async fn get_resource(
     State(state): State<AppState>,
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tee_pubkey: TeePubKey = match bearer(&headers) {
-        Some(Ok(t)) => {
-            let claims = state.signer.verify(t, now_ms() / 1000).map_err(|e| ApiError::unauthenticated(e.to_string()))?;
-            let v = token::tee_pubkey_of(&claims).ok_or_else(|| {
-                ApiError::unauthenticated("the token carries no tee-pubkey; send a token from POST /kbs/v0/attest")
-            })?;
-            parse_tee_pubkey(v)?
-        }
+    let ear: Map<String, Value> = match bearer(&headers) {
+        Some(Ok(t)) => state
+            .signer
+            .verify(t, now_ms() / 1000)
+            .map_err(|e| ApiError::unauthenticated(e.to_string()))?,
         Some(Err(())) => {
             return Err(ApiError::unauthenticated("the Authorization header must be `Bearer <token from /kbs/v0/attest>`"))
         }
         None => match session_from_headers(&state, &headers).await? {
-            Some(Session { attested: Some(a), .. }) => {
-                let v: Value = serde_json::from_str(&a.tee_pubkey)
-                    .map_err(|e| ApiError::internal("reading the session's tee-pubkey", e))?;
-                parse_tee_pubkey(&v)?
-            }
+            // The token was signed by this verifier and read back from its
+            // own store.
+            Some(Session { attested: Some(a), .. }) => token::payload_unchecked(&a.token)
+                .ok_or_else(|| ApiError::internal("reading the session's token", "undecodable"))?,
             Some(_) => {
                 return Err(ApiError::unauthenticated(
                     "this session has not attested; POST /kbs/v0/attest first",
@@ -380,18 +430,41 @@ pub async fn get_resource(
             }
         },
     };
+    let v = token::tee_pubkey_of(&ear).ok_or_else(|| {
+        ApiError::unauthenticated(
+            "the token carries no tee-pubkey; send a token from POST /kbs/v0/attest",
+        )
+    })?;
+    let tee_pubkey: TeePubKey = parse_tee_pubkey(v)?;
     let path = ResourcePath::new(&repo, &kind, &tag)
         .map_err(|e| ApiError::bad_request(ErrorKind::InvalidRequest, e.to_string()))?;
     let p = path.clone();
-    let sealed = db(&state, "reading the resource", move |s| s.get_resource(&p))
-        .await?
+    let stored = db(&state, "reading the resource", move |s| s.get_resource(&p)).await?;
+    let input = resource_policy_input(&ear, &path, stored.as_ref().map(|r| &r.required_labels));
+    let policies = state.policies.clone();
+    let decision = tokio::task::spawn_blocking(move || policies.decide_resource(&input))
+        .await
+        .map_err(|e| ApiError::internal("evaluating the resource policy", e))?
+        .map_err(|e| ApiError::internal("evaluating the resource policy", e))?;
+    if !decision.allow {
+        for r in &decision.reasons {
+            tracing::warn!(resource = %path, rule = %r.rule, claim = %r.claim, expected = %r.expected, "resource denied: {}", r.message);
+        }
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorKind::PolicyDeny,
+            super::policy::denial_detail(&path.to_string(), &decision),
+        ));
+    }
+    let sealed = stored
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 ErrorKind::ResourceNotFound,
                 format!("no resource {path}; an administrator must upload it first"),
             )
-        })?;
+        })?
+        .sealed;
     let plaintext = state
         .resource_key
         .open(&path, &sealed)

@@ -17,7 +17,8 @@
 //! | `GET /tellus/v1/hosts/{host_id}` | admin | the host record |
 //! | `PUT /tellus/v1/hosts/{host_id}/labels` | admin | replace the host's labels |
 //!
-//! Modules: [`kbs`] (client routes), [`admin`], [`verifier`] (the
+//! Modules: [`kbs`] (client routes), [`admin`], [`policy`] (attestation and
+//! resource policies, prepared and cached), [`verifier`] (the
 //! [`EvidenceVerifier`] trait per tee; [`tpm_verifier`] for tee `tpm`), [`token`] (EAR JWTs, JWKS),
 //! [`jwe`] (ECDH-ES+A256KW), [`keys`] (generated secrets), [`metrics`],
 //! [`error`] (the KBS error body), [`cli`] (`serve` arguments).
@@ -30,8 +31,10 @@ pub mod jwe;
 pub mod kbs;
 pub mod keys;
 pub mod metrics;
-pub mod token;
+pub mod offline;
+pub mod policy;
 pub mod snp_verifier;
+pub mod token;
 pub mod tpm_verifier;
 pub mod verifier;
 
@@ -110,6 +113,8 @@ pub struct AppState {
     pub rng: SystemRandom,
     /// Host enrollment: EK CA anchors, options, challenge lifetime.
     pub enrollment: Arc<hosts::EnrollmentSettings>,
+    /// The attestation and resource policies, prepared and cached.
+    pub policies: Arc<policy::PolicyEngine>,
 }
 
 impl AppState {
@@ -148,7 +153,7 @@ impl AppState {
             })
             .collect();
         Ok(AppState {
-            store,
+            store: store.clone(),
             resource_key: Arc::new(ResourceKey::new(&secrets.resource_key)),
             signer: Arc::new(signer),
             admin_token_digests: Arc::new(admin_token_digests),
@@ -161,6 +166,7 @@ impl AppState {
             },
             rng,
             enrollment: Arc::new(hosts::EnrollmentSettings::load(config)),
+            policies: Arc::new(policy::PolicyEngine::new(store, &config.required_host_labels)),
         })
     }
 

@@ -6,6 +6,7 @@
 //! with default features, COSE via OpenSSL; the claims set here is small
 //! and built with `serde_json`.
 
+use super::policy::Appraisal;
 use super::verifier::Claims;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
@@ -18,8 +19,11 @@ use serde_json::{json, Map, Value};
 
 /// EAR profile of the claims.
 pub const EAR_PROFILE: &str = "tag:github.com,2023:veraison/ear";
-/// Longest token accepted.
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Longest token accepted (tokens carry the launch claims and, when the
+/// result is not affirming, the policy's reasons).
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
+/// Most policy reasons a token carries.
+pub const MAX_TOKEN_REASONS: usize = 16;
 
 /// Why a token could not be made or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -142,20 +146,27 @@ impl TokenSigner {
     }
 }
 
-/// The EAR claims set for a successful appraisal.
+/// The EAR claims set of one appraisal.
 ///
 /// - `eat_nonce`: the session nonce re-encoded as base64url (EAT nonces
 ///   are 8 to 64 bytes);
-/// - `submods.cpu0.ear.trustworthiness-vector`: only what the tee's
-///   verifier actually checked (see [`Claims::trust_vector`]);
-/// - `submods.cpu0.ear.veraison.annotated-evidence.runtime_data_claims.tee-pubkey`:
-///   the key resources are encrypted to when the token is presented.
+/// - `submods.cpu0.ear.status`: the attestation policy's verdict
+///   (`affirming` or `contraindicated`);
+/// - `submods.cpu0.ear.trustworthiness-vector`: the policy's trust vector
+///   (what it actually checked), else the tee verifier's;
+/// - `submods.cpu0.ear.veraison.annotated-evidence`: the claims the policy
+///   saw, under the tee's name, and
+///   `runtime_data_claims.tee-pubkey`, the key resources are encrypted to;
+/// - `submods.cpu0.tellus.reasons`: why the policy did not allow (at most
+///   [`MAX_TOKEN_REASONS`]), so a resource request with this token can be
+///   denied with the same explanation.
 pub fn ear_claims(
     now: i64,
     lifetime_secs: i64,
     nonce: &[u8],
     tee: &str,
     claims: &Claims,
+    appraisal: &Appraisal,
     tee_pubkey: &Value,
 ) -> Value {
     let mut annotated = match &claims.annotated_evidence {
@@ -167,6 +178,8 @@ pub fn ear_claims(
         }
     };
     annotated.insert("runtime_data_claims".into(), json!({"tee-pubkey": tee_pubkey}));
+    let reasons: Vec<&crate::service::policy::Reason> =
+        appraisal.reasons.iter().take(MAX_TOKEN_REASONS).collect();
     json!({
         "eat_profile": EAR_PROFILE,
         "iat": now,
@@ -178,14 +191,28 @@ pub fn ear_claims(
         "eat_nonce": B64URL.encode(nonce),
         "submods": {
             "cpu0": {
-                "ear.status": "affirming",
-                "ear.trustworthiness-vector": Value::Object(claims.trust_vector.clone()),
-                "ear.appraisal-policy-id": claims.policy_id,
+                "ear.status": appraisal.status,
+                "ear.trustworthiness-vector": Value::Object(appraisal.trust_vector.clone()),
+                "ear.appraisal-policy-id": appraisal.policy_id,
                 "ear.veraison.annotated-evidence": Value::Object(annotated),
                 "tellus.tee": tee,
+                "tellus.reasons": reasons,
             }
         }
     })
+}
+
+/// The decoded payload of a token this verifier issued, without checking
+/// its signature or expiry: only for tokens read back from the verifier's
+/// own store (a session's token).
+pub fn payload_unchecked(token: &str) -> Option<Map<String, Value>> {
+    let p = token.split('.').nth(1)?;
+    B64URL.decode(p).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// `submods.cpu0` of a token's claims.
+pub fn submod(claims: &Map<String, Value>) -> Option<&Value> {
+    claims.get("submods")?.get("cpu0")
 }
 
 /// The tee public key a token carries.

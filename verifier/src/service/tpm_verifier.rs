@@ -11,14 +11,29 @@
 //! 3. the host is in the store, activated, and enrolled with this very AK
 //!    (TPM Name when both sides have the public area, else the key);
 //! 4. the quote covers the launch PCR (sha256:13) and the log vouches for it,
-//!    and every tellus record of the log decodes.
+//!    and every tellus record of the log decodes;
+//! 5. the launch the evidence speaks for: the group of tellus records that
+//!    starts at `launch_recnum` (a `launcher-binary` record; absent: the last
+//!    group in the log) and runs to the next `launcher-binary` record. It
+//!    must contain its `separator` (the launch completed) and no record kind
+//!    twice before it.
+//!
+//! Claims ([`tellus_policies::claims::TpmClaims`], the schema in
+//! `policies/README.md`): the host (id, labels, enrolled, activated, TPM
+//! clock), the replay verdict of the launch PCR, and the launch's records
+//! with their digests and non-secret values. They go to the attestation
+//! policy as `input` and into the token as
+//! `ear.veraison.annotated-evidence.tpm`.
+//!
+//! A host that is not activated is refused here, before any policy: the
+//! claim `host.activated` a policy sees is therefore always true; the
+//! default policy checks it all the same, so a replaced policy cannot
+//! weaken this by omission.
 //!
 //! Trust vector: only `instance-identity` = 2 (affirming), because the quote
 //! was made by the AK of an enrolled host whose AK credential activation was
-//! proven. `executables`, `configuration`, `hardware` and the rest are left
-//! unset: nothing here compares the measured launch with reference values;
-//! that is the attestation policy's job (which sets them from the annotated
-//! evidence once it exists).
+//! proven. The attestation policy replaces it with its own (executables,
+//! configuration, hardware as it checked them).
 
 use super::verifier::{Claims, EvidenceVerifier, VerifyError};
 use crate::storage::Store;
@@ -27,9 +42,14 @@ use crate::tpm::evidence::{verify_evidence, EvidenceError, TpmEvidence};
 use crate::tpm::verify::{EventLog, VerifiedQuote, VerifyError as QuoteError};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tellus_measured_boot::cel::Handle;
+use tellus_measured_boot::records::{LaunchRecord, RecordKind};
 use tellus_measured_boot::HashAlg;
+use tellus_policies::claims::{
+    ClockClaims, HostClaims, LaunchClaims, PcrReplay, RecordClaims, TpmClaims,
+};
 
 /// The PCR `tellus run` extends its launch records into.
 pub const LAUNCH_PCR: u32 = 13;
@@ -203,96 +223,150 @@ impl EvidenceVerifier for TpmVerifier {
                 selection: crate::tpm::attest::describe_selection(&quote.selection),
             });
         }
-        let Some(verdict) = &quote.event_log else {
-            return Err(VerifyError::LaunchLogMissing);
-        };
-        if !verdict.checked.contains(&(LAUNCH_BANK, LAUNCH_PCR)) {
-            return Err(VerifyError::LaunchPcrNotLogged);
-        }
-        let records = launch_records(&verdict.log)?;
+        let claims = tpm_claims(
+            &quote,
+            &host.host_id,
+            &host.labels,
+            true,
+            host.activated,
+            ev.launch_recnum,
+        )?;
 
         let mut trust_vector = Map::new();
         trust_vector.insert("instance-identity".into(), json!(2));
         Ok(Claims {
             trust_vector,
-            annotated_evidence: json!({ "tpm": annotated(&quote, &host, &ev, records) }),
+            annotated_evidence: json!({ "tpm": serde_json::to_value(&claims).unwrap_or(Value::Null) }),
             policy_id: POLICY_ID.into(),
         })
     }
 }
 
-/// Every record of the CEL log, tellus records decoded to kind + payload.
-fn launch_records(log: &EventLog) -> Result<Vec<Value>, VerifyError> {
+/// The claims of a verified quote whose launch log was checked, for the
+/// host `host_id` (with `labels`, `enrolled`, `activated` as the caller
+/// established them) and the launch `launch_recnum` names.
+pub fn tpm_claims(
+    quote: &VerifiedQuote,
+    host_id: &str,
+    labels: &BTreeMap<String, String>,
+    enrolled: bool,
+    activated: bool,
+    launch_recnum: Option<u64>,
+) -> Result<TpmClaims, VerifyError> {
+    let Some(verdict) = &quote.event_log else {
+        return Err(VerifyError::LaunchLogMissing);
+    };
+    if !verdict.checked.contains(&(LAUNCH_BANK, LAUNCH_PCR)) {
+        return Err(VerifyError::LaunchPcrNotLogged);
+    }
+    let launch = launch_claims(&verdict.log, launch_recnum)?;
+    let Some(launch_value) = quote.pcrs.get(LAUNCH_BANK, LAUNCH_PCR) else {
+        return Err(VerifyError::LaunchPcrNotQuoted {
+            selection: crate::tpm::attest::describe_selection(&quote.selection),
+        });
+    };
+    let c = &quote.clock_info;
+    Ok(TpmClaims {
+        host: HostClaims {
+            id: host_id.to_owned(),
+            labels: labels.clone(),
+            enrolled,
+            activated,
+            clock: ClockClaims {
+                clock: c.clock,
+                reset_count: c.reset_count,
+                restart_count: c.restart_count,
+                safe: c.safe,
+            },
+        },
+        pcr_replay: PcrReplay {
+            verdict: "replays".into(),
+            pcr: format!("{}:{}", LAUNCH_BANK.name(), LAUNCH_PCR),
+            value: launch_value.to_string(),
+        },
+        launch,
+    })
+}
+
+/// The launch `launch_recnum` names (absent: the last one) out of the CEL
+/// launch log, as claims.
+pub fn launch_claims(
+    log: &EventLog,
+    launch_recnum: Option<u64>,
+) -> Result<LaunchClaims, VerifyError> {
     let EventLog::Cel(records) = log else {
         return Err(VerifyError::LaunchLogInvalid {
             detail: "the event log is not a TCG Canonical Event Log".into(),
         });
     };
-    let mut out = Vec::with_capacity(records.len());
+    // Every tellus record of the launch PCR, decoded.
+    let mut tellus = Vec::new();
     for r in records {
-        let (handle, index) = match r.handle {
-            Handle::Pcr(p) => ("pcr", p),
-            Handle::NvIndex(p) => ("nv_index", p),
-            Handle::Ccmr(p) => ("ccmr", p),
-        };
-        let mut o = Map::new();
-        o.insert("recnum".into(), json!(r.recnum));
-        o.insert(handle.into(), json!(index));
+        if r.handle != Handle::Pcr(LAUNCH_PCR) {
+            continue;
+        }
         match r.launch_record() {
-            Some(Ok(rec)) => {
-                o.insert("kind".into(), json!(rec.kind.name()));
-                o.insert("payload".into(), rec.payload());
-            }
+            Some(Ok(rec)) => tellus.push((r, rec)),
             Some(Err(e)) => {
                 return Err(VerifyError::LaunchLogInvalid {
                     detail: format!("tellus record {} does not decode: {e}", r.recnum),
                 })
             }
-            None => {
-                o.insert("content_type".into(), json!(r.content_type));
-            }
+            None => {}
         }
-        out.push(Value::Object(o));
     }
-    Ok(out)
-}
-
-/// `ear.veraison.annotated-evidence.tpm`.
-fn annotated(
-    quote: &VerifiedQuote,
-    host: &crate::storage::HostRecord,
-    ev: &TpmEvidence,
-    records: Vec<Value>,
-) -> Value {
-    let mut pcrs = Map::new();
-    for sel in &quote.selection {
-        if let Some(bank) = sel.bank() {
-            let values: Map<String, Value> = sel
-                .pcrs
+    let is_start = |rec: &LaunchRecord| rec.kind == RecordKind::LauncherBinary;
+    let start = match launch_recnum {
+        Some(n) => {
+            let i = tellus
                 .iter()
-                .filter_map(|&p| Some((p.to_string(), json!(quote.pcrs.get(bank, p)?.to_hex()))))
-                .collect();
-            pcrs.insert(bank.name().into(), Value::Object(values));
+                .position(|(r, _)| r.recnum == n)
+                .ok_or(VerifyError::LaunchNotFound { recnum: n })?;
+            if !is_start(&tellus[i].1) {
+                return Err(VerifyError::NotALaunch { recnum: n, kind: tellus[i].1.kind.name() });
+            }
+            i
+        }
+        None => tellus.iter().rposition(|(_, rec)| is_start(rec)).ok_or(VerifyError::NoLaunch)?,
+    };
+    let first_recnum = tellus[start].0.recnum;
+    let end = tellus[start + 1..]
+        .iter()
+        .position(|(_, rec)| is_start(rec))
+        .map_or(tellus.len(), |p| start + 1 + p);
+    let group = &tellus[start..end];
+    let Some(sep) = group.iter().position(|(_, rec)| rec.kind == RecordKind::Separator) else {
+        return Err(VerifyError::LaunchIncomplete { recnum: first_recnum });
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (r, rec) in &group[..sep] {
+        if !seen.insert(rec.kind.name()) {
+            return Err(VerifyError::LaunchLogInvalid {
+                detail: format!(
+                    "the launch starting at record {first_recnum} has a second {} record (record {})",
+                    rec.kind.name(),
+                    r.recnum
+                ),
+            });
         }
     }
-    let c = &quote.clock_info;
-    json!({
-        "host_id": host.host_id,
-        "labels": host.labels,
-        "ak": quote.ak_key,
-        "ak_name": quote.ak_name.as_ref().map(hex::encode),
-        "clock": {
-            "clock": c.clock,
-            "resetCount": c.reset_count,
-            "restartCount": c.restart_count,
-            "safe": c.safe,
-        },
-        "firmware_version": format!("0x{:016x}", quote.firmware_version),
-        "pcrs": pcrs,
-        "launch_pcr": format!("{}:{}", LAUNCH_BANK.name(), LAUNCH_PCR),
-        "launch_records": records,
-        "launch_ticket": ev.launch_ticket,
-    })
+    let claims = group
+        .iter()
+        .map(|(r, rec)| {
+            let digests: BTreeMap<String, String> = r
+                .digests
+                .iter()
+                .filter_map(|d| d.digest())
+                .map(|d| (d.alg().name().to_owned(), d.to_string()))
+                .collect();
+            let payload = match rec.payload() {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+            RecordClaims::from_payload(r.recnum, rec.kind.name(), &payload, digests)
+        })
+        .collect();
+    Ok(LaunchClaims::from_records(claims))
 }
 
 #[cfg(test)]

@@ -45,6 +45,14 @@ pub enum VerifyError {
     AkMismatch { host_id: String, enrolled: String, found: String },
     #[error("host {host_id} is enrolled but not activated: the verifier has not seen the proof of its AK credential activation; finish enrollment with `tellus host activate`")]
     HostNotActivated { host_id: String },
+    #[error("the launch log holds no launch (no launcher-binary record); quote after `tellus run` has measured a launch")]
+    NoLaunch,
+    #[error("launch_recnum {recnum} names no tellus record of the launch log; send the recnum of the launch's first (launcher-binary) record, or none for the last launch")]
+    LaunchNotFound { recnum: u64 },
+    #[error("launch_recnum {recnum} is a {kind} record, not the first record (launcher-binary) of a launch; send the recnum `tellus run` reported for the launch")]
+    NotALaunch { recnum: u64, kind: &'static str },
+    #[error("the launch starting at record {recnum} is incomplete: the log has no separator for it (its vCPUs never started, or the log was cut); attest a launch that has started")]
+    LaunchIncomplete { recnum: u64 },
     #[error("cannot read the enrollment of host {host_id}: {detail}")]
     Store { host_id: String, detail: String },
     #[error("the SEV-SNP evidence does not verify: {0}")]

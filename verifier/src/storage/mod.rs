@@ -18,6 +18,7 @@ pub use sqlite::SqliteStore;
 pub use crate::registrar::enrollment::PendingEnrollment;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use tellus_policies::ReferenceSet;
 
 /// Longest `repo`, `type` or `tag` segment of a resource path.
 pub const MAX_SEGMENT_LEN: usize = 128;
@@ -112,6 +113,14 @@ pub struct Attested {
     pub tee_pubkey: String,
 }
 
+/// A stored resource: its ciphertext and the host labels a requester must
+/// carry (set at upload with `?required-labels=`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResource {
+    pub sealed: SealedResource,
+    pub required_labels: BTreeMap<String, String>,
+}
+
 /// Which policy a stored policy text is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyKind {
@@ -163,27 +172,37 @@ pub trait Store: Send + Sync {
     /// Deletes sessions whose expiry is before `now_ms`; returns how many.
     fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError>;
 
-    /// Stores (or replaces) a sealed resource.
-    fn put_resource(&self, path: &ResourcePath, sealed: &SealedResource) -> Result<(), StoreError>;
-    /// The sealed resource at `path`.
-    fn get_resource(&self, path: &ResourcePath) -> Result<Option<SealedResource>, StoreError>;
-
-    /// Stores (or replaces) a policy text under `id`.
-    fn put_policy(&self, kind: PolicyKind, id: &str, text: &str) -> Result<(), StoreError>;
-    /// The policy text stored under `id`.
-    fn get_policy(&self, kind: PolicyKind, id: &str) -> Result<Option<String>, StoreError>;
-
-    /// Stores (or replaces) the reference values named `name`.
-    fn put_reference_values(
+    /// Stores (or replaces) a sealed resource and the host labels a
+    /// requester must carry.
+    fn put_resource(
         &self,
-        name: &str,
-        values: &[serde_json::Value],
+        path: &ResourcePath,
+        sealed: &SealedResource,
+        required_labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError>;
-    /// The reference values named `name`.
-    fn get_reference_values(
-        &self,
-        name: &str,
-    ) -> Result<Option<Vec<serde_json::Value>>, StoreError>;
+    /// The resource at `path`.
+    fn get_resource(&self, path: &ResourcePath) -> Result<Option<StoredResource>, StoreError>;
+
+    /// Makes `text` the active policy under `id` and keeps it as a new
+    /// version in the policy history; returns the version number (it grows
+    /// with every change of any policy).
+    fn put_policy(&self, kind: PolicyKind, id: &str, text: &str) -> Result<i64, StoreError>;
+    /// The active policy text under `id`.
+    fn get_policy(&self, kind: PolicyKind, id: &str) -> Result<Option<String>, StoreError>;
+    /// Every stored version of the policy `id`, oldest first: (version, text).
+    fn policy_history(&self, kind: PolicyKind, id: &str) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Merges reference values into the stored ones (digests join
+    /// existing names; a digest already stored takes the new expiry and
+    /// provenance), in one transaction.
+    fn merge_reference_values(&self, add: &ReferenceSet) -> Result<(), StoreError>;
+    /// Every stored reference value.
+    fn reference_values(&self) -> Result<ReferenceSet, StoreError>;
+
+    /// (latest policy version, reference-value revision): both grow with
+    /// every change, so a cache of prepared policies keyed by them sees
+    /// changes made by other processes (`tellus-verifier refs add`).
+    fn policy_revision(&self) -> Result<(i64, i64), StoreError>;
 
     /// Stores (or replaces) a host record.
     fn put_host(&self, host: &HostRecord) -> Result<(), StoreError>;

@@ -14,12 +14,13 @@
 
 use super::{
     Attested, HostRecord, PendingEnrollment, PolicyKind, ResourcePath, SealedResource, Session,
-    Store, StoreError,
+    Store, StoreError, StoredResource,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use tellus_policies::ReferenceSet;
 
 /// The database file name inside the state directory.
 pub const DB_FILE: &str = "verifier.sqlite3";
@@ -74,6 +75,26 @@ pub const MIGRATIONS: &[&str] = &[
         created_at    INTEGER NOT NULL
     );
     CREATE INDEX pending_enrollments_created ON pending_enrollments (created_at);
+    "#,
+    // 3: policies with a version history; reference values with a revision
+    // counter; host labels a resource requires.
+    r#"
+    CREATE TABLE policy_versions (
+        version    INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind       TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        text       TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX policy_versions_kind_id ON policy_versions (kind, id);
+    INSERT INTO policy_versions (kind, id, text, created_ms)
+        SELECT kind, id, text, updated_ms FROM policies;
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value) VALUES ('reference_values', 0);
+    ALTER TABLE resources ADD COLUMN required_labels TEXT NOT NULL DEFAULT '{}';
     "#,
 ];
 
@@ -162,6 +183,16 @@ fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { what, detail: detail.to_string() }
 }
 
+/// One stored row of reference values (a JSON list under `name`).
+fn stored_values(name: &str, text: &str) -> Result<ReferenceSet, StoreError> {
+    let list: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| corrupt("reference values", e))?;
+    let mut doc = serde_json::Map::new();
+    doc.insert(name.to_owned(), list);
+    ReferenceSet::from_json(&serde_json::Value::Object(doc), None, None)
+        .map_err(|e| corrupt("reference values", e))
+}
+
 impl Store for SqliteStore {
     fn create_session(&self, s: &Session) -> Result<(), StoreError> {
         let conn = self.lock()?;
@@ -233,43 +264,61 @@ impl Store for SqliteStore {
         Ok(conn.execute("DELETE FROM sessions WHERE expires_at_ms < ?1", params![now_ms])?)
     }
 
-    fn put_resource(&self, p: &ResourcePath, sealed: &SealedResource) -> Result<(), StoreError> {
+    fn put_resource(
+        &self,
+        p: &ResourcePath,
+        sealed: &SealedResource,
+        required_labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let labels =
+            serde_json::to_string(required_labels).map_err(|e| corrupt("resource labels", e))?;
         let conn = self.lock()?;
         conn.execute(
-            "INSERT INTO resources (repo, type, tag, nonce, ciphertext, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO resources (repo, type, tag, nonce, ciphertext, updated_ms, required_labels)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (repo, type, tag) DO UPDATE SET
                 nonce = excluded.nonce, ciphertext = excluded.ciphertext,
-                updated_ms = excluded.updated_ms",
-            params![p.repo, p.kind, p.tag, &sealed.nonce[..], sealed.ciphertext, now_ms()],
+                updated_ms = excluded.updated_ms, required_labels = excluded.required_labels",
+            params![p.repo, p.kind, p.tag, &sealed.nonce[..], sealed.ciphertext, now_ms(), labels],
         )?;
         Ok(())
     }
 
-    fn get_resource(&self, p: &ResourcePath) -> Result<Option<SealedResource>, StoreError> {
+    fn get_resource(&self, p: &ResourcePath) -> Result<Option<StoredResource>, StoreError> {
         let conn = self.lock()?;
         let row = conn
             .query_row(
-                "SELECT nonce, ciphertext FROM resources WHERE repo = ?1 AND type = ?2 AND tag = ?3",
+                "SELECT nonce, ciphertext, required_labels FROM resources
+                 WHERE repo = ?1 AND type = ?2 AND tag = ?3",
                 params![p.repo, p.kind, p.tag],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?)),
             )
             .optional()?;
-        let Some((nonce, ciphertext)) = row else { return Ok(None) };
+        let Some((nonce, ciphertext, labels)) = row else { return Ok(None) };
         let nonce: [u8; 12] = nonce.try_into().map_err(|n: Vec<u8>| {
             corrupt("resource nonce", format!("{} bytes, not 12", n.len()))
         })?;
-        Ok(Some(SealedResource { nonce, ciphertext }))
+        let required_labels =
+            serde_json::from_str(&labels).map_err(|e| corrupt("resource labels", e))?;
+        Ok(Some(StoredResource { sealed: SealedResource { nonce, ciphertext }, required_labels }))
     }
 
-    fn put_policy(&self, kind: PolicyKind, id: &str, text: &str) -> Result<(), StoreError> {
-        let conn = self.lock()?;
-        conn.execute(
+    fn put_policy(&self, kind: PolicyKind, id: &str, text: &str) -> Result<i64, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
             "INSERT INTO policies (kind, id, text, updated_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (kind, id) DO UPDATE SET text = excluded.text, updated_ms = excluded.updated_ms",
-            params![kind.as_str(), id, text, now_ms()],
+            params![kind.as_str(), id, text, now],
         )?;
-        Ok(())
+        tx.execute(
+            "INSERT INTO policy_versions (kind, id, text, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![kind.as_str(), id, text, now],
+        )?;
+        let version = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(version)
     }
 
     fn get_policy(&self, kind: PolicyKind, id: &str) -> Result<Option<String>, StoreError> {
@@ -283,33 +332,68 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn put_reference_values(
-        &self,
-        name: &str,
-        values: &[serde_json::Value],
-    ) -> Result<(), StoreError> {
-        let text = serde_json::to_string(values).map_err(|e| corrupt("reference values", e))?;
+    fn policy_history(&self, kind: PolicyKind, id: &str) -> Result<Vec<(i64, String)>, StoreError> {
         let conn = self.lock()?;
-        conn.execute(
-            "INSERT INTO reference_values (name, vals, updated_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO UPDATE SET vals = excluded.vals, updated_ms = excluded.updated_ms",
-            params![name, text, now_ms()],
+        let mut stmt = conn.prepare(
+            "SELECT version, text FROM policy_versions WHERE kind = ?1 AND id = ?2 ORDER BY version",
         )?;
+        let rows = stmt.query_map(params![kind.as_str(), id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn merge_reference_values(&self, add: &ReferenceSet) -> Result<(), StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for (name, values) in &add.values {
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT vals FROM reference_values WHERE name = ?1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut set = match old {
+                Some(text) => stored_values(name, &text)?,
+                None => ReferenceSet::default(),
+            };
+            for v in values {
+                set.add(name, v.clone()).map_err(|e| corrupt("reference values", e))?;
+            }
+            let list = set.values.get(name.as_str()).cloned().unwrap_or_default();
+            let text = serde_json::to_string(&list).map_err(|e| corrupt("reference values", e))?;
+            tx.execute(
+                "INSERT INTO reference_values (name, vals, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET vals = excluded.vals, updated_ms = excluded.updated_ms",
+                params![name, text, now],
+            )?;
+        }
+        tx.execute("UPDATE counters SET value = value + 1 WHERE name = 'reference_values'", [])?;
+        tx.commit()?;
         Ok(())
     }
 
-    fn get_reference_values(
-        &self,
-        name: &str,
-    ) -> Result<Option<Vec<serde_json::Value>>, StoreError> {
+    fn reference_values(&self) -> Result<ReferenceSet, StoreError> {
         let conn = self.lock()?;
-        let text: Option<String> = conn
-            .query_row("SELECT vals FROM reference_values WHERE name = ?1", params![name], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("reference values", e)))
-            .transpose()
+        let mut stmt = conn.prepare("SELECT name, vals FROM reference_values ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = ReferenceSet::default();
+        for row in rows {
+            let (name, text) = row?;
+            let set = stored_values(&name, &text)?;
+            out.merge(&set).map_err(|e| corrupt("reference values", e))?;
+        }
+        Ok(out)
+    }
+
+    fn policy_revision(&self) -> Result<(i64, i64), StoreError> {
+        let conn = self.lock()?;
+        Ok(conn.query_row(
+            "SELECT (SELECT COALESCE(MAX(version), 0) FROM policy_versions),
+                    (SELECT value FROM counters WHERE name = 'reference_values')",
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0))),
+        )?)
     }
 
     fn put_host(&self, h: &HostRecord) -> Result<(), StoreError> {
@@ -445,9 +529,11 @@ mod tests {
         let rng = SystemRandom::new();
         let p = ResourcePath::new("default", "key", "disk").unwrap();
         let plaintext = b"TOP-SECRET-PLAINTEXT-0123456789-abcdefghijklmnop";
-        s.put_resource(&p, &key.seal(&rng, &p, plaintext).unwrap()).unwrap();
+        let labels: BTreeMap<String, String> = [("zone".to_owned(), "dmz".to_owned())].into();
+        s.put_resource(&p, &key.seal(&rng, &p, plaintext).unwrap(), &labels).unwrap();
         let got = s.get_resource(&p).unwrap().unwrap();
-        assert_eq!(key.open(&p, &got).unwrap(), plaintext);
+        assert_eq!(key.open(&p, &got.sealed).unwrap(), plaintext);
+        assert_eq!(got.required_labels, labels);
         drop(s);
         // The plaintext is in none of the database files (main, WAL, SHM).
         for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -480,10 +566,30 @@ mod tests {
         assert_eq!(s.delete_expired_sessions(2500).unwrap(), 1);
         assert!(s.get_session(&sess.id).unwrap().is_none());
 
-        let vals = vec![serde_json::json!("abc"), serde_json::json!({"x": 1})];
-        s.put_reference_values("pcr13", &vals).unwrap();
-        assert_eq!(s.get_reference_values("pcr13").unwrap(), Some(vals));
-        assert_eq!(s.get_reference_values("other").unwrap(), None);
+        let (_, rev0) = s.policy_revision().unwrap();
+        let k1 = format!("sha256:{}", "11".repeat(32));
+        let k2 = format!("sha384:{}", "22".repeat(48));
+        let add = |v: serde_json::Value| ReferenceSet::from_json(&v, None, None).unwrap();
+        s.merge_reference_values(&add(serde_json::json!({"kernel": [k1]}))).unwrap();
+        s.merge_reference_values(&add(serde_json::json!({"kernel": [{"digest": k1, "expires": "2030-01-01T00:00:00Z"}, k2], "initrd": [k1]})))
+            .unwrap();
+        let all = s.reference_values().unwrap();
+        assert_eq!(all.values["kernel"].len(), 2, "merged, not replaced");
+        assert_eq!(all.values["kernel"][0].expires.as_deref(), Some("2030-01-01T00:00:00Z"));
+        assert_eq!(all.values["initrd"].len(), 1);
+        assert_eq!(s.policy_revision().unwrap().1, rev0 + 2);
+        let v1 = s.put_policy(PolicyKind::Attestation, "default", "one").unwrap();
+        let v2 = s.put_policy(PolicyKind::Attestation, "default", "two").unwrap();
+        assert!(v2 > v1);
+        assert_eq!(s.policy_revision().unwrap().0, v2);
+        assert_eq!(
+            s.policy_history(PolicyKind::Attestation, "default").unwrap(),
+            vec![(v1, "one".to_owned()), (v2, "two".to_owned())]
+        );
+        assert_eq!(
+            s.get_policy(PolicyKind::Attestation, "default").unwrap().as_deref(),
+            Some("two")
+        );
 
         let h = HostRecord {
             host_id: "host-1".into(),

@@ -50,3 +50,60 @@ pub fn tellus_bin() -> &'static Path {
             .expect("cargo reported no tellus executable")
     })
 }
+
+/// The guest kernel and initrd `scripts/setup.sh` installs
+/// (`TELLUS_GUEST_KERNEL`/`TELLUS_GUEST_INITRD`, from the environment or
+/// `~/.cache/tellus/guest/env`).
+pub fn guest_files() -> (PathBuf, PathBuf) {
+    let from_file = |key: &str| -> Option<String> {
+        let home = std::env::var("HOME").ok()?;
+        let text =
+            std::fs::read_to_string(Path::new(&home).join(".cache/tellus/guest/env")).ok()?;
+        text.lines().find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+    };
+    let get = |key: &str| {
+        std::env::var(key).ok().or_else(|| from_file(key)).map(PathBuf::from).unwrap_or_else(|| {
+            panic!("{key} is not set and ~/.cache/tellus/guest/env does not name it; run scripts/setup.sh")
+        })
+    };
+    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
+}
+
+/// A whole predicted launch measured into PCR 13 of `tpm`: runs the real
+/// `tellus measure predict` (SHA-256 bank, `--cel-log`) for the guest
+/// kernel and initrd, a firmware file written into `dir`, and `cmdline`,
+/// and extends each predicted record into the TPM, as `tellus run` would.
+/// Returns the CEL records and the predict JSON (the reference values of
+/// this launch).
+pub fn extend_predicted_launch(tpm: &Swtpm, dir: &Path, cmdline: &str) -> (Vec<CelRecord>, Value) {
+    let (kernel, initrd) = guest_files();
+    let firmware = dir.join("firmware.img");
+    std::fs::write(&firmware, "firmware image for the policy tests").unwrap();
+    let files = [kernel, initrd, firmware];
+    let cel = dir.join("predicted.cel");
+    let out = Command::new(tellus_bin())
+        .args(["measure", "predict", "--banks", "sha256", "--output", "json", "--cmdline", cmdline])
+        .arg("--kernel")
+        .arg(&files[0])
+        .arg("--initrd")
+        .arg(&files[1])
+        .arg("--firmware")
+        .arg(&files[2])
+        .arg("--cel-log")
+        .arg(&cel)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tellus measure predict: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let predict: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = tellus_measured_boot::cel::decode(&std::fs::read(&cel).unwrap()).unwrap();
+    for r in &records {
+        let d = r.digests.iter().find_map(|d| d.digest()).unwrap();
+        assert_eq!(d.alg(), HashAlg::Sha256);
+        tpm.tpm2("tpm2_pcrextend", &[&format!("13:sha256={}", d.to_hex())]);
+    }
+    (records, predict)
+}

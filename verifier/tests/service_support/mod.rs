@@ -18,6 +18,8 @@ use tellus_verifier::service::{router, AppState};
 use tower::ServiceExt;
 
 pub const ADMIN: &str = "admin-test-token";
+/// The test-only policy that accepts tee `sample`.
+pub const ALLOW_SAMPLE: &str = include_str!("../../../policies/rego/allow-sample.rego");
 
 pub struct App {
     pub dir: tempfile::TempDir,
@@ -67,6 +69,33 @@ impl App {
             .unwrap();
         let (s, _, b) = self.call(req).await;
         assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    }
+
+    /// POSTs JSON to an admin route with the admin token.
+    pub async fn admin_post(&self, uri: &str, body: &Value) -> (StatusCode, Value) {
+        let mut req = post_json(uri, body);
+        req.headers_mut().insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+        let (s, _, v) = self.json(req).await;
+        (s, v)
+    }
+
+    /// `POST /kbs/v0/attestation-policy` as `default` (the one evaluated).
+    pub async fn set_attestation_policy(&self, rego: &str) -> (StatusCode, Value) {
+        let body = json!({"type": "rego", "policy_id": "default", "policy": B64URL.encode(rego)});
+        self.admin_post("/kbs/v0/attestation-policy", &body).await
+    }
+
+    /// `POST /kbs/v0/resource-policy`.
+    pub async fn set_resource_policy(&self, rego: &str) -> (StatusCode, Value) {
+        self.admin_post("/kbs/v0/resource-policy", &json!({"policy": B64URL.encode(rego)})).await
+    }
+
+    /// `POST /kbs/v0/reference-value` with a `tellus measure predict` document.
+    pub async fn add_predicted_refs(&self, predict: &Value) {
+        let body = json!({"version": "0.1.0", "type": "tellus",
+            "payload": B64.encode(predict.to_string()), "provenance": "test"});
+        let (s, v) = self.admin_post("/kbs/v0/reference-value", &body).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
     }
 
     /// `POST /kbs/v0/auth`; returns (cookie `kbs-session-id=…`, nonce).
