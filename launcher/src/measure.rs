@@ -4,7 +4,7 @@
 //! and `tellus measure predict` both go through [`launch_inputs`], so a
 //! prediction names exactly what a launch measures.
 
-use crate::backend::qemu;
+use crate::backend::{builtin, qemu};
 use crate::run::{Resolved, VmSpec};
 use std::path::PathBuf;
 use tellus_measured_boot::records::{LaunchConfig, LaunchInputs, LauncherConfig, ABSENT_FEATURES};
@@ -43,21 +43,25 @@ pub fn launch_inputs(
     let launcher: PathBuf = std::env::current_exe().map_err(MeasureError::SelfExe)?;
     Ok(LaunchInputs {
         launcher,
-        vmm: Some(r.qemu.program().to_path_buf()),
+        // The built-in VMM is the launcher itself (measured as `launcher`).
+        vmm: r.qemu.as_ref().map(|q| q.program().to_path_buf()),
         launcher_config: LauncherConfig { pcr: check_pcr(pcr)? },
         name: spec.name.clone(),
         launch_ticket,
         launch_config: LaunchConfig {
-            backend: "qemu".into(),
+            backend: if r.qemu.is_some() { "qemu" } else { "builtin" }.into(),
             accel: r.accel.to_string(),
-            machine: qemu::MACHINE.into(),
+            machine: if r.qemu.is_some() { qemu::MACHINE } else { builtin::MACHINE }.into(),
             vcpus: r.vm.vcpus,
             memory_mib: r.vm.memory.0,
-            devices: qemu::DEVICES.iter().map(|s| s.to_string()).collect(),
+            devices: if r.qemu.is_some() { &qemu::DEVICES[..] } else { &builtin::DEVICES[..] }
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             sev_policy: None,
             absent_features: ABSENT_FEATURES.iter().map(|s| s.to_string()).collect(),
         },
-        firmware: Some(r.vm.firmware.clone()),
+        firmware: r.vm.firmware.clone(),
         kernel: r.vm.kernel.clone(),
         initrd: r.vm.initrd.clone(),
         cmdline: r.vm.cmdline.clone(),

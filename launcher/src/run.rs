@@ -3,6 +3,7 @@
 
 use crate::accel::{self, Accel, AccelChoice, NoHardwareKvm};
 use crate::attest::{self, AttestConfig, AttestError, StepTimings};
+use crate::backend::builtin;
 use crate::backend::qemu::Qemu;
 use crate::backend::{Backend, BackendChoice, BackendError, EventSink, PowerControl, VmmEvent};
 use crate::channel::{self, ChannelEvent, ChannelWriter};
@@ -66,25 +67,34 @@ pub struct Resolved {
     pub accel: Accel,
     /// Why this accelerator (printed).
     pub accel_reason: String,
-    pub qemu: Qemu,
+    /// `None`: the built-in VMM.
+    pub qemu: Option<Qemu>,
 }
 
 /// Resolves and validates `spec`. Nothing is started.
 pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
     let host = accel::detect();
-    let (accel, accel_reason) = accel::choose(spec.accel, &host)?;
-    let mut cmdline = spec.cmdline.clone().unwrap_or_else(|| default_cmdline(accel));
+    let (accel, accel_reason) = match spec.backend {
+        BackendChoice::Builtin => builtin::choose_accel(spec.accel, &host)?,
+        _ => accel::choose(spec.accel, &host)?,
+    };
+    let mut cmdline = spec.cmdline.clone().unwrap_or_else(|| match spec.backend {
+        BackendChoice::Builtin => builtin::DEFAULT_CMDLINE.into(),
+        _ => default_cmdline(accel),
+    });
     if let Some(extra) = spec.cmdline_extra.as_deref().filter(|e| !e.is_empty()) {
         cmdline.push(' ');
         cmdline.push_str(extra);
     }
     let qemu = match spec.backend {
-        BackendChoice::Auto | BackendChoice::Qemu => Qemu::locate(spec.qemu.as_deref())?,
-        BackendChoice::Builtin => return Err(BackendError::BuiltinUnavailable.into()),
+        BackendChoice::Auto | BackendChoice::Qemu => Some(Qemu::locate(spec.qemu.as_deref())?),
+        BackendChoice::Builtin => None,
     };
-    let firmware = match &spec.firmware {
-        Some(f) => f.clone(),
-        None => qemu.default_firmware()?,
+    let firmware = match (&spec.firmware, &qemu) {
+        (Some(_), None) => return Err(BackendError::from(builtin::BuiltinError::NoFirmware).into()),
+        (Some(f), Some(_)) => Some(f.clone()),
+        (None, Some(q)) => Some(q.default_firmware()?),
+        (None, None) => None,
     };
     let vm = VmConfig {
         kernel: spec.kernel.clone(),
@@ -95,6 +105,9 @@ pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
         firmware,
     };
     vm.validate()?;
+    if qemu.is_none() {
+        builtin::preflight(&vm)?;
+    }
     Ok(Resolved { vm, accel, accel_reason, qemu })
 }
 
@@ -307,7 +320,10 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
     if accel == Accel::Tcg && !vm.cmdline.contains("tsc_early_khz=") {
         progress!("warning: under TCG the guest may hang in TSC calibration without tsc_early_khz=2000000 on its command line");
     }
-    let backend: Box<dyn Backend> = Box::new(qemu);
+    let backend: Box<dyn Backend> = match qemu {
+        Some(q) => Box::new(q),
+        None => Box::new(builtin::Builtin),
+    };
     let log = opts
         .console_log
         .as_ref()

@@ -80,8 +80,9 @@ pub struct VmConfig {
     pub cmdline: String,
     pub memory: MemorySize,
     pub vcpus: u32,
-    /// Firmware the VMM boots (QEMU: `-bios`).
-    pub firmware: PathBuf,
+    /// Firmware the VMM boots (QEMU: `-bios`); `None`: the VMM loads the
+    /// kernel itself (the built-in VMM).
+    pub firmware: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -103,10 +104,10 @@ impl VmConfig {
         if meta.len() == 0 {
             return Err(ConfigError::InitrdEmpty { path: self.initrd.clone() });
         }
-        std::fs::File::open(&self.firmware).map_err(|source| ConfigError::FirmwareUnreadable {
-            path: self.firmware.clone(),
-            source,
-        })?;
+        if let Some(fw) = &self.firmware {
+            std::fs::File::open(fw)
+                .map_err(|source| ConfigError::FirmwareUnreadable { path: fw.clone(), source })?;
+        }
         if self.memory.0 < MIN_MEMORY_MIB {
             return Err(ConfigError::MemoryTooSmall { mib: self.memory.0 });
         }

@@ -102,14 +102,14 @@ fn qemu_failing_to_start() {
 }
 
 #[test]
-fn builtin_backend_is_refused_honestly() {
+fn builtin_backend_refuses_tcg() {
     let (k, i) = guest();
     expect_error(
-        &["--backend", "builtin"],
+        &["--backend", "builtin", "--accel", "tcg"],
         &k,
         &i,
         &[],
-        "the built-in VMM is not part of this build yet",
+        "the built-in VMM runs only on KVM (--accel tcg was given); use --backend qemu",
     );
 }
 

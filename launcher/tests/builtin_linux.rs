@@ -51,7 +51,7 @@ fn boot_to_ready_and_reboot_ends_vm(vcpus: u32) {
         cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
         memory: MemorySize(256),
         vcpus,
-        firmware: PathBuf::new(),
+        firmware: None,
     };
     let (tx, vmm) = mpsc::channel();
     let sink: EventSink = Arc::new(move |e| {

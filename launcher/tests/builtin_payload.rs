@@ -30,7 +30,7 @@ fn config(g: &Guest, vcpus: u32, mib: u64) -> VmConfig {
         cmdline: CMDLINE.into(),
         memory: MemorySize(mib),
         vcpus,
-        firmware: "/nonexistent-the-builtin-vmm-uses-none".into(),
+        firmware: None,
     }
 }
 

@@ -23,7 +23,7 @@ pub enum BackendChoice {
     /// QEMU for now; the built-in VMM on hardware KVM once it exists.
     Auto,
     Qemu,
-    /// The built-in KVM VMM (not part of this build yet).
+    /// The built-in KVM VMM (`backend::builtin`).
     Builtin,
 }
 
@@ -110,8 +110,6 @@ pub enum BackendError {
     NoFirmware,
     #[error("lost track of the VMM process (its waiter thread ended without an exit status)")]
     WaiterLost,
-    #[error("the built-in VMM is not part of this build yet; use --backend qemu")]
-    BuiltinUnavailable,
     #[error("built-in VMM: {0}")]
     Builtin(#[from] builtin::BuiltinError),
 }

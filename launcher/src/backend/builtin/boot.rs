@@ -120,16 +120,29 @@ pub fn regions(mib: u64) -> Vec<(u64, u64)> {
     r
 }
 
-/// Checks the inputs, then builds guest memory with everything the kernel
-/// needs, and seals it. The kernel file is opened once and read through that
-/// one handle, so what is checked is what is loaded.
-pub fn load(spec: &BootSpec) -> Result<(GuestRam, Entry), BootError> {
+/// Checks everything [`load`] would refuse, without allocating guest
+/// memory: run before the measured launch, so a kernel the built-in VMM
+/// cannot boot is refused before anything is recorded.
+pub fn preflight(spec: &BootSpec) -> Result<(), BootError> {
+    let mut kf = File::open(&spec.kernel).map_err(read_err("kernel", &spec.kernel))?;
+    let klen = kf.metadata().map_err(read_err("kernel", &spec.kernel))?.len();
+    let initrd_len =
+        std::fs::metadata(&spec.initrd).map_err(read_err("initrd", &spec.initrd))?.len();
+    check(spec, &mut kf, klen, initrd_len).map(|_| ())
+}
+
+/// The checks shared by [`preflight`] and [`load`]; returns the kernel's
+/// header facts and the initrd's address.
+fn check(
+    spec: &BootSpec,
+    kf: &mut File,
+    klen: u64,
+    initrd_len: u64,
+) -> Result<(KernelInfo, u64), BootError> {
     if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
         return Err(BootError::Vcpus(spec.vcpus));
     }
-    let mut kf = File::open(&spec.kernel).map_err(read_err("kernel", &spec.kernel))?;
-    let klen = kf.metadata().map_err(read_err("kernel", &spec.kernel))?.len();
-    let info = kernel::inspect(&mut kf, klen)
+    let info = kernel::inspect(kf, klen)
         .map_err(|source| BootError::Kernel { path: spec.kernel.clone(), source })?;
     if spec.cmdline.contains(['\0', '\n']) {
         return Err(BootError::BadCmdline);
@@ -140,13 +153,23 @@ pub fn load(spec: &BootSpec) -> Result<(GuestRam, Entry), BootError> {
             max: info.cmdline_size.max(255),
         });
     }
-    let mut initrd = File::open(&spec.initrd).map_err(read_err("initrd", &spec.initrd))?;
-    let initrd_len = initrd.metadata().map_err(read_err("initrd", &spec.initrd))?.len();
     let low_end = (spec.memory_mib << 20).min(LOW_RAM_MAX);
     let initrd_addr = place_initrd(&info, initrd_len, low_end).ok_or_else(|| {
         let need = KERNEL_LOAD + info.init_size + page_up(initrd_len) + (1 << 20);
         BootError::MemoryTooSmall { mib: spec.memory_mib, need_mib: need.div_ceil(1 << 20) }
     })?;
+    Ok((info, initrd_addr))
+}
+
+/// Checks the inputs, then builds guest memory with everything the kernel
+/// needs, and seals it. Each file is opened once and read through that one
+/// handle, so what is checked is what is loaded.
+pub fn load(spec: &BootSpec) -> Result<(GuestRam, Entry), BootError> {
+    let mut kf = File::open(&spec.kernel).map_err(read_err("kernel", &spec.kernel))?;
+    let klen = kf.metadata().map_err(read_err("kernel", &spec.kernel))?.len();
+    let mut initrd = File::open(&spec.initrd).map_err(read_err("initrd", &spec.initrd))?;
+    let initrd_len = initrd.metadata().map_err(read_err("initrd", &spec.initrd))?.len();
+    let (_, initrd_addr) = check(spec, &mut kf, klen, initrd_len)?;
 
     let mem = GuestMemoryMmap::from_ranges(
         &regions(spec.memory_mib)

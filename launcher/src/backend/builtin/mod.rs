@@ -26,7 +26,7 @@ pub mod seccomp;
 pub mod vcpu;
 
 use super::{Backend, BackendError, EventSink, GuestStreams, PowerControl, StartedVm, VmmEvent};
-use crate::accel::Accel;
+use crate::accel::{Accel, AccelChoice, KvmKind};
 use crate::vm_config::VmConfig;
 use boot::BootSpec;
 use devices::{IrqLine, PioBus, ResetLine, Sink, COM1, COM2};
@@ -59,6 +59,26 @@ pub const DEVICES: [&str; 3] = ["com1:console", "com2:agent-channel", "i8042:res
 /// Machine name in the launch config.
 pub const MACHINE: &str = "tellus-builtin";
 
+/// The kernel command line when none is given: the i8042 reset ends a
+/// built-in VM, so the kernel reboots (and panics) through it.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// The accelerator of a built-in VM: always KVM. PVM's `/dev/kvm` is
+/// accepted (the KVM API works; only PVM-enabled kernels and the test
+/// payloads boot there), and the reason says so.
+pub fn choose_accel(choice: AccelChoice, host: &KvmKind) -> Result<(Accel, String), BackendError> {
+    match (choice, host) {
+        (AccelChoice::Tcg, _) => Err(BuiltinError::NeedsKvm("--accel tcg was given".into()).into()),
+        (_, KvmKind::Hardware(_)) => Ok((Accel::Kvm, host.to_string())),
+        (_, KvmKind::Pvm) => Ok((
+            Accel::Kvm,
+            "built-in VMM on PVM's /dev/kvm: stock kernels do not boot here, only PVM-enabled ones"
+                .into(),
+        )),
+        (_, KvmKind::Unavailable(why)) => Err(BuiltinError::NeedsKvm(why.clone()).into()),
+    }
+}
+
 /// Errors of the built-in VMM.
 #[derive(Debug, thiserror::Error)]
 pub enum BuiltinError {
@@ -82,6 +102,28 @@ pub enum BuiltinError {
     NoReset,
     #[error("the built-in VMM has stopped")]
     Stopped,
+    #[error("the built-in VMM runs only on KVM ({0}); use --backend qemu")]
+    NeedsKvm(String),
+    #[error("the built-in VMM boots the kernel directly and runs no firmware; drop --firmware or use --backend qemu")]
+    NoFirmware,
+}
+
+impl From<&VmConfig> for BootSpec {
+    fn from(cfg: &VmConfig) -> BootSpec {
+        BootSpec {
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initrd.clone(),
+            cmdline: cfg.cmdline.clone(),
+            memory_mib: cfg.memory.0,
+            vcpus: cfg.vcpus,
+        }
+    }
+}
+
+/// Checks that the built-in VMM can boot `cfg` (kernel header, memory,
+/// vCPUs, command line) without starting anything.
+pub fn preflight(cfg: &VmConfig) -> Result<(), BackendError> {
+    Ok(boot::preflight(&BootSpec::from(cfg)).map_err(BuiltinError::from)?)
 }
 
 /// The built-in backend.
@@ -99,14 +141,7 @@ impl Backend for Builtin {
         _accel: Accel,
         events: EventSink,
     ) -> Result<StartedVm, BackendError> {
-        let spec = BootSpec {
-            kernel: cfg.kernel.clone(),
-            initrd: cfg.initrd.clone(),
-            cmdline: cfg.cmdline.clone(),
-            memory_mib: cfg.memory.0,
-            vcpus: cfg.vcpus,
-        };
-        Ok(start(&spec, events)?)
+        Ok(start(&BootSpec::from(cfg), events)?)
     }
 }
 

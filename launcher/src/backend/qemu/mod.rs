@@ -134,7 +134,9 @@ fn args(cfg: &VmConfig, accel: Accel, s: &Sockets) -> Vec<OsString> {
     push(&format!("socket,id=qmp,path={}", s.qmp.display()));
     push("-mon");
     push("chardev=qmp,mode=control");
-    a.extend(["-bios".into(), cfg.firmware.clone().into_os_string()]);
+    if let Some(fw) = &cfg.firmware {
+        a.extend(["-bios".into(), fw.clone().into_os_string()]);
+    }
     a.extend(["-kernel".into(), cfg.kernel.clone().into_os_string()]);
     a.extend(["-initrd".into(), cfg.initrd.clone().into_os_string()]);
     a.extend(["-append".into(), cfg.cmdline.clone().into()]);
@@ -344,7 +346,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             memory: MemorySize(256),
             vcpus: 2,
-            firmware: "/fw".into(),
+            firmware: Some("/fw".into()),
         }
     }
 

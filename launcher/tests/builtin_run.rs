@@ -1,0 +1,223 @@
+//! `tellus run --backend builtin` end to end: the real launcher binary, a
+//! real swtpm for the measured launch, the control socket and `tellus ctl`,
+//! and a test payload booted by the built-in VMM on /dev/kvm (PVM here).
+//! Exact console output, agent-channel outcome and exit codes.
+
+mod builtin_support;
+
+use builtin_support::*;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swtpm_tests::Swtpm;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+struct Run {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    guest: Guest,
+    _tpm: Swtpm,
+}
+
+fn tellus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tellus"))
+}
+
+impl Run {
+    fn start(guest: Guest, extra: &[&str]) -> Run {
+        let tpm = Swtpm::start();
+        let mut cmd = tellus();
+        cmd.arg("run")
+            .arg("--backend")
+            .arg("builtin")
+            .arg("--tpm")
+            .arg(tpm.addr())
+            .arg("--state-dir")
+            .arg(tpm.dir.path().join("state"))
+            .arg("--kernel")
+            .arg(&guest.kernel)
+            .arg("--initrd")
+            .arg(&guest.initrd)
+            .arg("--memory")
+            .arg("64M")
+            .arg("--control-socket")
+            .arg(guest.path("ctl.sock"))
+            .arg("--console-log")
+            .arg(guest.path("console.log"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (e, o) = (stderr.clone(), stdout.clone());
+        let err = child.stderr.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[tellus] {line}");
+                e.lock().unwrap().push(line);
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Run { child, stderr, stdout, guest, _tpm: tpm }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn wait_stderr(&mut self, needle: &str) {
+        let end = Instant::now() + TIMEOUT;
+        while !self.stderr().contains(needle) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("tellus exited ({st}) before {needle:?}:\n{}", self.stderr());
+            }
+            assert!(Instant::now() < end, "no {needle:?}:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ctl(&self, request: &str) -> serde_json::Value {
+        let out = tellus()
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.guest.path("ctl.sock"))
+            .arg(request)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctl {request}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let end = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200)); // readers drain
+                return st;
+            }
+            assert!(Instant::now() < end, "tellus did not exit:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn console_log(&self) -> String {
+        String::from_utf8(std::fs::read(self.guest.path("console.log")).unwrap()).unwrap()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
+    if !kvm_usable_or_skip("run_builtin_payload_ready_then_ctl_shutdown_through_the_agent") {
+        return;
+    }
+    let mut r = Run::start(Guest::payload(Variant::Ready), &[]);
+    r.wait_stderr("guest agent ready after");
+    assert!(r
+        .stderr()
+        .contains(&format!("tellus-agent {AGENT_VERSION}, guest uptime {UPTIME_MS} ms")));
+    let status = r.ctl("status");
+    assert_eq!(status["status"]["backend"], "builtin");
+    assert_eq!(status["status"]["accel"], "kvm");
+    assert_eq!(status["status"]["agent_ready"], true);
+    assert_eq!(status["status"]["vmm_pid"], serde_json::Value::Null);
+    let resp = r.ctl("shutdown");
+    assert_eq!(resp["message"], "power-off requested from the guest agent");
+    let st = r.wait_exit();
+    assert_eq!(st.code(), Some(0), "{}", r.stderr());
+    let expected = expected_console(Variant::Ready, CMDLINE);
+    assert_eq!(r.console_log(), expected);
+    assert_eq!(String::from_utf8_lossy(&r.stdout.lock().unwrap()), expected);
+    let err = r.stderr();
+    assert!(err.contains("VM shut down (guest-reset)"), "{err}");
+    assert!(err.contains("recorded stop (guest-reset)"), "{err}");
+    assert!(!err.contains("dropped"), "{err}");
+}
+
+#[test]
+fn run_builtin_payload_garbage_is_reported_then_ready() {
+    if !kvm_usable_or_skip("run_builtin_payload_garbage_is_reported_then_ready") {
+        return;
+    }
+    let mut r = Run::start(Guest::payload(Variant::Garbage), &[]);
+    r.wait_stderr("guest agent ready after");
+    r.ctl("shutdown");
+    assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
+    assert_eq!(r.console_log(), expected_console(Variant::Garbage, CMDLINE));
+    let err = r.stderr();
+    assert!(err.contains(&format!("agent channel: dropped {} bytes in", GARBAGE.len())), "{err}");
+}
+
+#[test]
+fn run_builtin_spinning_guest_is_stopped_by_ctl_shutdown() {
+    if !kvm_usable_or_skip("run_builtin_spinning_guest_is_stopped_by_ctl_shutdown") {
+        return;
+    }
+    let mut r = Run::start(Guest::payload(Variant::Spin), &["--vcpus", "2"]);
+    r.wait_stderr("vCPUs running");
+    let end = Instant::now() + TIMEOUT;
+    while !r.console_log().contains("spinning\n") {
+        assert!(Instant::now() < end, "{}", r.console_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Agent not ready, no power button: the launcher stops the VM.
+    r.ctl("shutdown");
+    let st = r.wait_exit();
+    assert_eq!(st.code(), Some(0), "{}", r.stderr());
+    assert_eq!(r.console_log(), expected_console(Variant::Spin, CMDLINE));
+    let err = r.stderr();
+    assert!(err.contains("no ACPI power button"), "{err}");
+    assert!(err.contains("VM shut down (host-terminate)"), "{err}");
+}
+
+#[test]
+fn run_builtin_triple_fault_ends_the_vm() {
+    if !kvm_usable_or_skip("run_builtin_triple_fault_ends_the_vm") {
+        return;
+    }
+    let mut r = Run::start(Guest::payload(Variant::TripleFault), &[]);
+    let st = r.wait_exit();
+    assert_eq!(st.code(), Some(0), "{}", r.stderr());
+    assert_eq!(r.console_log(), expected_console(Variant::TripleFault, CMDLINE));
+    assert!(r.stderr().contains("recorded stop (guest-triple-fault)"), "{}", r.stderr());
+}
+
+#[test]
+fn run_builtin_refuses_an_old_kernel_before_measuring() {
+    if !kvm_usable_or_skip("run_builtin_refuses_an_old_kernel_before_measuring") {
+        return;
+    }
+    let old = bzimage(&program(Variant::Ready), Header { protocol: 0x020b, ..Header::default() });
+    let mut r = Run::start(Guest::new(&old), &[]);
+    let st = r.wait_exit();
+    assert_eq!(st.code(), Some(1), "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("kernel boot protocol 2.11 is too old"), "{err}");
+    assert!(!err.contains("measured"), "measured before refusing: {err}");
+    // --firmware makes no sense for the built-in VMM.
+    let mut r = Run::start(Guest::payload(Variant::Ready), &["--firmware", "/etc/hostname"]);
+    assert_eq!(r.wait_exit().code(), Some(1));
+    assert!(r.stderr().contains("runs no firmware"), "{}", r.stderr());
+}
