@@ -379,3 +379,46 @@ fn compile_errors_name_file_line_and_column() {
     let e = Policy::compile("fn.rego", "package policy\n\nallow if no_such_fn(1)\n").unwrap_err();
     assert!(e.to_string().contains("fn.rego:3"), "{e}");
 }
+
+/// Every member the verifier writes is a property of the JSON Schema, and
+/// the schema says no other members are allowed.
+#[test]
+fn claims_match_the_json_schema() {
+    let schema: Value = serde_json::from_str(tellus_policies::claims::CLAIMS_SCHEMA).unwrap();
+    fn properties(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Object(p)) = m.get("properties") {
+                    out.extend(p.keys().cloned());
+                }
+                m.values().for_each(|v| properties(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| properties(v, out)),
+            _ => {}
+        }
+    }
+    let mut known = std::collections::BTreeSet::new();
+    properties(&schema, &mut known);
+    fn members(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    out.push(k.clone());
+                    // Free-form maps: labels, digests by bank, record payloads.
+                    if !["labels", "record_digests", "launcher", "value"].contains(&k.as_str()) {
+                        members(v, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| members(v, out)),
+            _ => {}
+        }
+    }
+    let mut used = Vec::new();
+    members(&good_claims(), &mut used);
+    members(&json!({"tee": "sample", "svn": "1"}), &mut used);
+    for m in used {
+        assert!(known.contains(&m), "claims member {m:?} is not in schema/claims.schema.json");
+    }
+    assert!(tellus_policies::claims::CLAIMS_SCHEMA.matches("\"additionalProperties\": false").count() >= 7);
+}
