@@ -29,8 +29,9 @@ pub enum OutputFormat {
 /// Arguments of `tellus measure snp`.
 #[derive(Debug, clap::Args)]
 pub struct SnpMeasureArgs {
-    /// Guest mode: snp, seves, sev, or snp:ovmf-hash (only the OVMF pages'
-    /// digest, to pass back later as --snp-ovmf-hash).
+    /// Guest mode: snp, seves, sev, snp:svsm (Coconut SVSM below OVMF), or
+    /// snp:ovmf-hash (only the OVMF pages' digest, to pass back later as
+    /// --snp-ovmf-hash).
     #[arg(long, default_value = "snp")]
     mode: String,
     /// Number of vCPUs (required except for --mode sev).
@@ -79,6 +80,15 @@ pub struct SnpMeasureArgs {
     /// Write each vCPU's VMSA page as vmsa<N>.bin into the current directory.
     #[arg(long)]
     dump_vmsa: bool,
+    /// (snp:svsm) The Coconut SVSM image.
+    #[arg(long, value_name = "PATH")]
+    svsm: Option<PathBuf>,
+    /// (snp:svsm) Size of the OVMF_VARS file in bytes.
+    #[arg(long, value_name = "SIZE", conflicts_with = "vars_file")]
+    vars_size: Option<u64>,
+    /// (snp:svsm) The OVMF_VARS file (its size is used).
+    #[arg(long, value_name = "PATH")]
+    vars_file: Option<PathBuf>,
 }
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -150,6 +160,9 @@ fn measure(a: &SnpMeasureArgs) -> Result<String, Failure> {
         let h = snp::snp_ovmf_hash(&ovmf)?;
         return Ok(format_digest(a.output_format, &h, json!({"mode": "snp:ovmf-hash"})));
     }
+    if a.mode == "snp:svsm" || a.mode == "sev-snp:svsm" {
+        return measure_svsm(a, &ovmf);
+    }
     let mode: SevMode = a.mode.parse()?;
     let vmm: VmmType = a.vmm_type.parse()?;
     if a.kernel.is_none() && (a.initrd.is_some() || a.append.is_some()) {
@@ -209,6 +222,54 @@ fn measure(a: &SnpMeasureArgs) -> Result<String, Failure> {
             "initrd": hex::encode(k.initrd),
             "cmdline": hex::encode(k.cmdline),
         })),
+    });
+    Ok(format_digest(a.output_format, &ld.0, details))
+}
+
+fn measure_svsm(a: &SnpMeasureArgs, ovmf: &[u8]) -> Result<String, Failure> {
+    let usage = |m: &str| Failure::Usage(m.into());
+    if !a.vmm_type.eq_ignore_ascii_case("qemu") {
+        return Err(usage("SVSM mode is only implemented for QEMU"));
+    }
+    if a.kernel.is_some() || a.snp_ovmf_hash.is_some() {
+        return Err(usage("--kernel and --snp-ovmf-hash do not apply to snp:svsm"));
+    }
+    let svsm_path = a.svsm.as_ref().ok_or_else(|| usage("snp:svsm mode requires --svsm"))?;
+    let vars_size = match (&a.vars_size, &a.vars_file) {
+        (Some(n), _) => *n,
+        (None, Some(f)) => std::fs::metadata(f)
+            .map_err(|source| SnpMeasureError::File {
+                what: "OVMF vars file",
+                path: f.clone(),
+                source,
+            })?
+            .len(),
+        (None, None) => return Err(usage("snp:svsm mode requires --vars-size or --vars-file")),
+    };
+    let vcpus = a.vcpus.ok_or_else(|| usage("missing --vcpus N in guest mode 'snp:svsm'"))?;
+    let svsm = read_ovmf(svsm_path)?;
+    let p = snp::SvsmParams {
+        ovmf,
+        svsm: &svsm,
+        ovmf_vars_size: vars_size,
+        vcpus,
+        vcpu_sig: vcpu_sig(a, SevMode::Snp, VmmType::Qemu)?,
+    };
+    let ld = snp::svsm_launch_digest(&p)?;
+    if a.dump_vmsa {
+        for (i, page) in snp::svsm_vmsa_pages(&p)?.iter().enumerate() {
+            let path = PathBuf::from(format!("vmsa{i}.bin"));
+            std::fs::write(&path, page).map_err(|source| Failure::Write { path, source })?;
+        }
+    }
+    let details = json!({
+        "mode": "snp:svsm",
+        "vmm_type": "QEMU",
+        "vcpus": vcpus,
+        "vcpu_sig": format!("{:#x}", p.vcpu_sig),
+        "ovmf": a.ovmf,
+        "svsm": svsm_path,
+        "ovmf_vars_size": vars_size,
     });
     Ok(format_digest(a.output_format, &ld.0, details))
 }

@@ -229,3 +229,39 @@ fn errors_have_their_messages_and_exit_codes() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `--mode snp:svsm`: the SVSM images are not in the collection; they are
+/// read from `$TELLUS_SNP_MEASURE_FIXTURES` (sev-snp-measure's
+/// `tests/fixtures`) when set, else only the flag checks run.
+#[test]
+fn svsm_mode() {
+    let out =
+        tellus(&["--mode", "snp:svsm", "--vcpus", "2", "--vcpu-type", "EPYC-v4", "--ovmf", AMDSEV]);
+    assert_eq!(out.status.code(), Some(2), "--svsm is required");
+    let out = tellus(&["--mode", "snp:svsm", "--vcpus", "2", "--ovmf", AMDSEV, "--svsm", AMDSEV]);
+    assert_eq!(out.status.code(), Some(2), "--vars-size is required");
+    let Some(dir) = std::env::var_os("TELLUS_SNP_MEASURE_FIXTURES").map(PathBuf::from) else {
+        eprintln!("SKIP (TELLUS_SNP_MEASURE_FIXTURES not set: no svsm.bin): svsm_mode digests");
+        return;
+    };
+    for (vcpus, test) in [("4", "test_snp_svsm_4_vcpus"), ("2", "test_snp_svsm_2_vcpus")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tellus"))
+            .args([
+                "measure",
+                "snp",
+                "--mode",
+                "snp:svsm",
+                "--vcpus",
+                vcpus,
+                "--vcpu-type",
+                "EPYC-v4",
+            ])
+            .args(["--vars-size", "540672", "--ovmf"])
+            .arg(dir.join("svsm_ovmf.fd"))
+            .arg("--svsm")
+            .arg(dir.join("svsm.bin"))
+            .output()
+            .unwrap();
+        assert_eq!(stdout_ok(&out), digest_of(test, "digest"), "{test}");
+    }
+}

@@ -1,7 +1,8 @@
 //! AMD SEV, SEV-ES and SEV-SNP launch-digest prediction: the measurement
 //! the AMD Secure Processor reports for a guest launched from a given OVMF,
 //! vCPU set-up and (with `kernel-hashes=on`) kernel, initrd and command
-//! line. Reproduces sev-snp-measure's `--mode sev|seves|snp|snp:ovmf-hash`.
+//! line. Reproduces sev-snp-measure's `--mode sev|seves|snp|snp:ovmf-hash`
+//! and `snp:svsm` ([`svsm_launch_digest`]).
 //!
 //! Why not the `sev` crate's `measurement` module (evaluated: sev 8.0.0):
 //! - its OVMF parser indexes and subtracts unchecked (a short or crafted
@@ -28,7 +29,7 @@ pub use gctx::{Gctx, PageType, LD_SIZE, PAGE_SIZE, VMSA_GPA};
 pub use hashes::{cmdline_hash, SevHashes, PADDED_TABLE_LEN};
 pub use ovmf::{MetadataSection, Ovmf, SectionType, MAX_METADATA_ITEMS, MAX_OVMF_SIZE};
 pub use vcpu::{cpu_sig, vcpu_sig_of, vcpu_type_names};
-pub use vmsa::{save_area, BSP_EIP};
+pub use vmsa::{save_area, svsm_save_area, BSP_EIP};
 
 use ring::digest::{Context, SHA256};
 use std::fmt;
@@ -275,6 +276,80 @@ pub fn launch_digest(p: &LaunchParams<'_>) -> Result<LaunchDigest, SnpMeasureErr
     }
 }
 
+/// An SNP guest whose firmware is a Coconut SVSM below OVMF
+/// (sev-snp-measure `--mode snp:svsm`, QEMU only): OVMF ends at 4 GiB, its
+/// variable store (`ovmf_vars_size` bytes) below it, the SVSM image below
+/// that. The digest covers the OVMF and SVSM pages, the SVSM's metadata
+/// sections, and one SVSM VMSA per vCPU.
+#[derive(Debug, Clone, Copy)]
+pub struct SvsmParams<'a> {
+    /// The OVMF image.
+    pub ovmf: &'a [u8],
+    /// The SVSM image.
+    pub svsm: &'a [u8],
+    /// Size of the OVMF variable store (OVMF_VARS) in bytes.
+    pub ovmf_vars_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// CPUID(1).EAX signature of the vCPUs.
+    pub vcpu_sig: u32,
+}
+
+fn svsm_parts<'a>(p: &SvsmParams<'a>) -> Result<(Ovmf<'a>, Ovmf<'a>), SnpMeasureError> {
+    if p.vcpus == 0 || p.vcpus > MAX_VCPUS {
+        return Err(SnpMeasureError::VcpuCount(p.vcpus));
+    }
+    let ovmf = Ovmf::parse(p.ovmf)?;
+    let end = ovmf.gpa().checked_sub(p.ovmf_vars_size).ok_or_else(|| {
+        SnpMeasureError::MalformedOvmf(format!(
+            "OVMF vars size {:#x} exceeds 4 GiB",
+            p.ovmf_vars_size
+        ))
+    })?;
+    let svsm = Ovmf::parse_ending_at(p.svsm, end)?;
+    for img in [&ovmf, &svsm] {
+        if img.data().len() % PAGE_SIZE != 0 {
+            return Err(SnpMeasureError::OvmfNotPageAligned(img.data().len()));
+        }
+    }
+    Ok((ovmf, svsm))
+}
+
+/// The VMSA pages of an SVSM guest (all vCPUs alike).
+pub fn svsm_vmsa_pages(p: &SvsmParams<'_>) -> Result<Vec<[u8; PAGE_SIZE]>, SnpMeasureError> {
+    let (_, svsm) = svsm_parts(p)?;
+    let page = save_area_svsm(&svsm, p.vcpu_sig)?;
+    Ok(vec![page; p.vcpus as usize])
+}
+
+fn save_area_svsm(svsm: &Ovmf<'_>, vcpu_sig: u32) -> Result<[u8; PAGE_SIZE], SnpMeasureError> {
+    Ok(svsm_save_area(svsm.svsm_entry()?, vcpu_sig))
+}
+
+/// Predict the launch digest of an SVSM guest.
+pub fn svsm_launch_digest(p: &SvsmParams<'_>) -> Result<LaunchDigest, SnpMeasureError> {
+    let (ovmf, svsm) = svsm_parts(p)?;
+    let page = save_area_svsm(&svsm, p.vcpu_sig)?;
+    let mut g = Gctx::default();
+    g.update_normal_pages(ovmf.gpa(), ovmf.data());
+    g.update_normal_pages(svsm.gpa(), svsm.data());
+    let meta = LaunchParams {
+        mode: SevMode::Snp,
+        vcpus: p.vcpus,
+        vcpu_sig: p.vcpu_sig,
+        vmm_type: VmmType::Qemu,
+        ovmf: p.svsm,
+        kernel_hashes: None,
+        guest_features: 1,
+        snp_ovmf_hash: None,
+    };
+    update_sections(&mut g, &meta, &svsm)?;
+    for _ in 0..p.vcpus {
+        g.update_vmsa_page(&page);
+    }
+    Ok(LaunchDigest(g.ld().to_vec()))
+}
+
 fn snp_digest(p: &LaunchParams<'_>, ovmf: &Ovmf<'_>) -> Result<[u8; LD_SIZE], SnpMeasureError> {
     let mut g = match p.snp_ovmf_hash {
         Some(seed) => Gctx::with_seed(seed),
@@ -287,6 +362,19 @@ fn snp_digest(p: &LaunchParams<'_>, ovmf: &Ovmf<'_>) -> Result<[u8; LD_SIZE], Sn
             g
         }
     };
+    update_sections(&mut g, p, ovmf)?;
+    for page in vmsas(p, ovmf)? {
+        g.update_vmsa_page(&page);
+    }
+    Ok(g.ld())
+}
+
+/// Folds the SEV metadata sections of `ovmf` into `g`.
+fn update_sections(
+    g: &mut Gctx,
+    p: &LaunchParams<'_>,
+    ovmf: &Ovmf<'_>,
+) -> Result<(), SnpMeasureError> {
     if p.kernel_hashes.is_some() && !ovmf.has_section(SectionType::SnpKernelHashes) {
         return Err(SnpMeasureError::NoSnpKernelHashesSection);
     }
@@ -340,10 +428,7 @@ fn snp_digest(p: &LaunchParams<'_>, ovmf: &Ovmf<'_>) -> Result<[u8; LD_SIZE], Sn
             g.update_empty_pages(PageType::Cpuid, u64::from(s.gpa), PAGE_SIZE as u64);
         }
     }
-    for page in vmsas(p, ovmf)? {
-        g.update_vmsa_page(&page);
-    }
-    Ok(g.ld())
+    Ok(())
 }
 
 #[cfg(test)]

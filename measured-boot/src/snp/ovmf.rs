@@ -27,6 +27,9 @@ pub const SEV_HASH_TABLE_RV_GUID: &str = "7255371f-3a3b-4b04-927b-1da6efa8d454";
 pub const SEV_ES_RESET_BLOCK_GUID: &str = "00f771de-1a7e-4fcb-890e-68c77e2fb44e";
 /// `dc886566-984a-4798-a75e-5585a7bf67cc`: the SEV metadata (`ASEV`) offset.
 pub const OVMF_SEV_META_DATA_GUID: &str = "dc886566-984a-4798-a75e-5585a7bf67cc";
+/// `a789a612-0597-4c4b-a49f-cbb1fe9d1ddd`: the SVSM entry point (offset
+/// from the SVSM image's start).
+pub const SVSM_INFO_GUID: &str = "a789a612-0597-4c4b-a49f-cbb1fe9d1ddd";
 
 /// A GUID string in the mixed-endian byte order EFI stores (first three
 /// fields little-endian). `s` must be a well-formed GUID; only constants of
@@ -110,15 +113,19 @@ fn malformed(what: impl Into<String>) -> SnpMeasureError {
 impl<'a> Ovmf<'a> {
     /// Parse an image that ends at 4 GiB (the OVMF flash mapping).
     pub fn parse(data: &'a [u8]) -> Result<Ovmf<'a>, SnpMeasureError> {
+        Ovmf::parse_ending_at(data, FOUR_GB)
+    }
+
+    /// Parse an image mapped to end at `end_gpa` (an SVSM image sits below
+    /// OVMF and its variable store). Both carry the same footer table.
+    pub fn parse_ending_at(data: &'a [u8], end_gpa: u64) -> Result<Ovmf<'a>, SnpMeasureError> {
         if data.len() > MAX_OVMF_SIZE {
             return Err(SnpMeasureError::OvmfTooLarge { size: data.len(), max: MAX_OVMF_SIZE });
         }
-        let mut o = Ovmf {
-            data,
-            gpa: FOUR_GB - data.len() as u64,
-            table: Vec::new(),
-            sections: Vec::new(),
-        };
+        let gpa = end_gpa.checked_sub(data.len() as u64).ok_or_else(|| {
+            malformed(format!("an image of {} bytes cannot end at {end_gpa:#x}", data.len()))
+        })?;
+        let mut o = Ovmf { data, gpa, table: Vec::new(), sections: Vec::new() };
         o.parse_footer_table()?;
         o.parse_sev_metadata()?;
         Ok(o)
@@ -169,6 +176,11 @@ impl<'a> Ovmf<'a> {
     /// EIP at which application processors start (SEV-ES reset block).
     pub fn sev_es_reset_eip(&self) -> Result<u32, SnpMeasureError> {
         self.table_u32(SEV_ES_RESET_BLOCK_GUID)
+    }
+
+    /// Entry point of an SVSM image: its SVSM_INFO offset plus its GPA.
+    pub fn svsm_entry(&self) -> Result<u64, SnpMeasureError> {
+        Ok(u64::from(self.table_u32(SVSM_INFO_GUID)?) + self.gpa)
     }
 
     fn parse_footer_table(&mut self) -> Result<(), SnpMeasureError> {

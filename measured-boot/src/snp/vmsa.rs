@@ -98,3 +98,34 @@ pub fn save_area(eip: u32, sev_features: u64, vcpu_sig: u32, vmm: VmmType) -> [u
     p.u16(X87_FCW, fcw);
     p.0
 }
+
+/// The save area of every vCPU of an SNP guest under a Coconut SVSM (QEMU):
+/// 32-bit protected mode at the SVSM entry point, SEV_FEATURES 0x1.
+/// Like sev-snp-measure's `VMSA_SVSM`, the x87 control word stays 0 (its
+/// field is not set there, and the recorded digests depend on that).
+pub fn svsm_save_area(entry: u64, vcpu_sig: u32) -> [u8; PAGE_SIZE] {
+    let mut p = Page([0; PAGE_SIZE]);
+    p.seg(ES, 16, 0xc93, 0xffff_ffff, 0);
+    p.seg(CS, 8, 0xc9b, 0xffff_ffff, 0);
+    p.seg(SS, 16, 0xc93, 0xffff_ffff, 0);
+    p.seg(DS, 16, 0xc93, 0xffff_ffff, 0);
+    p.seg(FS, 16, 0xc93, 0xffff_ffff, 0);
+    p.seg(GS, 0, 0x93, 0xffff, 0);
+    p.seg(GDTR, 0, 0, 0xffff, 0);
+    p.seg(IDTR, 0, 0, 0xffff, 0);
+    p.seg(LDTR, 0, 0x82, 0xffff, 0);
+    p.seg(TR, 0, 0x8b, 0xffff, 0);
+    p.u64(EFER, 0x1000);
+    p.u64(CR4, 0x40);
+    p.u64(CR0, 0x11); // protected mode
+    p.u64(DR7, 0x400);
+    p.u64(DR6, 0xffff_0ff0);
+    p.u64(RFLAGS, 0x2);
+    p.u64(RIP, entry);
+    p.u64(G_PAT, 0x0007_0406_0007_0406);
+    p.u64(RDX, u64::from(vcpu_sig));
+    p.u64(SEV_FEATURES, 0x1);
+    p.u64(XCR0, 0x1);
+    p.u32(MXCSR, 0x1f80);
+    p.0
+}
