@@ -9,6 +9,7 @@
 //! no gdbstub, no `-incoming`, and QEMU's own seccomp sandbox on.
 
 mod qmp;
+pub mod snp;
 
 pub use qmp::{QmpClient, QmpCommand, QmpError};
 

@@ -1,0 +1,238 @@
+//! The QEMU command line of an AMD SEV-SNP guest (QEMU 9.1 or later with a
+//! host kernel that has SNP, KVM only): a pure function of the launch
+//! configuration, so the exact invocation is testable without SEV hardware.
+//! Launching it is the QEMU backend's job; this builds only the arguments.
+//!
+//! ```text
+//! -nodefaults -no-user-config -accel kvm
+//! -machine q35,confidential-guest-support=sev0,memory-backend=ram0
+//! -object memory-backend-memfd,id=ram0,size=<M>M,share=true,prealloc=false
+//! -object sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,
+//!         kernel-hashes=on,host-data=<base64 of 32 bytes>
+//! -cpu EPYC-v4 -smp N -m <M>M -bios OVMF.fd -kernel K -initrd I -append C
+//! ```
+//!
+//! `-bios`, not pflash: SNP guests' firmware is measured as one ROM image,
+//! the image tellus predicts the launch digest from.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// SNP guest policy bit 17: reserved, must be 1.
+pub const POLICY_RESERVED_1: u64 = 1 << 17;
+/// SNP guest policy bit 19: debugging allowed (the host can read and write
+/// guest memory).
+pub const POLICY_DEBUG: u64 = 1 << 19;
+/// SNP guest policy bit 18: a migration agent may be associated.
+pub const POLICY_MIGRATE_MA: u64 = 1 << 18;
+/// Default policy: SMT allowed, reserved bit set, ABI 0.0, no debug, no
+/// migration agent.
+pub const DEFAULT_POLICY: u64 = 0x30000;
+
+/// What the SNP invocation is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpQemuConfig {
+    /// OVMF image (an `OvmfPkg/AmdSev` build for measured direct boot).
+    pub ovmf: PathBuf,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// QEMU CPU model (its signature enters the launch digest).
+    pub cpu_model: String,
+    /// SNP guest policy.
+    pub policy: u64,
+    /// C-bit position (51 on Milan, Genoa, Turin).
+    pub cbitpos: u32,
+    /// Physical address bits the C-bit takes away.
+    pub reduced_phys_bits: u32,
+    /// HOST_DATA (tellus: SHA-256 of the launch-config record).
+    pub host_data: Option<[u8; 32]>,
+    /// Kernel for measured direct boot (`kernel-hashes=on`).
+    pub kernel: Option<PathBuf>,
+    /// Initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub append: Option<String>,
+}
+
+/// Why no invocation was built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnpQemuError {
+    /// Policy with debugging allowed.
+    #[error("SNP policy {0:#x} allows debugging (bit 19): the host could read guest memory; tellus refuses it")]
+    DebugPolicy(u64),
+    /// Policy with a migration agent.
+    #[error("SNP policy {0:#x} allows a migration agent (bit 18); tellus refuses it")]
+    MigrationAgent(u64),
+    /// Policy without the reserved bit.
+    #[error("SNP policy {0:#x} lacks reserved bit 17, which the firmware requires")]
+    ReservedBit(u64),
+    /// Initrd or cmdline without kernel.
+    #[error("--initrd and --append need --kernel")]
+    NoKernel,
+    /// Zero vCPUs or memory.
+    #[error("an SNP guest needs at least 1 vCPU and some memory")]
+    Empty,
+    /// A CPU model QEMU would parse as options.
+    #[error("CPU model {0:?} is not a plain model name")]
+    CpuModel(String),
+}
+
+fn arg(v: impl Into<OsString>) -> OsString {
+    v.into()
+}
+
+/// The QEMU arguments (without the program) of an SNP guest.
+pub fn snp_qemu_args(c: &SnpQemuConfig) -> Result<Vec<OsString>, SnpQemuError> {
+    if c.policy & POLICY_DEBUG != 0 {
+        return Err(SnpQemuError::DebugPolicy(c.policy));
+    }
+    if c.policy & POLICY_MIGRATE_MA != 0 {
+        return Err(SnpQemuError::MigrationAgent(c.policy));
+    }
+    if c.policy & POLICY_RESERVED_1 == 0 {
+        return Err(SnpQemuError::ReservedBit(c.policy));
+    }
+    if c.kernel.is_none() && (c.initrd.is_some() || c.append.is_some()) {
+        return Err(SnpQemuError::NoKernel);
+    }
+    if c.vcpus == 0 || c.memory_mib == 0 {
+        return Err(SnpQemuError::Empty);
+    }
+    if c.cpu_model.is_empty()
+        || !c.cpu_model.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        return Err(SnpQemuError::CpuModel(c.cpu_model.clone()));
+    }
+    let mut guest = format!(
+        "sev-snp-guest,id=sev0,cbitpos={},reduced-phys-bits={},policy={:#x}",
+        c.cbitpos, c.reduced_phys_bits, c.policy
+    );
+    if c.kernel.is_some() {
+        guest.push_str(",kernel-hashes=on");
+    }
+    if let Some(h) = &c.host_data {
+        use base64::Engine;
+        guest.push_str(",host-data=");
+        guest.push_str(&base64::engine::general_purpose::STANDARD.encode(h));
+    }
+    let mut a: Vec<OsString> = [
+        "-nodefaults",
+        "-no-user-config",
+        "-accel",
+        "kvm",
+        "-machine",
+        "q35,confidential-guest-support=sev0,memory-backend=ram0",
+        "-object",
+    ]
+    .into_iter()
+    .map(arg)
+    .collect();
+    a.push(arg(format!(
+        "memory-backend-memfd,id=ram0,size={}M,share=true,prealloc=false",
+        c.memory_mib
+    )));
+    a.push(arg("-object"));
+    a.push(arg(guest));
+    a.extend([arg("-cpu"), arg(&c.cpu_model), arg("-smp"), arg(c.vcpus.to_string())]);
+    a.extend([arg("-m"), arg(format!("{}M", c.memory_mib)), arg("-bios"), arg(&c.ovmf)]);
+    if let Some(k) = &c.kernel {
+        a.extend([arg("-kernel"), arg(k)]);
+    }
+    if let Some(i) = &c.initrd {
+        a.extend([arg("-initrd"), arg(i)]);
+    }
+    if let Some(s) = &c.append {
+        a.extend([arg("-append"), arg(s)]);
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SnpQemuConfig {
+        SnpQemuConfig {
+            ovmf: "/usr/share/ovmf/OVMF.amdsev.fd".into(),
+            vcpus: 2,
+            memory_mib: 2048,
+            cpu_model: "EPYC-v4".into(),
+            policy: DEFAULT_POLICY,
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+            host_data: Some([0xab; 32]),
+            kernel: Some("/var/lib/tellus/vmlinuz".into()),
+            initrd: Some("/var/lib/tellus/initrd.img".into()),
+            append: Some("console=ttyS0 tellus.channel=ttyS1".into()),
+        }
+    }
+
+    #[test]
+    fn golden_command_line() {
+        let args = snp_qemu_args(&config()).unwrap();
+        let line: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let golden = [
+            "-nodefaults",
+            "-no-user-config",
+            "-accel",
+            "kvm",
+            "-machine",
+            "q35,confidential-guest-support=sev0,memory-backend=ram0",
+            "-object",
+            "memory-backend-memfd,id=ram0,size=2048M,share=true,prealloc=false",
+            "-object",
+            "sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on,\
+             host-data=q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=",
+            "-cpu",
+            "EPYC-v4",
+            "-smp",
+            "2",
+            "-m",
+            "2048M",
+            "-bios",
+            "/usr/share/ovmf/OVMF.amdsev.fd",
+            "-kernel",
+            "/var/lib/tellus/vmlinuz",
+            "-initrd",
+            "/var/lib/tellus/initrd.img",
+            "-append",
+            "console=ttyS0 tellus.channel=ttyS1",
+        ];
+        assert_eq!(line, golden);
+    }
+
+    #[test]
+    fn without_kernel_or_host_data() {
+        let c =
+            SnpQemuConfig { kernel: None, initrd: None, append: None, host_data: None, ..config() };
+        let line: Vec<String> =
+            snp_qemu_args(&c).unwrap().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(line.contains(
+            &"sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000".to_string()
+        ));
+        assert!(!line.iter().any(|a| a == "-kernel" || a.contains("kernel-hashes")));
+    }
+
+    #[test]
+    fn refusals() {
+        let with = |f: &dyn Fn(&mut SnpQemuConfig)| {
+            let mut c = config();
+            f(&mut c);
+            snp_qemu_args(&c)
+        };
+        assert_eq!(with(&|c| c.policy |= POLICY_DEBUG), Err(SnpQemuError::DebugPolicy(0xb0000)));
+        assert_eq!(
+            with(&|c| c.policy |= POLICY_MIGRATE_MA),
+            Err(SnpQemuError::MigrationAgent(0x70000))
+        );
+        assert_eq!(with(&|c| c.policy = 0x10000), Err(SnpQemuError::ReservedBit(0x10000)));
+        assert_eq!(with(&|c| c.kernel = None), Err(SnpQemuError::NoKernel));
+        assert_eq!(with(&|c| c.vcpus = 0), Err(SnpQemuError::Empty));
+        assert!(matches!(
+            with(&|c| c.cpu_model = "EPYC,+x".into()),
+            Err(SnpQemuError::CpuModel(_))
+        ));
+    }
+}
