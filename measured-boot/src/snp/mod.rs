@@ -38,6 +38,9 @@ use std::str::FromStr;
 
 /// Most vCPUs a prediction accepts (bounds the work of one request).
 pub const MAX_VCPUS: u32 = 1024;
+/// Most bytes all SEV metadata sections together may cover (each page is
+/// one SHA-384; real OVMF builds describe well under 16 MiB).
+pub const MAX_SECTIONS_BYTES: u64 = 256 << 20;
 
 /// Errors of launch-digest prediction.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,9 @@ pub enum SnpMeasureError {
         /// Its size.
         size: u32,
     },
+    /// The metadata sections cover more than [`MAX_SECTIONS_BYTES`].
+    #[error("OVMF's SEV metadata sections cover {0:#x} bytes (more than {MAX_SECTIONS_BYTES:#x}); not a real OVMF build")]
+    SectionsTooLarge(u64),
     /// SNP metadata names a section type this code does not know.
     #[error("unknown SEV metadata section type {0:#x}; this OVMF is newer than tellus's SNP measurement")]
     UnknownSection(u32),
@@ -377,6 +383,10 @@ fn update_sections(
 ) -> Result<(), SnpMeasureError> {
     if p.kernel_hashes.is_some() && !ovmf.has_section(SectionType::SnpKernelHashes) {
         return Err(SnpMeasureError::NoSnpKernelHashesSection);
+    }
+    let total: u64 = ovmf.sections().iter().map(|s| u64::from(s.size)).sum();
+    if total > MAX_SECTIONS_BYTES {
+        return Err(SnpMeasureError::SectionsTooLarge(total));
     }
     for s in ovmf.sections() {
         let whole_pages = s.size % PAGE_SIZE as u32 == 0;
