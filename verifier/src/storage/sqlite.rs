@@ -512,6 +512,45 @@ mod tests {
     }
 
     #[test]
+    fn migration_3_keeps_policies_and_resources_of_a_version_2_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            // A database as a verifier with migrations 1 and 2 left it.
+            let mut conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.execute("INSERT INTO schema_version VALUES (?1, 0)", params![i as i64 + 1])
+                    .unwrap();
+                tx.commit().unwrap();
+            }
+            conn.execute(
+                "INSERT INTO policies VALUES ('resource', 'default', 'package policy', 5)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO resources VALUES ('r', 't', 'g', zeroblob(12), x'00', 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 3);
+        let history = s.policy_history(PolicyKind::Resource, "default").unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].1, "package policy");
+        assert_eq!(s.policy_revision().unwrap(), (history[0].0, 0));
+        let p = ResourcePath::new("r", "t", "g").unwrap();
+        assert!(s.get_resource(&p).unwrap().unwrap().required_labels.is_empty());
+    }
+
+    #[test]
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_in(dir.path()).unwrap();
