@@ -26,10 +26,11 @@
 //! nonce into another session) with the same code the launcher uses.
 
 use crate::enroll_client::{ClientError, VerifierClient};
-use crate::tpm::quote::{self, QuoteError};
+use crate::tpm::quote::{self, PreparedAk, QuoteError};
 use crate::tpm::TpmAddress;
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tellus_protocol::{ReleasedResource, TeePubKey, TpmEvidence, MAX_JWE_LEN};
 
@@ -84,6 +85,32 @@ pub struct AttestConfig {
     pub pcr: u32,
     /// The resources the launch configuration allows the guest to ask for.
     pub resources: Vec<String>,
+    /// The AK's saved context, once [`AttestConfig::prepare`] ran.
+    pub prepared_ak: Mutex<Option<PreparedAk>>,
+}
+
+impl AttestConfig {
+    /// A configuration; nothing is connected yet.
+    pub fn new(
+        client: VerifierClient,
+        tpm: TpmAddress,
+        state_dir: PathBuf,
+        pcr: u32,
+        resources: Vec<String>,
+    ) -> AttestConfig {
+        AttestConfig { client, tpm, state_dir, pcr, resources, prepared_ak: Mutex::new(None) }
+    }
+
+    /// Loads the AK once and keeps its saved context for the quote (see
+    /// [`PreparedAk`]); run while the guest boots. A failure is not fatal:
+    /// the quote then takes the full path and reports any real problem.
+    pub fn prepare(&self) -> Result<(), QuoteError> {
+        let p = quote::prepare_ak(&self.tpm, &self.state_dir)?;
+        if let Ok(mut slot) = self.prepared_ak.lock() {
+            *slot = Some(p);
+        }
+        Ok(())
+    }
 }
 
 /// A KBS session: the cookie to send and the verifier's nonce.
@@ -171,7 +198,9 @@ pub fn evidence(
     binding: &[u8; 48],
     launch_recnum: u64,
 ) -> Result<TpmEvidence, AttestError> {
-    let mut ev = quote::quote(&cfg.tpm, &cfg.state_dir, binding, &[cfg.pcr])?;
+    let prepared = cfg.prepared_ak.lock().ok().and_then(|p| p.clone());
+    let mut ev =
+        quote::quote_with(&cfg.tpm, &cfg.state_dir, binding, &[cfg.pcr], prepared.as_ref())?;
     ev.launch_recnum = Some(launch_recnum);
     Ok(ev)
 }

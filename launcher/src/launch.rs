@@ -32,6 +32,23 @@
 //! for exactly these. The launcher relays only requests for configured
 //! resources.
 //!
+//! One attestation per boot: the first `AttestRequest` of a boot is relayed
+//! (in its own thread; the control socket and signals keep working), any
+//! further one in the same boot is denied without changing the first
+//! verdict. A reboot (guest- or host-initiated) allows one more, with a new
+//! guest key and a new KBS session; a verdict that arrives after a reboot
+//! is dropped, since the key it was for is gone.
+//!
+//! Progress lines on stderr name the phases: `phase measure` (records in
+//! the TPM and host log), `phase boot` (vCPUs started → agent `Ready`),
+//! `phase attest` (request → verdict, with the KBS steps' times) and `phase
+//! release` (verdict → the guest's report of the secrets it stored, with
+//! their SHA-256). `--output json` prints one summary object on stdout at
+//! the end: `verdict` (`released`, `denied`, `none` or `not-requested`),
+//! `reason`, `secrets` (`resource`, `sha256` as the guest reported them;
+//! the launcher never sees a secret), `failed`, `powered_off_by_policy`,
+//! `phases_ms`, `exit_status`.
+//!
 //! Exit status: 0 when the guest powered off (secrets released, none asked
 //! for, or denied under `"continue"`); 1 when the VM could not be started
 //! (including a bad configuration file or an unusable verifier URL); 3 when
@@ -216,13 +233,13 @@ impl LaunchConfig {
             .or_else(|| std::env::var_os("TELLUS_STATE_DIR").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/var/lib/tellus"));
         let attest = match &self.verifier {
-            Some(v) => Some(AttestConfig {
-                client: VerifierClient::new(&v.url, v.ca_cert.as_deref())?,
-                tpm: tpm.clone(),
-                state_dir: state_dir.clone(),
-                pcr: self.pcr,
-                resources: resources.clone(),
-            }),
+            Some(v) => Some(AttestConfig::new(
+                VerifierClient::new(&v.url, v.ca_cert.as_deref())?,
+                tpm.clone(),
+                state_dir.clone(),
+                self.pcr,
+                resources.clone(),
+            )),
             None => None,
         };
         let spec = VmSpec {

@@ -373,6 +373,14 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
     drop(tx);
     let after_ready = opts.after_ready.take();
     let attest_cfg = opts.attest.take().map(Arc::new);
+    if let Some(cfg) = attest_cfg.clone() {
+        // Off the critical path: the guest needs seconds to ask.
+        let _ = std::thread::Builder::new().name("attest-prepare".into()).spawn(move || {
+            if let Err(e) = cfg.prepare() {
+                progress!("warning: cannot prepare the attestation key ahead ({e}); the quote will load it");
+            }
+        });
+    }
 
     let mut lp = Loop {
         opts: &opts,

@@ -56,10 +56,11 @@ fn main() {
         attest.push(f(&a, "attest"));
         release.push(f(&a, "release"));
         eprintln!(
-            "run {i}: plain {:.0} ms, attested {:.0} ms (attest {:.1} ms, release {:.1} ms)",
+            "run {i}: plain {:.0} ms, attested {:.0} ms (attest {:.1} ms {}, release {:.1} ms)",
             wall_p[i - 1],
             wall_a[i - 1],
             attest[i - 1],
+            a.summary["phases_ms"]["attest_steps"],
             release[i - 1]
         );
     }

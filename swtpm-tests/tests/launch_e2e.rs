@@ -163,13 +163,13 @@ fn denied_when_a_nonce_is_replayed_from_an_earlier_session() {
     let l = launch(&w.host, &w.vm);
     assert_eq!(l.status, 0, "{}", l.dump());
 
-    let cfg = AttestConfig {
-        client: VerifierClient::new(&w.verifier.url(), None).unwrap(),
-        tpm: w.host.tpm.addr().parse().unwrap(),
-        state_dir: w.host.state.clone(),
-        pcr: 13,
-        resources: vec![RESOURCE.into()],
-    };
+    let cfg = AttestConfig::new(
+        VerifierClient::new(&w.verifier.url(), None).unwrap(),
+        w.host.tpm.addr().parse().unwrap(),
+        w.host.state.clone(),
+        13,
+        vec![RESOURCE.into()],
+    );
     let key = tellus_protocol::jwe::TeeKey::generate().unwrap();
     let jwk = serde_json::to_value(key.public_jwk()).unwrap();
 

@@ -225,6 +225,34 @@ fn lock_log_shared(path: &Path) -> Result<Option<Flock<File>>, QuoteError> {
     }
 }
 
+/// The host's AK loaded once (under its EK, checked against the saved host
+/// id) and saved with TPM2_ContextSave, so a later quote can TPM2_ContextLoad
+/// it instead of recreating the EK (an RSA-2048 CreatePrimary, most of a
+/// quote's time) and loading the AK again. `tellus launch` prepares it while
+/// the guest boots. The blob is protected by the TPM itself: it loads only
+/// into the TPM that saved it, until that TPM is reset or restarted; a
+/// quote whose prepared AK does not load falls back to the full path,
+/// which makes all the usual checks.
+#[derive(Clone)]
+pub struct PreparedAk(tss_esapi::utils::TpmsContext);
+
+impl std::fmt::Debug for PreparedAk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedAk")
+    }
+}
+
+/// Loads the saved AK and saves its context; flushes everything before it
+/// returns and holds no TPM connection afterwards.
+pub fn prepare_ak(addr: &TpmAddress, state_dir: &Path) -> Result<PreparedAk, QuoteError> {
+    let saved = host::load_saved(state_dir)?;
+    let mut tpm = Tpm::connect(addr)?;
+    let context = host::with_ak(&mut tpm.ctx, &saved, |ctx, ak| {
+        ctx.context_save(ak.into()).map_err(cmd("ContextSave(AK)"))
+    })?;
+    Ok(PreparedAk(context))
+}
+
 /// Quotes `pcrs` (SHA-256 bank, 0..=23) with the host's AK and
 /// `qualifyingData = nonce` (1..=64 bytes), and returns the evidence with
 /// the host launch log. Needs `tellus host init` first. The AK is flushed
@@ -234,6 +262,17 @@ pub fn quote(
     state_dir: &Path,
     nonce: &[u8],
     pcrs: &[u32],
+) -> Result<TpmEvidence, QuoteError> {
+    quote_with(addr, state_dir, nonce, pcrs, None)
+}
+
+/// [`quote`], with the AK from `prepared` when it still loads.
+pub fn quote_with(
+    addr: &TpmAddress,
+    state_dir: &Path,
+    nonce: &[u8],
+    pcrs: &[u32],
+    prepared: Option<&PreparedAk>,
 ) -> Result<TpmEvidence, QuoteError> {
     check_nonce(nonce)?;
     let mut pcrs = pcrs.to_vec();
@@ -258,8 +297,15 @@ pub fn quote(
     let mut log = lock_log_shared(&log_path)?;
 
     let mut tpm = Tpm::connect(addr)?;
-    let Quoted { message, signature, values } =
-        host::with_ak(&mut tpm.ctx, &saved, |ctx, ak| quote_stable(ctx, ak, nonce, &pcrs))?;
+    let loaded = prepared.and_then(|p| tpm.ctx.context_load(p.0.clone()).ok());
+    let Quoted { message, signature, values } = match loaded {
+        Some(handle) => {
+            let mut akg = host::Transient::new(&mut tpm.ctx, handle.into(), "attestation key");
+            let ak = akg.handle();
+            quote_stable(&mut akg, ak, nonce, &pcrs)?
+        }
+        None => host::with_ak(&mut tpm.ctx, &saved, |ctx, ak| quote_stable(ctx, ak, nonce, &pcrs))?,
+    };
     drop(tpm);
 
     let mut log_bytes = Vec::new();
