@@ -326,13 +326,19 @@ pub fn verify_evidence(
         None => match store.lookup(&ev.report)? {
             Some(der) => der,
             None => {
-                let product = ev.report.cpuid_product().unwrap_or(Product::Milan);
+                // v2 reports do not name their generation: list each URL.
+                let products = match ev.report.cpuid_product() {
+                    Some(p) => vec![p],
+                    None => Product::ALL.to_vec(),
+                };
+                let urls: Vec<String> =
+                    products.iter().map(|p| kds_vcek_url(&ev.report, *p)).collect();
                 return Err(SnpError::NoLeafCertificate {
                     role: want,
                     hint: match want {
                         CertRole::Vcek => format!(
                             "fetch it from {} into the VCEK store as vcek-{}-{:016x}.der",
-                            kds_vcek_url(&ev.report, product),
+                            urls.join(" or "),
                             hex::encode(ev.report.chip_id),
                             ev.report.reported_tcb
                         ),
