@@ -267,6 +267,20 @@ fn payload_spinning_forever_is_stopped_by_terminate() {
 }
 
 #[test]
+fn payload_on_eight_vcpus_is_stopped_by_terminate() {
+    if !kvm_usable_or_skip("payload_on_eight_vcpus_is_stopped_by_terminate") {
+        return;
+    }
+    // The most vCPUs the MP table is built for; seven of them wait for
+    // INIT/SIPI inside KVM_RUN and must be kicked out.
+    let g = Guest::payload(Variant::Spin);
+    let mut run = start(&g, 8);
+    run.wait_console("spinning\n");
+    run.power.terminate().unwrap();
+    assert_eq!(run.expect_end("host-terminate"), expected_console(Variant::Spin, CMDLINE));
+}
+
+#[test]
 fn terminate_before_start_runs_nothing() {
     if !kvm_usable_or_skip("terminate_before_start_runs_nothing") {
         return;

@@ -221,3 +221,53 @@ fn run_builtin_refuses_an_old_kernel_before_measuring() {
     assert_eq!(r.wait_exit().code(), Some(1));
     assert!(r.stderr().contains("runs no firmware"), "{}", r.stderr());
 }
+
+#[test]
+fn run_builtin_measures_what_predict_says() {
+    if !kvm_usable_or_skip("run_builtin_measures_what_predict_says") {
+        return;
+    }
+    let guest = Guest::payload(Variant::Ready);
+    let out = tellus()
+        .args(["measure", "predict", "--backend", "builtin", "--memory", "64M", "--output", "json"])
+        .arg("--kernel")
+        .arg(&guest.kernel)
+        .arg("--initrd")
+        .arg(&guest.initrd)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let config = p["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "launch-config")
+        .expect("launch-config record");
+    assert_eq!(config["backend"], "builtin");
+    assert_eq!(config["machine"], "tellus-builtin");
+    assert_eq!(config["accel"], "kvm");
+    assert_eq!(
+        config["devices"],
+        serde_json::json!(["com1:console", "com2:agent-channel", "i8042:reset"])
+    );
+    // No firmware record (the built-in VMM runs none) and no separate VMM
+    // binary (the launcher binary, record 0, is the VMM).
+    let kinds: Vec<&str> =
+        p["records"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert!(!kinds.contains(&"firmware") && !kinds.contains(&"vmm-binary"), "{kinds:?}");
+    assert_eq!(kinds[0], "launcher-binary");
+    let sha256 = p["pcr_values"]["sha256"].as_str().unwrap().to_string();
+
+    // A fresh swtpm starts PCR 13 at zero, so after the launch it holds
+    // exactly the predicted value.
+    let mut r = Run::start(guest, &[]);
+    r.wait_stderr("guest agent ready after");
+    assert!(
+        r.stderr().contains(&format!("PCR 13 {sha256}")),
+        "predicted {sha256}:\n{}",
+        r.stderr()
+    );
+    r.ctl("shutdown");
+    assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
+}
