@@ -31,9 +31,9 @@ use tellus_launcher::vm_config::{MemorySize, VmConfig};
 use tellus_protocol::GuestMessage;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Same for both VMMs; `reboot=k` matters only to the built-in one (the VM
-/// is stopped from the host after `Ready` either way).
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// Same for both VMMs: the built-in VMM's default (QEMU's microvm has no
+/// PCI and no i8042 either; the VM is stopped from the host after `Ready`).
+const CMDLINE: &str = tellus_launcher::backend::builtin::DEFAULT_CMDLINE;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -46,9 +46,9 @@ fn boot_to_ready_and_reboot_ends_vm(vcpus: u32) {
     let cfg = VmConfig {
         kernel,
         initrd,
-        // reboot=k: the kernel resets through the i8042, which ends a
-        // built-in VM.
-        cmdline: "console=ttyS0 reboot=k panic=-1 pci=off".into(),
+        // reboot=k (in the default): the kernel resets through the i8042,
+        // which ends a built-in VM.
+        cmdline: tellus_launcher::backend::builtin::DEFAULT_CMDLINE.into(),
         memory: MemorySize(256),
         vcpus,
         firmware: None,

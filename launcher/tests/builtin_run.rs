@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use swtpm_tests::Swtpm;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// What `tellus run --backend builtin` passes when no `--cmdline` is given.
+const CMDLINE: &str = tellus_launcher::backend::builtin::DEFAULT_CMDLINE;
 
 struct Run {
     child: Child,

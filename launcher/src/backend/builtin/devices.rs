@@ -91,8 +91,9 @@ impl<W: Write> PioBus<W> {
         }
     }
 
-    /// A guest `out` to `port`. Only the first byte of a wider access counts
-    /// (the devices are 8-bit).
+    /// A guest `out` to `port`. The devices are 8-bit: only the first byte
+    /// of a wider access counts, and string I/O (`rep outsb`) is not
+    /// supported (Linux's 8250 and i8042 drivers use single-byte `outb`).
     pub fn write(&self, port: u16, data: &[u8]) {
         let Some(&v) = data.first() else { return };
         if let Some(o) = in_range(port, COM1.0, 8) {

@@ -59,9 +59,12 @@ pub const DEVICES: [&str; 3] = ["com1:console", "com2:agent-channel", "i8042:res
 /// Machine name in the launch config.
 pub const MACHINE: &str = "tellus-builtin";
 
-/// The kernel command line when none is given: the i8042 reset ends a
-/// built-in VM, so the kernel reboots (and panics) through it.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// The kernel command line when none is given. `reboot=k`: the i8042 reset
+/// ends a built-in VM, so the kernel reboots (and panics) through it.
+/// `pci=off`: there is no PCI. The `i8042.*` options keep Linux from probing
+/// a keyboard controller that only has its reset line.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// The accelerator of a built-in VM: always KVM. PVM's `/dev/kvm` is
 /// accepted (the KVM API works; only PVM-enabled kernels and the test
