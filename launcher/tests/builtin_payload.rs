@@ -172,7 +172,7 @@ fn ready_and_poweroff(v: Variant, vcpus: u32, before: &[u8]) -> Vec<ChannelEvent
     run.writer.send(HostMessage::PowerOff).unwrap();
     let channel_bytes = run.channel_bytes.clone();
     let console = run.expect_end("guest-reset");
-    assert_eq!(console, expected_console(v, CMDLINE));
+    assert_eq!(console, expected_console(v, CMDLINE, vcpus));
     let mut sent = before.to_vec();
     sent.extend_from_slice(&ready_frame());
     assert_eq!(*channel_bytes.lock().unwrap(), sent, "bytes on COM2");
@@ -246,7 +246,7 @@ fn payload_triple_fault_ends_the_vm() {
     let g = Guest::payload(Variant::TripleFault);
     let run = start(&g, 1);
     let console = run.expect_end("guest-triple-fault");
-    assert_eq!(console, expected_console(Variant::TripleFault, CMDLINE));
+    assert_eq!(console, expected_console(Variant::TripleFault, CMDLINE, 1));
 }
 
 #[test]
@@ -263,7 +263,7 @@ fn payload_spinning_forever_is_stopped_by_terminate() {
     assert!(run.vmm.recv_timeout(Duration::from_millis(200)).is_err());
     run.power.terminate().unwrap();
     let console = run.expect_end("host-terminate");
-    assert_eq!(console, expected_console(Variant::Spin, CMDLINE));
+    assert_eq!(console, expected_console(Variant::Spin, CMDLINE, 2));
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn payload_on_eight_vcpus_is_stopped_by_terminate() {
     let mut run = start(&g, 8);
     run.wait_console("spinning\n");
     run.power.terminate().unwrap();
-    assert_eq!(run.expect_end("host-terminate"), expected_console(Variant::Spin, CMDLINE));
+    assert_eq!(run.expect_end("host-terminate"), expected_console(Variant::Spin, CMDLINE, 8));
 }
 
 #[test]

@@ -148,7 +148,7 @@ fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
     assert_eq!(resp["message"], "power-off requested from the guest agent");
     let st = r.wait_exit();
     assert_eq!(st.code(), Some(0), "{}", r.stderr());
-    let expected = expected_console(Variant::Ready, CMDLINE);
+    let expected = expected_console(Variant::Ready, CMDLINE, 1);
     assert_eq!(r.console_log(), expected);
     assert_eq!(String::from_utf8_lossy(&r.stdout.lock().unwrap()), expected);
     let err = r.stderr();
@@ -166,7 +166,7 @@ fn run_builtin_payload_garbage_is_reported_then_ready() {
     r.wait_stderr("guest agent ready after");
     r.ctl("shutdown");
     assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
-    assert_eq!(r.console_log(), expected_console(Variant::Garbage, CMDLINE));
+    assert_eq!(r.console_log(), expected_console(Variant::Garbage, CMDLINE, 1));
     let err = r.stderr();
     assert!(err.contains(&format!("agent channel: dropped {} bytes in", GARBAGE.len())), "{err}");
 }
@@ -187,7 +187,7 @@ fn run_builtin_spinning_guest_is_stopped_by_ctl_shutdown() {
     r.ctl("shutdown");
     let st = r.wait_exit();
     assert_eq!(st.code(), Some(0), "{}", r.stderr());
-    assert_eq!(r.console_log(), expected_console(Variant::Spin, CMDLINE));
+    assert_eq!(r.console_log(), expected_console(Variant::Spin, CMDLINE, 2));
     let err = r.stderr();
     assert!(err.contains("no ACPI power button"), "{err}");
     assert!(err.contains("VM shut down (host-terminate)"), "{err}");
@@ -201,7 +201,7 @@ fn run_builtin_triple_fault_ends_the_vm() {
     let mut r = Run::start(Guest::payload(Variant::TripleFault), &[]);
     let st = r.wait_exit();
     assert_eq!(st.code(), Some(0), "{}", r.stderr());
-    assert_eq!(r.console_log(), expected_console(Variant::TripleFault, CMDLINE));
+    assert_eq!(r.console_log(), expected_console(Variant::TripleFault, CMDLINE, 1));
     assert!(r.stderr().contains("recorded stop (guest-triple-fault)"), "{}", r.stderr());
 }
 

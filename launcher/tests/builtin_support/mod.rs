@@ -122,6 +122,18 @@ impl Asm {
     pub fn rdmsr_efer(&mut self) -> &mut Self {
         self.mov_ecx(0xc000_0080).b(&[0x0f, 0x32])
     }
+    /// `mov eax, 1; cpuid; mov r8d, ebx; mov r9d, ecx` (clobbers rbx, rdx)
+    pub fn cpuid_leaf1(&mut self) -> &mut Self {
+        self.b(&[0xb8, 1, 0, 0, 0, 0x0f, 0xa2, 0x41, 0x89, 0xd8, 0x41, 0x89, 0xc9])
+    }
+    /// `mov eax, r8d`
+    pub fn mov_eax_r8d(&mut self) -> &mut Self {
+        self.b(&[0x44, 0x89, 0xc0])
+    }
+    /// `mov eax, r9d`
+    pub fn mov_eax_r9d(&mut self) -> &mut Self {
+        self.b(&[0x44, 0x89, 0xc8])
+    }
     /// `shr eax, imm8`
     pub fn shr_eax(&mut self, n: u8) -> &mut Self {
         self.b(&[0xc1, 0xe8, n])
@@ -260,16 +272,17 @@ pub fn poweroff_frame() -> Vec<u8> {
 
 pub const BANNER: &str = "tellus test payload: 64-bit entry, EFER.LMA=";
 
-/// The console output the payload writes before its variant's own part.
-pub fn expected_banner(cmdline: &str) -> String {
+/// The console output the payload writes before its variant's own part, on
+/// the boot vCPU of a `vcpus`-vCPU VM.
+pub fn expected_banner(cmdline: &str, vcpus: u32) -> String {
     format!(
-        "{BANNER}1\ncmdline: {cmdline}\ninitrd: {}\n",
+        "{BANNER}1\ncpuid: apic id 0, logical {vcpus}, hypervisor 1\ncmdline: {cmdline}\ninitrd: {}\n",
         std::str::from_utf8(INITRD_MAGIC).unwrap()
     )
 }
 
 /// The complete console output of a variant that runs to its end.
-pub fn expected_console(v: Variant, cmdline: &str) -> String {
+pub fn expected_console(v: Variant, cmdline: &str, vcpus: u32) -> String {
     let tail = match v {
         Variant::Ready | Variant::Garbage | Variant::Oversized => {
             "ready sent\npower-off received\n"
@@ -277,18 +290,26 @@ pub fn expected_console(v: Variant, cmdline: &str) -> String {
         Variant::TripleFault => "triple fault next\n",
         Variant::Spin => "spinning\n",
     };
-    format!("{}{tail}", expected_banner(cmdline))
+    format!("{}{tail}", expected_banner(cmdline, vcpus))
 }
 
 /// The payload's code (entered at its first byte).
 pub fn program(v: Variant) -> Vec<u8> {
     let mut a = Asm::default();
     let s = |t: &str| t.as_bytes().to_vec();
+    // CPUID leaf 1 as the VMM normalised it (before rbx is used: cpuid
+    // clobbers it): EBX[31:24] APIC id, EBX[23:16] logical processors,
+    // ECX[31] hypervisor.
+    a.cpuid_leaf1();
     // Banner: proves 64-bit code runs (rip-relative addressing) and reads
     // EFER.LMA (bit 10) from the MSR.
     a.mov_rbx_rsi();
     a.puts(COM1, "banner", BANNER.len());
     a.rdmsr_efer().shr_eax(10).and_al(1).add_al(b'0').mov_dx(COM1).out_dx();
+    a.puts(COM1, "nl", 1);
+    a.puts(COM1, "apic", 15).mov_eax_r8d().shr_eax(24).add_al(b'0').mov_dx(COM1).out_dx();
+    a.puts(COM1, "logical", 10).mov_eax_r8d().shr_eax(16).add_al(b'0').mov_dx(COM1).out_dx();
+    a.puts(COM1, "hyper", 13).mov_eax_r9d().shr_eax(31).add_al(b'0').mov_dx(COM1).out_dx();
     a.puts(COM1, "nl", 1);
     // Zero page: the command line (cmd_line_ptr at 0x228) and the initrd
     // (ramdisk_image at 0x218) the VMM placed.
@@ -298,6 +319,9 @@ pub fn program(v: Variant) -> Vec<u8> {
     let mut data: Vec<(&str, Vec<u8>)> = vec![
         ("banner", s(BANNER)),
         ("nl", s("\n")),
+        ("apic", s("cpuid: apic id ")),
+        ("logical", s(", logical ")),
+        ("hyper", s(", hypervisor ")),
         ("cmdline", s("cmdline: ")),
         ("initrd", s("initrd: ")),
     ];
