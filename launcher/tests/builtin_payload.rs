@@ -239,6 +239,19 @@ fn payload_oversized_frame_is_dropped_then_ready() {
 }
 
 #[test]
+fn payload_takes_a_uart_interrupt() {
+    if !kvm_usable_or_skip("payload_takes_a_uart_interrupt") {
+        return;
+    }
+    // COM1's irqfd (GSI 4) through KVM's in-kernel PIC to LINT0 of the boot
+    // vCPU, as Linux's 8250 driver relies on.
+    let g = Guest::payload(Variant::Interrupt);
+    let run = start(&g, 1);
+    let console = run.expect_end("guest-reset");
+    assert_eq!(console, expected_console(Variant::Interrupt, CMDLINE, 1));
+}
+
+#[test]
 fn payload_triple_fault_ends_the_vm() {
     if !kvm_usable_or_skip("payload_triple_fault_ends_the_vm") {
         return;

@@ -66,6 +66,24 @@ impl Asm {
     pub fn lea_rdi(&mut self, label: &str) -> &mut Self {
         self.rel32(&[0x48, 0x8d, 0x3d], label)
     }
+    /// `lea rax, [rip + label]`
+    pub fn lea_rax(&mut self, label: &str) -> &mut Self {
+        self.rel32(&[0x48, 0x8d, 0x05], label)
+    }
+    /// Points the 64-bit interrupt gate at `gate` to `handler` and the IDTR
+    /// at `idtr` to `idt`, then loads it (`mov [rdi], ax` 66 89 07,
+    /// `shr rax, 16` 48 c1 e8 10, `mov [rdi+6], ax` 66 89 47 06,
+    /// `mov [rdi+8], eax` 89 47 08, `mov [rdi+2], rax` 48 89 47 02).
+    pub fn load_idt(&mut self, idt: &str, idtr: &str, gate: &str, handler: &str) -> &mut Self {
+        self.lea_rdi(gate).lea_rax(handler).b(&[0x66, 0x89, 0x07]);
+        self.b(&[0x48, 0xc1, 0xe8, 0x10]).b(&[0x66, 0x89, 0x47, 0x06]);
+        self.b(&[0x48, 0xc1, 0xe8, 0x10]).b(&[0x89, 0x47, 0x08]);
+        self.lea_rax(idt).lea_rdi(idtr).b(&[0x48, 0x89, 0x47, 0x02]).lidt(idtr)
+    }
+    /// `sti; hlt`
+    pub fn sti_hlt(&mut self) -> &mut Self {
+        self.b(&[0xfb, 0xf4])
+    }
     /// `lidt [rip + label]`
     pub fn lidt(&mut self, label: &str) -> &mut Self {
         self.rel32(&[0x0f, 0x01, 0x1d], label)
@@ -249,6 +267,9 @@ pub enum Variant {
     TripleFault,
     /// Spins forever after its banner.
     Spin,
+    /// Takes an interrupt from COM1 (THR empty, IRQ 4 through the in-kernel
+    /// PIC and the LAPIC's LINT0 as ExtINT) on vector 0x24, then resets.
+    Interrupt,
 }
 
 /// Bytes the garbage variant sends before its `Ready` frame.
@@ -289,6 +310,7 @@ pub fn expected_console(v: Variant, cmdline: &str, vcpus: u32) -> String {
         }
         Variant::TripleFault => "triple fault next\n",
         Variant::Spin => "spinning\n",
+        Variant::Interrupt => "irq 4 delivered on vector 0x24\n",
     };
     format!("{}{tail}", expected_banner(cmdline, vcpus))
 }
@@ -352,6 +374,31 @@ pub fn program(v: Variant) -> Vec<u8> {
             data.push(("tf", s("triple fault next\n")));
             // An IDT with limit 0: every exception faults again.
             data.push(("idt0", vec![0; 10]));
+        }
+        Variant::Interrupt => {
+            // IDT of vectors 0..=0x24; only 0x24 is present.
+            let mut idt = vec![0u8; 0x25 * 16];
+            idt[0x24 * 16 + 2] = 0x10; // selector: the boot code segment
+            idt[0x24 * 16 + 5] = 0x8e; // present, DPL 0, 64-bit interrupt gate
+            let mut idtr = vec![0u8; 10];
+            idtr[..2].copy_from_slice(&((idt.len() - 1) as u16).to_le_bytes());
+            a.load_idt("idt", "idtr", "gate24", "handler");
+            // 8259 master: ICW1..4 (vectors 0x20..0x27), then mask all but IRQ 4.
+            for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xef)]
+            {
+                a.mov_al(v).out_imm(port);
+            }
+            // COM1 IER: THR-empty interrupt; the UART raises it at once.
+            a.mov_dx(COM1 + 1).mov_al(0x02).out_dx();
+            a.sti_hlt();
+            a.puts(COM1, "noirq", 13).i8042_reset();
+            a.label("handler").mov_dx(COM1 + 1).mov_al(0).out_dx();
+            a.puts(COM1, "irq", 31).i8042_reset();
+            data.push(("noirq", s("no interrupt\n")));
+            data.push(("irq", s("irq 4 delivered on vector 0x24\n")));
+            data.push(("idtr", idtr));
+            data.push(("idt", idt[..0x24 * 16].to_vec()));
+            data.push(("gate24", idt[0x24 * 16..].to_vec()));
         }
         Variant::Spin => {
             a.puts(COM1, "spin", 9);
