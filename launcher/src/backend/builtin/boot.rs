@@ -30,27 +30,38 @@ use vm_memory::{Bytes, GuestAddress};
 
 type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
+/// Guest-physical address of the GDT.
 pub const GDT_ADDR: u64 = 0x500;
+/// Guest-physical address of the (empty) IDT.
 pub const IDT_ADDR: u64 = 0x520;
+/// Guest-physical address of the zero page (`boot_params`); `rsi` at entry.
 pub const ZERO_PAGE: u64 = 0x7000;
+/// Initial stack pointer of the boot vCPU.
 pub const BOOT_STACK: u64 = 0x8ff0;
+/// Page-map level 4 of the identity map (CR3).
 pub const PML4_ADDR: u64 = 0x9000;
+/// Page-directory-pointer table of the identity map.
 pub const PDPT_ADDR: u64 = 0xa000;
+/// Page directory of the identity map (2 MiB pages, first GiB).
 pub const PD_ADDR: u64 = 0xb000;
+/// Guest-physical address of the kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// Guest-physical address of the MP floating pointer and table.
 pub const MPTABLE_ADDR: u64 = 0x9_fc00;
 /// End of base memory the guest may use (the MP table sits above).
 const EBDA_START: u64 = MPTABLE_ADDR;
 /// RAM below this; the rest goes above 4 GiB (LAPIC/IOAPIC live below 4 GiB).
 pub const LOW_RAM_MAX: u64 = 0xc000_0000;
 const HIGH_RAM_START: u64 = 1 << 32;
-/// Boot selectors (boot.rst: `__BOOT_CS` 0x10, `__BOOT_DS` 0x18).
+/// Boot code selector (boot.rst: `__BOOT_CS`).
 pub const BOOT_CS: u16 = 0x10;
+/// Boot data selector (boot.rst: `__BOOT_DS`).
 pub const BOOT_DS: u16 = 0x18;
 /// GDT entries: null, null, 64-bit code, data.
 pub const GDT: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
-/// Local APIC and IO-APIC addresses (the MP table names them).
+/// Local APIC address (the MP table names it).
 pub const APIC_ADDR: u32 = 0xfee0_0000;
+/// IO-APIC address (the MP table names it).
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Most vCPUs the MP table is built for.
 pub const MAX_VCPUS: u32 = 8;
@@ -61,10 +72,15 @@ const E820_RESERVED: u32 = 2;
 /// What is booted.
 #[derive(Debug, Clone)]
 pub struct BootSpec {
+    /// bzImage (untrusted: checked before loading).
     pub kernel: PathBuf,
+    /// Initial ramdisk, loaded as is.
     pub initrd: PathBuf,
+    /// Kernel command line.
     pub cmdline: String,
+    /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// vCPUs, 1..=[`MAX_VCPUS`].
     pub vcpus: u32,
 }
 

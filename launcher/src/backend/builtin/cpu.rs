@@ -17,8 +17,11 @@ const EDX_HTT: u32 = 1 << 28;
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up vCPU {vcpu}: {what}: {source}")]
 pub struct CpuError {
+    /// The vCPU's index.
     pub vcpu: u32,
+    /// What was being set.
     pub what: &'static str,
+    /// KVM's answer.
     pub source: kvm_ioctls::Error,
 }
 

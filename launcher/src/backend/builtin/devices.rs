@@ -62,8 +62,11 @@ pub type Uart<W> = Serial<IrqLine, NoEvents, Sink<W>>;
 
 /// The port-I/O bus: the three devices, each behind its own lock.
 pub struct PioBus<W: Write> {
+    /// Console UART at 0x3f8.
     pub com1: Mutex<Uart<W>>,
+    /// Agent-channel UART at 0x2f8 (shared with the host-input thread).
     pub com2: Arc<Mutex<Uart<W>>>,
+    /// Keyboard controller: only its reset line does anything.
     pub i8042: Mutex<I8042Device<ResetLine>>,
 }
 

@@ -17,12 +17,19 @@
 //! 0x64 (Linux: `reboot=k`) or by triple-faulting; both end the VMM, as in
 //! other minimal VMMs, rather than rebooting it. There is no power button.
 
+/// Guest memory, kernel, initrd and boot structures.
 pub mod boot;
+/// vCPU registers, CPUID, MSRs, LAPIC.
 pub mod cpu;
+/// UARTs and the i8042 reset line on port I/O.
 pub mod devices;
+/// Bounded bzImage header checks.
 pub mod kernel;
+/// Sealed guest RAM.
 pub mod ram;
+/// seccomp allow-lists of the VMM threads.
 pub mod seccomp;
+/// vCPU threads, start gate and stop kick.
 pub mod vcpu;
 
 use super::{Backend, BackendError, EventSink, GuestStreams, PowerControl, StartedVm, VmmEvent};

@@ -29,8 +29,11 @@ pub enum StopRequest {
 /// Whether vCPUs may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateState {
+    /// vCPU threads wait.
     Held,
+    /// vCPU threads run.
     Open,
+    /// vCPU threads end without running.
     Aborted,
 }
 
