@@ -38,8 +38,8 @@ reasons contains r if {
 }
 
 reasons contains r if {
-	some r in lib.label_reasons(
-		object.get(input, ["claims", "host", "labels"], {}),
-		object.get(input, ["resource", "required_labels"], {}),
-	)
+	labels := object.get(input, ["claims", "host", "labels"], {})
+	some k, v in object.get(input, ["resource", "required_labels"], {})
+	object.get(labels, k, null) != v
+	r := lib.label_reason(labels, k, v)
 }

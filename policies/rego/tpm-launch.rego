@@ -57,6 +57,7 @@ reasons contains r if {
 reasons contains r if {
 	input.tee == "tpm"
 	some kind in digest_checked
+	not kind in lib.digest_ok
 	r := lib.digest_reason(kind, kind)
 }
 
@@ -73,28 +74,34 @@ reasons contains r if {
 
 reasons contains r if {
 	input.tee == "tpm"
-	some r in lib.label_reasons(
-		object.get(input, ["host", "labels"], {}),
-		object.get(data, ["requirements", "host_labels"], {}),
-	)
+	labels := object.get(input, ["host", "labels"], {})
+	some k, v in lib.required_host_labels
+	object.get(labels, k, null) != v
+	r := lib.label_reason(labels, k, v)
 }
 
-failed(rules) if {
-	some r in reasons
-	r.rule in rules
+# EAR trust vector: each claim with the rules that decide it and its AR4SI
+# tier when one of them fails (2 = affirming otherwise): 33 unrecognized
+# executables, 36 unsafe configuration, 96/97 identity/hardware
+# contraindicated.
+tv_rules := {
+	"instance-identity": [["host-enrolled", "host-activated"], 96],
+	"hardware": [["host-enrolled", "host-activated", "pcr-replay"], 97],
+	"executables": [["launcher-binary", "kernel", "initrd"], 33],
+	"configuration": [["cmdline", "launch-config", "absent-features", "host-labels"], 36],
 }
 
-# AR4SI tiers: 2 affirming, 33 unrecognized executables, 36 unsafe
-# configuration, 96/97 identity/hardware contraindicated.
-tier(rules, _, bad) := bad if {
-	failed(rules)
-} else := 2
+failed_rules := {r.rule | some r in reasons}
 
-trust_vector := {
-	"instance-identity": tier(["host-enrolled", "host-activated"], 2, 96),
-	"hardware": tier(["host-enrolled", "host-activated", "pcr-replay"], 2, 97),
-	"executables": tier(["launcher-binary", "kernel", "initrd"], 2, 33),
-	"configuration": tier(["cmdline", "launch-config", "absent-features", "host-labels"], 2, 36),
-} if {
+failed_claims contains claim if {
+	some claim, g in tv_rules
+	some rule in g[0]
+	rule in failed_rules
+}
+
+trust_vector := object.union(
+	{claim: 2 | some claim, _ in tv_rules; not claim in failed_claims},
+	{claim: g[1] | some claim, g in tv_rules; claim in failed_claims},
+) if {
 	input.tee == "tpm"
 }

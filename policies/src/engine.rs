@@ -28,6 +28,24 @@ pub const PACKAGE: &str = "policy";
 pub const ALLOW_RULE: &str = "allow";
 
 const LIB_PATH: &str = "tellus/lib/tellus.rego";
+const DECISION_PATH: &str = "tellus/decision.rego";
+const DECISION_RULE: &str = "data.tellus.decision.decision";
+/// The data document a policy is prepared with: `data.reference` (every
+/// reference value with `expired` decided at `now_unix`),
+/// `data.reference_live` (the live digests by name) and
+/// `data.requirements.host_labels`.
+pub fn policy_data(
+    refs: &crate::ReferenceSet,
+    now_unix: i64,
+    required_host_labels: &std::collections::BTreeMap<String, String>,
+) -> Value {
+    serde_json::json!({
+        "reference": refs.to_policy_data(now_unix),
+        "reference_live": refs.live_digests(now_unix),
+        "requirements": {"host_labels": required_host_labels},
+    })
+}
+
 /// Most reasons kept from one evaluation.
 pub const MAX_REASONS: usize = 64;
 
@@ -116,11 +134,10 @@ impl Decision {
 pub struct Policy {
     file: String,
     engine: regorus::Engine,
-    rules: Rules,
 }
 
-/// Which optional rules a policy defines (evaluating an undeclared rule is
-/// an error in regorus).
+/// Which optional rules a policy defines (referring to an undeclared rule
+/// is an error in regorus).
 #[derive(Clone, Copy, Debug)]
 struct Rules {
     reasons: bool,
@@ -188,7 +205,25 @@ impl Policy {
         };
         let rules =
             Rules { reasons: declared("reasons")?, trust_vector: declared("trust_vector")? };
-        let policy = Policy { file: file.into(), engine, rules };
+        // One rule gathers the decision, so one evaluation computes every
+        // rule of the policy once (regorus caches rule values within an
+        // evaluation, not across them).
+        let mut decision = String::from(
+            "package tellus.decision\n\nimport rego.v1\n\ndefault allow := false\n\nallow := data.policy.allow\n\ndefault reasons := []\n\ndefault trust_vector := {}\n\n",
+        );
+        if rules.reasons {
+            decision.push_str("reasons := data.policy.reasons\n\n");
+        }
+        if rules.trust_vector {
+            decision.push_str("trust_vector := data.policy.trust_vector\n\n");
+        }
+        decision.push_str(
+            "decision := {\"allow\": allow, \"reasons\": reasons, \"trust_vector\": trust_vector}\n",
+        );
+        engine
+            .add_policy(DECISION_PATH.into(), decision)
+            .map_err(|e| PolicyError::Syntax(format!("the decision module does not parse: {e}")))?;
+        let policy = Policy { file: file.into(), engine };
         // Semantic errors (unknown functions, unsafe variables) surface
         // only when regorus analyses the modules: do it now, with no data.
         policy.prepare(&Value::Object(Map::new()))?;
@@ -222,7 +257,7 @@ impl Policy {
         // Runs the analysis and leaves the engine prepared; clones keep it.
         engine.set_input(regorus::Value::new_object());
         engine.eval_rule(format!("data.{PACKAGE}.{ALLOW_RULE}")).map_err(|e| syntax_error(&e))?;
-        Ok(Prepared { file: self.file.clone(), engine, rules: self.rules })
+        Ok(Prepared { file: self.file.clone(), engine })
     }
 }
 
@@ -231,7 +266,6 @@ impl Policy {
 pub struct Prepared {
     file: String,
     engine: regorus::Engine,
-    rules: Rules,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -256,24 +290,20 @@ impl Prepared {
             file: self.file.clone(),
             detail: e.to_string().trim().to_owned(),
         };
-        let allow = engine.eval_rule(format!("data.{PACKAGE}.allow")).map_err(eval_err)?;
-        let allow = match allow {
-            regorus::Value::Bool(b) => b,
-            regorus::Value::Undefined => false,
+        let decision = to_json(&engine.eval_rule(DECISION_RULE.into()).map_err(eval_err)?);
+        let allow = match decision.get("allow") {
+            Some(Value::Bool(b)) => *b,
             other => {
                 return Err(PolicyError::Shape {
                     rule: "allow",
-                    detail: format!("it is {}, not a boolean", to_json(&other)),
+                    detail: format!("it is {}, not a boolean", other.unwrap_or(&Value::Null)),
                 })
             }
         };
-        let reasons = if self.rules.reasons {
-            engine.eval_rule(format!("data.{PACKAGE}.reasons")).map_err(eval_err)?
-        } else {
-            regorus::Value::Undefined
-        };
+        let reasons = decision.get("reasons").cloned().unwrap_or(Value::Null);
+        let tv = decision.get("trust_vector").cloned().unwrap_or(Value::Null);
         let mut out = Vec::new();
-        match to_json(&reasons) {
+        match reasons {
             Value::Null => {}
             Value::Array(items) => {
                 for item in items.into_iter().take(MAX_REASONS) {
@@ -305,12 +335,7 @@ impl Prepared {
                 message: format!("policy {} did not allow and gave no reason", self.file),
             });
         }
-        let tv = if self.rules.trust_vector {
-            engine.eval_rule(format!("data.{PACKAGE}.trust_vector")).map_err(eval_err)?
-        } else {
-            regorus::Value::Undefined
-        };
-        let trust_vector = match to_json(&tv) {
+        let trust_vector = match tv {
             Value::Null => Map::new(),
             Value::Object(m) => {
                 for (k, v) in &m {

@@ -288,6 +288,21 @@ impl ReferenceSet {
         Value::Object(out)
     }
 
+    /// The live (not expired at `now_unix`) digests by name, as a policy
+    /// sees them under `data.reference_live`: `{name: ["alg:hex", …]}`.
+    pub fn live_digests(&self, now_unix: i64) -> Value {
+        let mut out = Map::new();
+        for (name, values) in &self.values {
+            let live: Vec<Value> = values
+                .iter()
+                .filter(|v| !v.expires_unix().is_some_and(|t| t <= now_unix))
+                .map(|v| Value::String(v.digest.clone()))
+                .collect();
+            out.insert(name.clone(), Value::Array(live));
+        }
+        Value::Object(out)
+    }
+
     /// The first expiry after `now_unix` (when [`to_policy_data`]
     /// (Self::to_policy_data) changes next).
     pub fn next_expiry_after(&self, now_unix: i64) -> Option<i64> {

@@ -60,7 +60,7 @@ fn refs() -> ReferenceSet {
 }
 
 fn data(refs: &ReferenceSet, required: Value) -> Value {
-    json!({"reference": refs.to_policy_data(NOW), "requirements": {"host_labels": required}})
+    tellus_policies::engine::policy_data(refs, NOW, &serde_json::from_value(required).unwrap())
 }
 
 fn record_mut<'a>(claims: &'a mut Value, kind: &str) -> &'a mut Map<String, Value> {
@@ -420,5 +420,8 @@ fn claims_match_the_json_schema() {
     for m in used {
         assert!(known.contains(&m), "claims member {m:?} is not in schema/claims.schema.json");
     }
-    assert!(tellus_policies::claims::CLAIMS_SCHEMA.matches("\"additionalProperties\": false").count() >= 7);
+    assert!(
+        tellus_policies::claims::CLAIMS_SCHEMA.matches("\"additionalProperties\": false").count()
+            >= 7
+    );
 }

@@ -23,10 +23,32 @@ reason(rule, claim, expected, found, message) := {
 	"message": message,
 }
 
-# The record of `kind` in the attested launch (undefined when it has none).
-record(kind) := r if {
+# Kinds that may occur more than once in a launch (after its separator).
+repeatable_kinds := {"stop", "reboot", "console-log"}
+
+# The launch's records by kind (each kind once before the separator: the
+# verifier refuses a launch that repeats one). A rule, so evaluated once.
+records_by_kind := {r.kind: r |
 	some r in input.launch.records
-	r.kind == kind
+	not r.kind in repeatable_kinds
+}
+
+# The record of `kind` in the attested launch (undefined when it has none).
+record(kind) := records_by_kind[kind]
+
+# The digests compared with reference values, by kind: file digests for
+# file records, record digests otherwise.
+compared := object.union(
+	{k: {"sha256": r.file.sha256, "sha384": r.file.sha384} | some k, r in records_by_kind; k in file_kinds},
+	{k: r.record_digests | some k, r in records_by_kind; not k in file_kinds},
+)
+
+# Kinds one of whose compared digests is a live reference value of the
+# same name (the fast path of a policy: no function calls).
+digest_ok contains kind if {
+	some kind, ds in compared
+	some d in ds
+	d in data.reference_live[kind]
 }
 
 # The claim path that holds the digests compared for `kind`.
@@ -39,27 +61,28 @@ digest_claim(kind) := sprintf("launch.records[%s].record_digests", [kind]) if {
 }
 
 # The digests compared for `kind`: {alg: "alg:hex"}.
-compared_digests(kind) := {"sha256": r.file.sha256, "sha384": r.file.sha384} if {
-	kind in file_kinds
-	r := record(kind)
-}
+compared_digests(kind) := compared[kind]
 
-compared_digests(kind) := r.record_digests if {
-	not kind in file_kinds
-	r := record(kind)
-}
+# (Only base documents are read here, never `data` as a whole: that would
+# evaluate every rule of every loaded package.)
 
 # Reference values named `name` that have not expired, as digests.
-live(name) := [v.digest | some v in object.get(data, ["reference", name], []); not v.expired]
+live(name) := [v.digest | some v in data.reference[name]; not v.expired]
 
 # Reference values named `name` that have expired.
-expired(name) := [v | some v in object.get(data, ["reference", name], []); v.expired]
+expired(name) := [v | some v in data.reference[name]; v.expired]
 
 # Whether one of `digests` is a live reference value named `name`.
 matches(digests, name) if {
 	some d in digests
-	d in live(name)
+	d in data.reference_live[name]
 }
+
+# Host labels every host must carry (`required_host_labels` of the
+# verifier configuration), {} when none.
+default required_host_labels := {}
+
+required_host_labels := data.requirements.host_labels
 
 # The digest shown in a message: SHA-384 where there is one, abbreviated.
 shown(digests) := short(digests.sha384) if {
@@ -105,12 +128,16 @@ expired_note(name) := sprintf(", %d expired", [count(expired(name))]) if {
 # Reasons why host `labels` do not meet `required` ({key: value}).
 label_reasons(labels, required) := {r |
 	some k, v in required
+	object.get(labels, k, null) != v
+	r := label_reason(labels, k, v)
+}
+
+# The reason host `labels` lack `k=v`.
+label_reason(labels, k, v) := reason("host-labels", sprintf("host.labels.%s", [k]), sprintf("%s=%s", [k, v]), found, sprintf(
+	"host label %s is %s, but %s=%s is required",
+	[k, label_text(found), k, v],
+)) if {
 	found := object.get(labels, k, null)
-	found != v
-	r := reason("host-labels", sprintf("host.labels.%s", [k]), sprintf("%s=%s", [k, v]), found, sprintf(
-		"host label %s is %s, but %s=%s is required",
-		[k, label_text(found), k, v],
-	))
 }
 
 label_text(v) := "missing" if {

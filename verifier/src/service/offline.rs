@@ -292,10 +292,7 @@ fn policy_test(a: &PolicyTestArgs) -> Result<ExitCode, String> {
         None => ReferenceSet::default(),
     };
     let now = super::now_ms() / 1000;
-    let data = json!({
-        "reference": refs.to_policy_data(now),
-        "requirements": {"host_labels": parse_labels(&a.required_labels)?},
-    });
+    let data = tellus_policies::engine::policy_data(&refs, now, &parse_labels(&a.required_labels)?);
     let d = policy.prepare(&data).and_then(|p| p.evaluate(&input)).map_err(|e| e.to_string())?;
     if a.json {
         let j = json!({"allow": d.allow, "reasons": d.reasons, "trust_vector": d.trust_vector});

@@ -8,8 +8,9 @@
 //!   `POST /kbs/v0/resource-policy`, else the built-in
 //!   `resource-default.rego`. Other attestation policy ids are stored and
 //!   versioned but not evaluated.
-//! - Data: `data.reference` (every stored reference value, `expired`
-//!   decided when the cache entry was built) and
+//! - Data ([`tellus_policies::engine::policy_data`]): `data.reference`
+//!   (every stored reference value, `expired` decided when the cache entry
+//!   was built), `data.reference_live` (the live digests by name) and
 //!   `data.requirements.host_labels` (`required_host_labels` of the
 //!   configuration).
 //! - Cache: one prepared pair per (policy version, reference-value
@@ -18,7 +19,7 @@
 //!   (`tellus-verifier refs add`) take effect on the next request.
 
 use crate::storage::{PolicyKind, Store, StoreError};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 pub use tellus_policies::Reason;
@@ -72,7 +73,7 @@ pub struct Appraisal {
 /// Policies of the service.
 pub struct PolicyEngine {
     store: Arc<dyn Store>,
-    requirements: Value,
+    required_host_labels: BTreeMap<String, String>,
     cache: RwLock<Option<Arc<Active>>>,
 }
 
@@ -92,7 +93,7 @@ impl PolicyEngine {
     pub fn new(store: Arc<dyn Store>, required_host_labels: &BTreeMap<String, String>) -> Self {
         PolicyEngine {
             store,
-            requirements: json!({ "host_labels": required_host_labels }),
+            required_host_labels: required_host_labels.clone(),
             cache: RwLock::new(None),
         }
     }
@@ -117,8 +118,7 @@ impl PolicyEngine {
 
     fn build(&self, key: (i64, i64), now: i64) -> Result<Active, PolicyStateError> {
         let refs = self.store.reference_values()?;
-        let data =
-            json!({"reference": refs.to_policy_data(now), "requirements": self.requirements});
+        let data = tellus_policies::engine::policy_data(&refs, now, &self.required_host_labels);
         let (attestation, attestation_id) =
             match self.store.get_policy(PolicyKind::Attestation, ACTIVE_ATTESTATION_POLICY)? {
                 Some(text) => (
