@@ -255,6 +255,8 @@ impl LaunchConfig {
             backend,
             accel,
             qemu: self.qemu,
+            machine: None,
+            sev_snp: None,
         };
         Ok(Prepared {
             opts: RunOptions {

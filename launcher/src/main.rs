@@ -206,6 +206,24 @@ struct VmArgs {
     /// QEMU executable [default: qemu-system-x86_64 from PATH].
     #[arg(long, value_name = "PATH", env = "TELLUS_QEMU")]
     qemu: Option<PathBuf>,
+    /// QEMU machine: microvm (qboot) or q35 (OVMF, UEFI) [default: microvm; q35 with --sev-snp].
+    #[arg(long, value_enum, value_name = "MACHINE")]
+    machine: Option<backend::qemu::Machine>,
+    /// Launch an AMD SEV-SNP guest (QEMU q35 + OVMF AmdSev build, KVM on an
+    /// SNP host; refused elsewhere before anything is measured).
+    #[arg(long)]
+    sev_snp: bool,
+    /// SNP guest policy (hex); debug and migration-agent policies are refused.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex_u64, requires = "sev_snp")]
+    snp_policy: Option<u64>,
+    /// vCPU model of the SNP guest (its signature enters the launch digest).
+    #[arg(long, value_name = "MODEL", requires = "sev_snp")]
+    snp_vcpu_type: Option<String>,
+}
+
+fn parse_hex_u64(s: &str) -> Result<u64, String> {
+    let t = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    u64::from_str_radix(t, 16).map_err(|_| format!("'{s}' is not a hex number (e.g. 0x30000)"))
 }
 
 impl VmArgs {
@@ -222,6 +240,14 @@ impl VmArgs {
             backend: self.backend,
             accel: self.accel,
             qemu: self.qemu,
+            machine: self.machine,
+            sev_snp: self.sev_snp.then(|| {
+                let d = backend::qemu::snp::SnpSpec::default();
+                backend::qemu::snp::SnpSpec {
+                    policy: self.snp_policy.unwrap_or(d.policy),
+                    vcpu_type: self.snp_vcpu_type.unwrap_or(d.vcpu_type),
+                }
+            }),
         }
     }
 }

@@ -7,7 +7,10 @@
 use crate::backend::{builtin, qemu};
 use crate::run::{Resolved, VmSpec};
 use std::path::PathBuf;
-use tellus_measured_boot::records::{LaunchConfig, LaunchInputs, LauncherConfig, ABSENT_FEATURES};
+use tellus_measured_boot::records::{
+    LaunchConfig, LaunchInputs, LauncherConfig, SnpLaunch, ABSENT_FEATURES,
+};
+use tellus_measured_boot::snp::{self, SevHashes, SevMode, SnpMeasureError, VmmType};
 
 /// Default PCR for launch records (UAPI registry: OS range, not resettable).
 pub const DEFAULT_PCR: u32 = 13;
@@ -21,7 +24,16 @@ pub enum MeasureError {
         "--pcr {0}: launch records go into PCR 8..=15 (never 16 or 23: resettable from locality 0)"
     )]
     BadPcr(u32),
+    #[error("cannot predict the SEV-SNP launch digest: {0}")]
+    SnpDigest(#[from] SnpMeasureError),
+    #[error("--snp-vcpu-type {0}: unknown vCPU model; use one of: {1}")]
+    SnpVcpuType(String, String),
+    #[error("--sev-snp needs the OVMF image as firmware")]
+    SnpNoFirmware,
 }
+
+/// Largest OVMF image read for the SNP prediction (as the parser's limit).
+const MAX_OVMF: u64 = 64 << 20;
 
 /// Checks the PCR choice: the OS range of the PC Client registry only.
 pub fn check_pcr(pcr: u32) -> Result<u32, MeasureError> {
@@ -41,6 +53,10 @@ pub fn launch_inputs(
     launch_ticket: Option<String>,
 ) -> Result<LaunchInputs, MeasureError> {
     let launcher: PathBuf = std::env::current_exe().map_err(MeasureError::SelfExe)?;
+    let snp = match r.qemu.as_ref().and_then(|q| q.snp()) {
+        Some(s) => Some(snp_launch(s, r)?),
+        None => None,
+    };
     Ok(LaunchInputs {
         launcher,
         // The built-in VMM is the launcher itself (measured as `launcher`).
@@ -51,19 +67,57 @@ pub fn launch_inputs(
         launch_config: LaunchConfig {
             backend: if r.qemu.is_some() { "qemu" } else { "builtin" }.into(),
             accel: r.accel.to_string(),
-            machine: if r.qemu.is_some() { qemu::MACHINE } else { builtin::MACHINE }.into(),
+            machine: r.qemu.as_ref().map_or(builtin::MACHINE, |q| q.machine().name()).into(),
             vcpus: r.vm.vcpus,
             memory_mib: r.vm.memory.0,
             devices: if r.qemu.is_some() { &qemu::DEVICES[..] } else { &builtin::DEVICES[..] }
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            sev_policy: None,
+            sev_policy: snp.as_ref().map(|s| s.policy),
             absent_features: ABSENT_FEATURES.iter().map(|s| s.to_string()).collect(),
         },
         firmware: r.vm.firmware.clone(),
         kernel: r.vm.kernel.clone(),
         initrd: r.vm.initrd.clone(),
         cmdline: r.vm.cmdline.clone(),
+        snp,
+    })
+}
+
+/// Predicts the MEASUREMENT of an SNP guest QEMU launches from the resolved
+/// OVMF, kernel, initrd and command line (`kernel-hashes=on`).
+fn snp_launch(s: &qemu::snp::SnpSpec, r: &Resolved) -> Result<SnpLaunch, MeasureError> {
+    use std::io::Read;
+    let fw = r.vm.firmware.as_ref().ok_or(MeasureError::SnpNoFirmware)?;
+    let file_err = |source| SnpMeasureError::File { what: "OVMF image", path: fw.clone(), source };
+    let mut ovmf = Vec::new();
+    std::fs::File::open(fw)
+        .and_then(|f| f.take(MAX_OVMF + 1).read_to_end(&mut ovmf))
+        .map_err(file_err)?;
+    let vcpu_sig = snp::vcpu_sig_of(&s.vcpu_type).ok_or_else(|| {
+        MeasureError::SnpVcpuType(
+            s.vcpu_type.clone(),
+            snp::vcpu_type_names().collect::<Vec<_>>().join(", "),
+        )
+    })?;
+    let hashes =
+        SevHashes::from_files(&r.vm.kernel, Some(r.vm.initrd.as_path()), Some(&r.vm.cmdline))?;
+    let digest = snp::launch_digest(&snp::LaunchParams {
+        mode: SevMode::Snp,
+        vcpus: r.vm.vcpus,
+        vcpu_sig,
+        vmm_type: VmmType::Qemu,
+        ovmf: &ovmf,
+        kernel_hashes: Some(hashes),
+        guest_features: qemu::snp::GUEST_FEATURES,
+        snp_ovmf_hash: None,
+    })?;
+    Ok(SnpLaunch {
+        measurement: digest.hex(),
+        policy: s.policy,
+        vcpu_type: s.vcpu_type.clone(),
+        vmm_type: VmmType::Qemu.to_string(),
+        guest_features: qemu::snp::GUEST_FEATURES,
     })
 }

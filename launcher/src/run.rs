@@ -4,7 +4,8 @@
 use crate::accel::{self, Accel, AccelChoice, NoHardwareKvm};
 use crate::attest::{self, AttestConfig, AttestError, StepTimings};
 use crate::backend::builtin;
-use crate::backend::qemu::Qemu;
+use crate::backend::qemu::snp::{self as qemu_snp, SnpError, SnpSpec};
+use crate::backend::qemu::{Machine, Qemu};
 use crate::backend::{Backend, BackendChoice, BackendError, EventSink, PowerControl, VmmEvent};
 use crate::channel::{self, ChannelEvent, ChannelWriter};
 use crate::control::{
@@ -58,6 +59,10 @@ pub struct VmSpec {
     pub backend: BackendChoice,
     pub accel: AccelChoice,
     pub qemu: Option<PathBuf>,
+    /// QEMU machine; `None`: microvm, or q35 for SEV-SNP.
+    pub machine: Option<Machine>,
+    /// Launch as an SEV-SNP guest (QEMU, q35, KVM on an SNP host).
+    pub sev_snp: Option<SnpSpec>,
 }
 
 /// A [`VmSpec`] resolved against this host: accelerator chosen, defaults
@@ -75,7 +80,15 @@ pub struct Resolved {
 pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
     let host = accel::detect();
     let (accel, accel_reason) = match spec.backend {
+        BackendChoice::Builtin if spec.machine.is_some() || spec.sev_snp.is_some() => {
+            return Err(BackendError::MachineNeedsQemu.into())
+        }
         BackendChoice::Builtin => builtin::choose_accel(spec.accel, &host)?,
+        // The host's SNP support is checked by `run` (a prediction needs none).
+        _ if spec.sev_snp.is_some() => match spec.accel {
+            AccelChoice::Tcg => return Err(BackendError::from(SnpError::NotKvm).into()),
+            _ => (Accel::Kvm, "SEV-SNP guests run under KVM only".to_string()),
+        },
         _ => accel::choose(spec.accel, &host)?,
     };
     let mut cmdline = spec.cmdline.clone().unwrap_or_else(|| match spec.backend {
@@ -87,7 +100,19 @@ pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
         cmdline.push_str(extra);
     }
     let qemu = match spec.backend {
-        BackendChoice::Auto | BackendChoice::Qemu => Some(Qemu::locate(spec.qemu.as_deref())?),
+        BackendChoice::Auto | BackendChoice::Qemu => {
+            let snp = spec.sev_snp.clone();
+            if let (Some(_), Some(m @ Machine::Microvm)) = (&snp, spec.machine) {
+                return Err(BackendError::from(SnpError::NotQ35(m.name())).into());
+            }
+            let default = if snp.is_some() { Machine::Q35 } else { Machine::Microvm };
+            let q =
+                Qemu::locate(spec.qemu.as_deref())?.with_machine(spec.machine.unwrap_or(default));
+            Some(match snp {
+                Some(s) => q.with_snp(s),
+                None => q,
+            })
+        }
         BackendChoice::Builtin => None,
     };
     let firmware = match (&spec.firmware, &qemu) {
@@ -294,10 +319,24 @@ fn ms_since(t: Instant) -> f64 {
 
 /// Runs one VM to its end.
 pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
+    if opts.spec.sev_snp.is_some() {
+        qemu_snp::check_host().map_err(BackendError::from)?;
+    }
     let resolved = resolve(&opts.spec)?;
     let inputs = measure::launch_inputs(&opts.spec, &resolved, opts.measure.pcr, None)?;
     let launch = records::launch_records(&inputs)?;
-    let Resolved { vm, accel, accel_reason, qemu } = resolved;
+    let Resolved { vm, accel, accel_reason, mut qemu } = resolved;
+    if let Some(q) = qemu.as_mut() {
+        q.bind_launch(&launch);
+    }
+    if let Some(snp) = &inputs.snp {
+        progress!(
+            "SEV-SNP: expected MEASUREMENT {} (policy {:#x}, {}), recorded before the vCPUs run",
+            snp.measurement,
+            snp.policy,
+            snp.vcpu_type
+        );
+    }
     progress!("accelerator: {accel} ({accel_reason})");
     // Measure before the VMM even starts: on any failure, nothing runs.
     let m = measured_launch::measure(&opts.measure, &launch)?;

@@ -171,6 +171,38 @@ pub struct LaunchInputs {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
+    /// The SEV-SNP launch, for SNP guests: recorded as `snp-launch-digest`
+    /// after the command line.
+    pub snp: Option<SnpLaunch>,
+}
+
+/// What an SEV-SNP guest is launched with and the MEASUREMENT its report
+/// will carry (predicted with [`crate::snp::launch_digest`]). HOST_DATA is
+/// not an input: [`launch_records`] records [`host_data`] of the launch's own
+/// launch-config record, so the SNP report and the TPM log name the same VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnpLaunch {
+    /// Predicted launch digest (48 bytes), lowercase hex.
+    pub measurement: String,
+    /// SNP guest policy.
+    pub policy: u64,
+    /// vCPU model whose signature entered the digest, e.g. `EPYC-v4`.
+    pub vcpu_type: String,
+    /// VMM type of the VMSAs, e.g. `QEMU`.
+    pub vmm_type: String,
+    /// SEV_FEATURES of the VMSAs.
+    pub guest_features: u64,
+}
+
+/// SNP HOST_DATA of a launch: SHA-256 of its launch-config record, i.e. the
+/// record's SHA-256 event digest in the host log (the hash of its CEL content
+/// TLV), so a verifier compares HOST_DATA with the logged digest directly.
+/// `None` without a launch-config record.
+pub fn host_data(records: &[LaunchRecord]) -> Option<[u8; 32]> {
+    let rec = records.iter().find(|r| r.kind == RecordKind::LaunchConfig)?;
+    let cel = crate::cel::CelRecord::tellus(0, 0, rec, &[HashAlg::Sha256]);
+    let d = Digest::of(HashAlg::Sha256, &cel.content_tlv());
+    d.as_bytes().try_into().ok()
 }
 
 impl LaunchRecord {
@@ -300,6 +332,20 @@ pub fn launch_records(i: &LaunchInputs) -> Result<Vec<LaunchRecord>, RecordError
     out.push(LaunchRecord::file(RecordKind::Kernel, &FileMeasurement::of("kernel", &i.kernel)?));
     out.push(LaunchRecord::file(RecordKind::Initrd, &FileMeasurement::of("initrd", &i.initrd)?));
     out.push(LaunchRecord::cmdline(&i.cmdline));
+    if let Some(snp) = &i.snp {
+        let host_data = host_data(&out).map(hex::encode).unwrap_or_default();
+        out.push(LaunchRecord::new(
+            RecordKind::SnpLaunchDigest,
+            &serde_json::json!({
+                "measurement": snp.measurement,
+                "host_data": host_data,
+                "policy": snp.policy,
+                "vcpu_type": snp.vcpu_type,
+                "vmm_type": snp.vmm_type,
+                "guest_features": snp.guest_features,
+            }),
+        ));
+    }
     out.push(LaunchRecord::separator());
     Ok(out)
 }
@@ -353,6 +399,7 @@ mod tests {
             kernel: f("k", b"kernel"),
             initrd: f("i", b"initrd"),
             cmdline: "c".into(),
+            snp: None,
         };
         let recs = launch_records(&inputs).unwrap();
         let kinds: Vec<_> = recs.iter().map(|r| r.kind.name()).collect();
@@ -374,6 +421,25 @@ mod tests {
             recs[5].file_measurement().unwrap().sha256,
             Digest::of(HashAlg::Sha256, b"kernel")
         );
+        // An SNP launch: the digest record follows the command line and its
+        // HOST_DATA is SHA-256 of the launch-config record's content.
+        let mut snp = inputs.clone();
+        snp.snp = Some(SnpLaunch {
+            measurement: "ab".repeat(48),
+            policy: 0x30000,
+            vcpu_type: "EPYC-v4".into(),
+            vmm_type: "QEMU".into(),
+            guest_features: 1,
+        });
+        let srecs = launch_records(&snp).unwrap();
+        assert_eq!(srecs[srecs.len() - 2].kind, RecordKind::SnpLaunchDigest);
+        assert_eq!(srecs[srecs.len() - 3].kind, RecordKind::Cmdline);
+        let hd = host_data(&srecs).unwrap();
+        let logged = crate::cel::CelRecord::tellus(4, 13, &recs[4], &[HashAlg::Sha256]);
+        assert_eq!(hd.as_slice(), logged.digests[0].bytes.as_slice());
+        assert_eq!(srecs[srecs.len() - 2].payload()["host_data"], hex::encode(hd));
+        assert_eq!(srecs[srecs.len() - 2].payload()["measurement"], "ab".repeat(48));
+        assert_eq!(host_data(&srecs[5..]), None);
         let mut missing = inputs.clone();
         missing.initrd = dir.path().join("nope");
         let e = launch_records(&missing).unwrap_err().to_string();

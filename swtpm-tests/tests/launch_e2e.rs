@@ -238,6 +238,8 @@ fn the_agent_rejects_an_exec_like_frame() {
         backend: tellus_launcher::backend::BackendChoice::Auto,
         accel: tellus_launcher::accel::AccelChoice::Auto,
         qemu: None,
+        machine: None,
+        sev_snp: None,
     };
     let evil = tellus_protocol::encode_frame(&Evil::Exec {
         argv: vec!["/bin/sh".into(), "-c".into(), "echo PWNED".into()],

@@ -108,6 +108,12 @@ pub enum BackendError {
     Sockets { dir: String, source: std::io::Error },
     #[error("QEMU's microvm firmware (bios-microvm.bin) was not found; install qemu-system-x86 or pass --firmware FILE")]
     NoFirmware,
+    #[error("OVMF was not found ({}); install the ovmf package (scripts/setup.sh) or pass --firmware FILE", qemu::OVMF_LOOKED_AT)]
+    NoOvmf,
+    #[error(transparent)]
+    Snp(#[from] qemu::snp::SnpError),
+    #[error("--machine and --sev-snp choose QEMU machines; use --backend qemu (or auto)")]
+    MachineNeedsQemu,
     #[error("lost track of the VMM process (its waiter thread ended without an exit status)")]
     WaiterLost,
     #[error("built-in VMM: {0}")]

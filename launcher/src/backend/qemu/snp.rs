@@ -16,7 +16,7 @@
 //! the image tellus predicts the launch digest from.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// SNP guest policy bit 17: reserved, must be 1.
 pub const POLICY_RESERVED_1: u64 = 1 << 17;
@@ -77,6 +77,88 @@ pub enum SnpQemuError {
     /// A CPU model QEMU would parse as options.
     #[error("CPU model {0:?} is not a plain model name")]
     CpuModel(String),
+}
+
+/// C-bit position of Milan, Genoa and Turin.
+pub const CBITPOS: u32 = 51;
+/// Physical address bits the C-bit takes away (QEMU's value for these CPUs).
+pub const REDUCED_PHYS_BITS: u32 = 1;
+/// vCPU model of SNP guests unless `--snp-vcpu-type` says otherwise.
+pub const DEFAULT_VCPU_TYPE: &str = "EPYC-v4";
+/// SEV_FEATURES QEMU gives SNP guests' VMSAs (bit 0, SNPActive).
+pub const GUEST_FEATURES: u64 = 0x1;
+
+/// What `--sev-snp` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpSpec {
+    /// SNP guest policy (`--snp-policy`).
+    pub policy: u64,
+    /// QEMU CPU model (`--snp-vcpu-type`); its signature enters the digest.
+    pub vcpu_type: String,
+}
+
+impl Default for SnpSpec {
+    fn default() -> Self {
+        SnpSpec { policy: DEFAULT_POLICY, vcpu_type: DEFAULT_VCPU_TYPE.into() }
+    }
+}
+
+/// Why an SEV-SNP guest cannot be launched. Raised before anything is
+/// measured or started.
+#[derive(Debug, thiserror::Error)]
+pub enum SnpError {
+    /// The host has no SEV-SNP.
+    #[error("--sev-snp needs an AMD SEV-SNP host, but {0}; nothing was measured or started. Run on an SNP-enabled EPYC host (kvm_amd sev_snp=1, /dev/sev), or drop --sev-snp")]
+    NoHost(String),
+    /// SNP guests run on q35 only.
+    #[error("--sev-snp needs --machine q35 (an SNP guest cannot run on {0})")]
+    NotQ35(&'static str),
+    /// SNP guests run under KVM only.
+    #[error("--sev-snp needs KVM (--accel kvm or auto on an SNP host); TCG has no SEV")]
+    NotKvm,
+    /// The command line was to be built before the launch records.
+    #[error("internal: the SNP guest's HOST_DATA was not bound from its launch records")]
+    NoHostData,
+    /// No OVMF given.
+    #[error("--sev-snp needs OVMF as --firmware (an OvmfPkg/AmdSev build)")]
+    NoFirmware,
+    /// The SNP arguments were refused.
+    #[error(transparent)]
+    Args(#[from] SnpQemuError),
+}
+
+/// Checks that this host can run SEV-SNP guests: `/dev/sev` exists and
+/// `kvm_amd` was loaded with `sev_snp` on.
+pub fn check_host() -> Result<(), SnpError> {
+    check_host_in(Path::new("/"))
+}
+
+fn check_host_in(root: &Path) -> Result<(), SnpError> {
+    let param = root.join("sys/module/kvm_amd/parameters/sev_snp");
+    let snp =
+        match std::fs::read_to_string(&param) {
+            Ok(v) => matches!(v.trim(), "Y" | "y" | "1"),
+            Err(_) if !root.join("sys/module/kvm_amd").exists() => return Err(SnpError::NoHost(
+                "kvm_amd is not loaded (/sys/module/kvm_amd does not exist: not an AMD KVM host)"
+                    .into(),
+            )),
+            Err(e) => {
+                return Err(SnpError::NoHost(format!(
+                    "{} cannot be read ({e}): this kvm_amd has no SEV-SNP support",
+                    param.display()
+                )))
+            }
+        };
+    if !snp {
+        return Err(SnpError::NoHost(format!(
+            "{} is not Y: SEV-SNP is off in kvm_amd (firmware, BIOS or kernel lacks it)",
+            param.display()
+        )));
+    }
+    if !root.join("dev/sev").exists() {
+        return Err(SnpError::NoHost("/dev/sev does not exist (no ccp/AMD-SP driver)".into()));
+    }
+    Ok(())
 }
 
 fn arg(v: impl Into<OsString>) -> OsString {
@@ -213,6 +295,33 @@ mod tests {
             &"sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000".to_string()
         ));
         assert!(!line.iter().any(|a| a == "-kernel" || a.contains("kernel-hashes")));
+    }
+
+    #[test]
+    fn host_check() {
+        let d = tempfile::tempdir().unwrap();
+        let e = check_host_in(d.path()).unwrap_err().to_string();
+        assert!(e.contains("kvm_amd is not loaded") && e.contains("nothing was measured"), "{e}");
+        let params = d.path().join("sys/module/kvm_amd/parameters");
+        std::fs::create_dir_all(&params).unwrap();
+        let e = check_host_in(d.path()).unwrap_err().to_string();
+        assert!(e.contains("no SEV-SNP support"), "{e}");
+        std::fs::write(params.join("sev_snp"), "N\n").unwrap();
+        assert!(check_host_in(d.path()).unwrap_err().to_string().contains("is not Y"));
+        std::fs::write(params.join("sev_snp"), "Y\n").unwrap();
+        assert!(check_host_in(d.path()).unwrap_err().to_string().contains("/dev/sev"));
+        std::fs::create_dir_all(d.path().join("dev")).unwrap();
+        std::fs::write(d.path().join("dev/sev"), b"").unwrap();
+        check_host_in(d.path()).unwrap();
+    }
+
+    /// This machine (no SEV hardware) is refused with the reason.
+    #[test]
+    fn this_host() {
+        match check_host() {
+            Ok(()) => eprintln!("this host has SEV-SNP"),
+            Err(e) => assert!(e.to_string().starts_with("--sev-snp needs an AMD SEV-SNP host")),
+        }
     }
 
     #[test]
