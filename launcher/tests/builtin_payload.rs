@@ -239,6 +239,19 @@ fn payload_oversized_frame_is_dropped_then_ready() {
 }
 
 #[test]
+fn payload_starts_an_application_processor() {
+    if !kvm_usable_or_skip("payload_starts_an_application_processor") {
+        return;
+    }
+    // INIT + SIPI through KVM's in-kernel LAPIC (x2APIC ICR): vCPU 1's
+    // thread, in KVM_RUN since start, runs real-mode code at 0x8000.
+    let g = Guest::payload(Variant::Smp);
+    let run = start(&g, 2);
+    let console = run.expect_end("guest-reset");
+    assert_eq!(console, expected_console(Variant::Smp, CMDLINE, 2));
+}
+
+#[test]
 fn payload_takes_a_uart_interrupt() {
     if !kvm_usable_or_skip("payload_takes_a_uart_interrupt") {
         return;

@@ -92,6 +92,10 @@ impl Asm {
     pub fn mov_ecx(&mut self, v: u32) -> &mut Self {
         self.b(&[0xb9]).b(&v.to_le_bytes())
     }
+    /// `mov edi, imm32`
+    pub fn mov_edi(&mut self, v: u32) -> &mut Self {
+        self.b(&[0xbf]).b(&v.to_le_bytes())
+    }
     /// `mov dx, imm16`
     pub fn mov_dx(&mut self, v: u16) -> &mut Self {
         self.b(&[0x66, 0xba]).b(&v.to_le_bytes())
@@ -267,10 +271,28 @@ pub enum Variant {
     TripleFault,
     /// Spins forever after its banner.
     Spin,
+    /// Starts vCPU 1 with INIT + SIPI (x2APIC ICR); the AP writes to COM1
+    /// from real mode and sets a flag the boot vCPU waits for; then resets.
+    Smp,
     /// Takes an interrupt from COM1 (THR empty, IRQ 4 through the in-kernel
     /// PIC and the LAPIC's LINT0 as ExtINT) on vector 0x24, then resets.
     Interrupt,
 }
+
+/// Where the AP of [`Variant::Smp`] sets its flag (free low memory).
+pub const AP_FLAG: u32 = 0x6f00;
+
+/// The AP's code, 16-bit real mode at 0x8000: writes "AP 1 up\n" to COM1
+/// (`mov dx, 0x3f8` ba f8 03, then `mov al, c; out dx, al` b0 c ee per
+/// byte), sets the flag (`mov byte [0x6f00], 1` c6 06 00 6f 01) and halts
+/// (`cli; hlt; jmp $`).
+pub const AP_CODE: &[u8] = &[
+    0xba, 0xf8, 0x03, //
+    0xb0, b'A', 0xee, 0xb0, b'P', 0xee, 0xb0, b' ', 0xee, 0xb0, b'1', 0xee, //
+    0xb0, b' ', 0xee, 0xb0, b'u', 0xee, 0xb0, b'p', 0xee, 0xb0, b'\n', 0xee, //
+    0xc6, 0x06, 0x00, 0x6f, 0x01, //
+    0xfa, 0xf4, 0xeb, 0xfe,
+];
 
 /// Bytes the garbage variant sends before its `Ready` frame.
 pub const GARBAGE: &[u8] = b"\xff\xfe garbage from the guest \x00\x01\x02";
@@ -311,6 +333,7 @@ pub fn expected_console(v: Variant, cmdline: &str, vcpus: u32) -> String {
         Variant::TripleFault => "triple fault next\n",
         Variant::Spin => "spinning\n",
         Variant::Interrupt => "irq 4 delivered on vector 0x24\n",
+        Variant::Smp => "AP 1 up\nBSP saw AP 1\n",
     };
     format!("{}{tail}", expected_banner(cmdline, vcpus))
 }
@@ -374,6 +397,24 @@ pub fn program(v: Variant) -> Vec<u8> {
             data.push(("tf", s("triple fault next\n")));
             // An IDT with limit 0: every exception faults again.
             data.push(("idt0", vec![0; 10]));
+        }
+        Variant::Smp => {
+            // The AP's real-mode code goes to 0x8000 (SIPI vector 0x08).
+            a.lea_rsi("ap").mov_edi(0x8000).mov_ecx(AP_CODE.len() as u32).b(&[0xf3, 0xa4]);
+            // x2APIC on: APIC_BASE (MSR 0x1b) |= EN | EXTD.
+            a.mov_ecx(0x1b).b(&[0x0f, 0x32]).b(&[0x0d, 0x00, 0x0c, 0x00, 0x00]).b(&[0x0f, 0x30]);
+            // ICR (MSR 0x830), destination APIC id 1: INIT (level assert), then SIPI.
+            for icr in [0x4500u32, 0x4608] {
+                a.mov_ecx(0x830)
+                    .b(&[0xba, 1, 0, 0, 0, 0xb8])
+                    .b(&icr.to_le_bytes())
+                    .b(&[0x0f, 0x30]);
+            }
+            // Wait for the AP's flag: cmp byte [AP_FLAG], 1; jne wait.
+            a.label("wait").b(&[0x80, 0x3c, 0x25]).b(&AP_FLAG.to_le_bytes()).b(&[1]).jnz("wait");
+            a.puts(COM1, "saw", 13).i8042_reset();
+            data.push(("saw", s("BSP saw AP 1\n")));
+            data.push(("ap", AP_CODE.to_vec()));
         }
         Variant::Interrupt => {
             // IDT of vectors 0..=0x24; only 0x24 is present.
