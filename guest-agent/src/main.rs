@@ -22,6 +22,7 @@
 
 mod channel;
 mod secrets;
+mod snp;
 mod system;
 
 use std::fs::File;
@@ -117,7 +118,7 @@ fn power_of(m: &HostMessage) -> Option<Power> {
     match m {
         HostMessage::PowerOff => Some(Power::Off),
         HostMessage::Reboot => Some(Power::Reboot),
-        HostMessage::AttestResult(_) => None,
+        HostMessage::AttestResult(_) | HostMessage::AttestChallenge { .. } => None,
     }
 }
 
@@ -145,6 +146,10 @@ fn run(pid1: bool) -> Result<Power, AgentError> {
 
     if !opts.resources.is_empty() {
         let (pending, request) = secrets::request(&opts.resources)?;
+        let tee_pubkey = match &request {
+            GuestMessage::AttestRequest { tee_pubkey, .. } => Some(tee_pubkey.clone()),
+            _ => None,
+        };
         send(&mut chan, &request)?;
         println!(
             "tellus-agent: asked for {} resource(s), uptime {} ms",
@@ -157,8 +162,27 @@ fn run(pid1: bool) -> Result<Power, AgentError> {
                 println!("tellus-agent: host requests {m:?} before the attestation result");
                 return Ok(p);
             }
-            let HostMessage::AttestResult(r) = m else { continue };
-            break r;
+            match m {
+                HostMessage::AttestResult(r) => break r,
+                // SEV-SNP: the guest attests itself; the launcher relays.
+                HostMessage::AttestChallenge { nonce, additional_evidence } => {
+                    let Some(key) = &tee_pubkey else { continue };
+                    let answer = snp::answer_or_explain(
+                        snp::SevGuest::open,
+                        key,
+                        &nonce,
+                        &additional_evidence,
+                    );
+                    match &answer {
+                        GuestMessage::SnpUnavailable { reason } => {
+                            println!("tellus-agent: no SEV-SNP evidence: {reason}")
+                        }
+                        _ => println!("tellus-agent: SEV-SNP report bound to the KBS nonce sent"),
+                    }
+                    send(&mut chan, &answer)?;
+                }
+                _ => continue,
+            }
         };
         let report = secrets::finish(pending, result, Path::new(secrets::SECRETS_DIR));
         println!("tellus-agent: secrets handled, uptime {} ms", system::uptime_ms()?);
@@ -176,7 +200,7 @@ fn run(pid1: bool) -> Result<Power, AgentError> {
                 println!("tellus-agent: host requests {m:?}");
                 return Ok(p);
             }
-            None => println!("tellus-agent: ignoring an attestation result nobody asked for"),
+            None => println!("tellus-agent: ignoring an attestation message nobody asked for"),
         }
     }
 }

@@ -74,6 +74,8 @@ pub enum AttestError {
     NoVerifier,
     #[error("the released resources ({0} bytes) do not fit one agent-channel frame; keep secrets under about 40 KiB in total")]
     TooLarge(usize),
+    #[error("the guest produced no SEV-SNP evidence: {0}")]
+    SnpUnavailable(String),
 }
 
 /// Where the relay gets evidence and whom it asks.
@@ -155,10 +157,20 @@ fn session_cookie(headers: &[String]) -> Option<String> {
     })
 }
 
+/// The session cookie a verifier answer renews, if it names a usable one.
+pub fn renewed_cookie(set_cookie: &[String]) -> Option<String> {
+    session_cookie(set_cookie)
+}
+
 /// Step 1: a new session.
 pub fn auth(client: &VerifierClient) -> Result<Session, AttestError> {
+    auth_as(client, "tpm")
+}
+
+/// Step 1 for `tee` (`tpm`, or `snp` for SEV-SNP guests: `attest_snp`).
+pub fn auth_as(client: &VerifierClient, tee: &str) -> Result<Session, AttestError> {
     let step = "the KBS auth request";
-    let body = json!({"version": KBS_VERSION, "tee": "tpm", "extra-params": {}});
+    let body = json!({"version": KBS_VERSION, "tee": tee, "extra-params": {}});
     let answer = client.exchange(
         step,
         AUTH_PATH,

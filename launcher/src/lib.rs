@@ -7,10 +7,12 @@
 //! - [`control`]: the availability-only control socket;
 //! - [`run`]: `tellus run`, tying the above together;
 //! - [`attest`]: the KBS relay for the guest's attestation request;
+//! - [`attest_snp`]: its SEV-SNP variant (the guest's report, the host's quote as additional evidence);
 //! - [`launch`]: `tellus launch --config vm.toml` (run + attestation).
 
 pub mod accel;
 pub mod attest;
+pub mod attest_snp;
 pub mod backend;
 pub mod channel;
 pub mod cli;

@@ -3,6 +3,7 @@
 
 use crate::accel::{self, Accel, AccelChoice, NoHardwareKvm};
 use crate::attest::{self, AttestConfig, AttestError, StepTimings};
+use crate::attest_snp;
 use crate::backend::builtin;
 use crate::backend::qemu::snp::{self as qemu_snp, SnpError, SnpSpec};
 use crate::backend::qemu::{Machine, Qemu};
@@ -294,6 +295,12 @@ pub fn default_cmdline(accel: Accel) -> String {
 
 enum Event {
     /// The relay finished for the guest's request made in boot `boot`.
+    /// SEV-SNP: the first half of the relay for boot `boot` (session and
+    /// the host's TPM evidence), to be sent to the guest as a challenge.
+    SnpChallenge {
+        boot: u32,
+        result: Result<attest_snp::Challenge, AttestError>,
+    },
     Attested {
         boot: u32,
         result: Result<attest::Released, AttestError>,
@@ -428,6 +435,7 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
         after_ready,
         launch_recnum: m.recnums.start,
         attest_boot: None,
+        snp_challenge: None,
         report: None,
         timeline: Timeline { measured_ms, ..Timeline::default() },
         vm: &vm,
@@ -492,6 +500,8 @@ struct Loop<'a> {
     drops: u32,
     dropped_bytes: usize,
     last_reason: String,
+    /// SEV-SNP: the challenge sent to the guest, and its boot.
+    snp_challenge: Option<(u32, attest_snp::Challenge)>,
 }
 
 impl Loop<'_> {
@@ -540,6 +550,7 @@ impl Loop<'_> {
                 }
                 Some(Event::Channel(e)) => self.on_channel(e),
                 Some(Event::Attested { boot, result }) => self.on_attested(boot, result),
+                Some(Event::SnpChallenge { boot, result }) => self.on_snp_challenge(boot, result),
                 Some(Event::Control((req, reply))) => {
                     let _ = reply.send(self.on_control(req));
                 }
@@ -570,6 +581,12 @@ impl Loop<'_> {
         match e {
             ChannelEvent::Message(GuestMessage::AttestRequest { resources, tee_pubkey }) => {
                 self.on_attest_request(resources, tee_pubkey)
+            }
+            ChannelEvent::Message(GuestMessage::SnpEvidence { report, certs }) => {
+                self.on_snp_evidence(Ok((report, certs)))
+            }
+            ChannelEvent::Message(GuestMessage::SnpUnavailable { reason }) => {
+                self.on_snp_evidence(Err(reason))
             }
             ChannelEvent::Message(GuestMessage::SecretsStored { stored, failed }) => {
                 for s in &stored {
@@ -667,12 +684,78 @@ impl Loop<'_> {
         };
         let boot = self.boots;
         let recnum = self.launch_recnum;
+        if self.opts.spec.sev_snp.is_some() {
+            // SEV-SNP: the guest produces the evidence; ask it with the nonce.
+            let spawned = std::thread::Builder::new().name("attest-snp".into()).spawn(move || {
+                let result = attest_snp::challenge(&cfg, recnum, &resources, &tee_pubkey);
+                let _ = tx.send(Event::SnpChallenge { boot, result });
+            });
+            if let Err(e) = spawned {
+                self.on_attested(boot, Err(AttestError::Binding(format!("no relay thread: {e}"))));
+            }
+            return;
+        }
         let spawned = std::thread::Builder::new().name("attest-relay".into()).spawn(move || {
             let result = attest::relay(&cfg, recnum, &resources, &tee_pubkey);
             let _ = tx.send(Event::Attested { boot, result });
         });
         if let Err(e) = spawned {
             progress!("error: cannot start the attestation relay: {e}");
+            self.on_attested(boot, Err(AttestError::Binding(format!("no relay thread: {e}"))));
+        }
+    }
+
+    /// SEV-SNP: the session is open and the host's quote taken; the guest
+    /// gets the nonce and the additional evidence to bind its report to.
+    fn on_snp_challenge(&mut self, boot: u32, result: Result<attest_snp::Challenge, AttestError>) {
+        if boot != self.boots {
+            progress!("SEV-SNP challenge of boot {boot} dropped: the VM has rebooted since");
+            return;
+        }
+        let c = match result {
+            Ok(c) => c,
+            Err(e) => return self.on_attested(boot, Err(e)),
+        };
+        let msg = HostMessage::AttestChallenge {
+            nonce: c.session.nonce.clone(),
+            additional_evidence: c.additional_evidence.clone(),
+        };
+        if let Err(e) = msg.validate() {
+            return self.on_attested(boot, Err(AttestError::Binding(e.to_string())));
+        }
+        match self.writer.send(msg) {
+            Ok(()) => {
+                progress!("phase attest: SEV-SNP challenge sent; the guest produces its report");
+                self.snp_challenge = Some((boot, c));
+            }
+            Err(e) => self.on_attested(
+                boot,
+                Err(AttestError::Binding(format!("cannot send the challenge to the guest: {e}"))),
+            ),
+        }
+    }
+
+    /// SEV-SNP: the guest's report (or why it has none); relay it.
+    fn on_snp_evidence(
+        &mut self,
+        evidence: Result<(Vec<u8>, Vec<tellus_protocol::SnpCert>), String>,
+    ) {
+        let Some((boot, c)) = self.snp_challenge.take().filter(|(b, _)| *b == self.boots) else {
+            progress!("warning: agent channel: SEV-SNP evidence nobody asked for; ignored");
+            return;
+        };
+        let (report, certs) = match evidence {
+            Ok(e) => e,
+            Err(reason) => return self.on_attested(boot, Err(AttestError::SnpUnavailable(reason))),
+        };
+        let (Some(cfg), Some(tx)) = (self.attest_cfg.clone(), self.attest_tx.clone()) else {
+            return self.on_attested(boot, Err(AttestError::NoVerifier));
+        };
+        let spawned = std::thread::Builder::new().name("attest-snp".into()).spawn(move || {
+            let result = attest_snp::finish(&cfg.client, &c, &report, &certs);
+            let _ = tx.send(Event::Attested { boot, result });
+        });
+        if let Err(e) = spawned {
             self.on_attested(boot, Err(AttestError::Binding(format!("no relay thread: {e}"))));
         }
     }

@@ -34,7 +34,8 @@ mod tpm_evidence;
 pub use frame::{encode_frame, Decoded, DropReason, FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use messages::{
     AttestResult, FailedSecret, GuestMessage, HostMessage, MessageError, ReleasedResource,
-    ResourcePath, StoredSecret, TeePubKey, MAX_JWE_LEN, MAX_REASON_LEN, MAX_RESOURCES,
-    MAX_SEGMENT_LEN,
+    ResourcePath, SnpCert, StoredSecret, TeePubKey, MAX_ADDITIONAL_EVIDENCE_LEN, MAX_JWE_LEN,
+    MAX_NONCE_LEN, MAX_REASON_LEN, MAX_RESOURCES, MAX_SEGMENT_LEN, MAX_SNP_CERTS, MAX_SNP_CERT_LEN,
+    SNP_CERT_TYPES, SNP_REPORT_LEN,
 };
 pub use tpm_evidence::{QuotedPcrs, TpmEvidence, TpmQuote};

@@ -25,6 +25,20 @@ pub const MAX_JWE_LEN: usize = 60 * 1024;
 pub const MAX_REASON_LEN: usize = 2048;
 /// Longest agent version string.
 pub const MAX_VERSION_LEN: usize = 64;
+/// Longest KBS nonce relayed to the guest (the verifier's is 44 characters).
+pub const MAX_NONCE_LEN: usize = 512;
+/// Longest `additional_evidence` string relayed to an SEV-SNP guest (the
+/// host's TPM evidence, which the guest's REPORT_DATA binds).
+pub const MAX_ADDITIONAL_EVIDENCE_LEN: usize = 40 * 1024;
+/// Size of an SEV-SNP attestation report (versions 2 and later).
+pub const SNP_REPORT_LEN: usize = 1184;
+/// Most certificates an SEV-SNP guest relays with its report.
+pub const MAX_SNP_CERTS: usize = 3;
+/// Largest DER certificate relayed (AMD's ARK, ASK and VCEK are under 2 KiB).
+pub const MAX_SNP_CERT_LEN: usize = 4096;
+/// Certificate types an SEV-SNP guest may relay (the `sev` crate's and
+/// Trustee's names).
+pub const SNP_CERT_TYPES: [&str; 4] = ["ARK", "ASK", "VCEK", "VLEK"];
 
 /// The only `kty` of a tee key.
 pub const JWK_KTY_EC: &str = "EC";
@@ -48,6 +62,14 @@ pub enum MessageError {
     BadTeeKey(&'static str),
     #[error("sha256 of {0} is not 64 lower-case hex digits")]
     BadDigest(String),
+    #[error("the nonce is empty or not printable ASCII")]
+    BadNonce,
+    #[error("an SEV-SNP report is {SNP_REPORT_LEN} bytes, not {0}")]
+    BadSnpReport(usize),
+    #[error("certificate type {0:?} is not one of ARK, ASK, VCEK, VLEK")]
+    BadCertType(String),
+    #[error("a relayed certificate is empty")]
+    EmptyCert,
 }
 
 fn bounded(field: &'static str, s: &str, max: usize) -> Result<(), MessageError> {
@@ -167,6 +189,16 @@ pub struct StoredSecret {
     pub sha256: String,
 }
 
+/// A certificate an SEV-SNP guest got with its report (from the host's
+/// certificate table through `SNP_GET_EXT_REPORT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnpCert {
+    /// One of [`SNP_CERT_TYPES`].
+    pub cert_type: String,
+    /// DER, 1..=[`MAX_SNP_CERT_LEN`] bytes.
+    pub data: Vec<u8>,
+}
+
 /// A released resource the agent could not decrypt or store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedSecret {
@@ -202,6 +234,22 @@ pub enum GuestMessage {
         stored: Vec<StoredSecret>,
         /// Released but not decrypted or not written.
         failed: Vec<FailedSecret>,
+    },
+    /// An SEV-SNP guest's answer to [`HostMessage::AttestChallenge`]: its
+    /// attestation report, requested from the AMD-SP through
+    /// `/dev/sev-guest` with REPORT_DATA = the KBS binding, and the
+    /// certificates the host provided. The launcher only relays it.
+    SnpEvidence {
+        /// The raw report, [`SNP_REPORT_LEN`] bytes.
+        report: Vec<u8>,
+        /// At most [`MAX_SNP_CERTS`].
+        certs: Vec<SnpCert>,
+    },
+    /// The guest could not produce SNP evidence (no `/dev/sev-guest`, or
+    /// the AMD-SP refused); the launcher denies the attestation with it.
+    SnpUnavailable {
+        /// Why, at most [`MAX_REASON_LEN`] bytes.
+        reason: String,
     },
 }
 
@@ -241,6 +289,35 @@ impl GuestMessage {
                 }
                 Ok(())
             }
+            GuestMessage::SnpEvidence { report, certs } => {
+                if report.len() != SNP_REPORT_LEN {
+                    return Err(MessageError::BadSnpReport(report.len()));
+                }
+                if certs.len() > MAX_SNP_CERTS {
+                    return Err(MessageError::TooLong {
+                        field: "certs",
+                        len: certs.len(),
+                        max: MAX_SNP_CERTS,
+                    });
+                }
+                for c in certs {
+                    if !SNP_CERT_TYPES.contains(&c.cert_type.as_str()) {
+                        return Err(MessageError::BadCertType(excerpt(&c.cert_type)));
+                    }
+                    if c.data.is_empty() {
+                        return Err(MessageError::EmptyCert);
+                    }
+                    if c.data.len() > MAX_SNP_CERT_LEN {
+                        return Err(MessageError::TooLong {
+                            field: "cert",
+                            len: c.data.len(),
+                            max: MAX_SNP_CERT_LEN,
+                        });
+                    }
+                }
+                Ok(())
+            }
+            GuestMessage::SnpUnavailable { reason } => bounded("reason", reason, MAX_REASON_LEN),
         }
     }
 }
@@ -304,6 +381,18 @@ pub enum HostMessage {
     Reboot,
     /// The answer to the guest's `AttestRequest`.
     AttestResult(AttestResult),
+    /// SEV-SNP: the verifier's KBS nonce for the guest's `AttestRequest`
+    /// and the host's TPM evidence (`additional_evidence`), so the guest can
+    /// compute the binding `SHA-384(JCS({tee-pubkey, nonce,
+    /// additional-evidence}))` itself and put it into its report's
+    /// REPORT_DATA. Answered with `SnpEvidence` or `SnpUnavailable`.
+    AttestChallenge {
+        /// The KBS nonce, 1..=[`MAX_NONCE_LEN`] printable ASCII characters.
+        nonce: String,
+        /// The `additional_evidence` string sent to the verifier, at most
+        /// [`MAX_ADDITIONAL_EVIDENCE_LEN`] bytes (`""` for none).
+        additional_evidence: String,
+    },
 }
 
 impl HostMessage {
@@ -311,6 +400,13 @@ impl HostMessage {
     pub fn validate(&self) -> Result<(), MessageError> {
         match self {
             HostMessage::PowerOff | HostMessage::Reboot => Ok(()),
+            HostMessage::AttestChallenge { nonce, additional_evidence } => {
+                bounded("nonce", nonce, MAX_NONCE_LEN)?;
+                if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(MessageError::BadNonce);
+                }
+                bounded("additional_evidence", additional_evidence, MAX_ADDITIONAL_EVIDENCE_LEN)
+            }
             HostMessage::AttestResult(AttestResult::Denied { reason }) => {
                 bounded("reason", reason, MAX_REASON_LEN)
             }
@@ -425,5 +521,75 @@ mod tests {
         let mut names: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         names.sort();
         assert_eq!(names, ["alg", "crv", "kty", "x", "y"]);
+    }
+
+    /// SEV-SNP messages: exact report size, bounded certificates of known
+    /// types, a bounded printable nonce; every one fits a frame at its limits.
+    #[test]
+    fn snp_messages_bounds() {
+        let cert = |t: &str, n: usize| SnpCert { cert_type: t.into(), data: vec![0x30; n] };
+        let ev = |report: usize, certs: Vec<SnpCert>| GuestMessage::SnpEvidence {
+            report: vec![0xff; report],
+            certs,
+        };
+        assert!(ev(SNP_REPORT_LEN, vec![]).validate().is_ok());
+        let biggest = ev(
+            SNP_REPORT_LEN,
+            vec![
+                cert("VCEK", MAX_SNP_CERT_LEN),
+                cert("ASK", MAX_SNP_CERT_LEN),
+                cert("ARK", MAX_SNP_CERT_LEN),
+            ],
+        );
+        assert!(biggest.validate().is_ok());
+        // At its limits it still fits one frame (bytes are CBOR arrays here).
+        assert!(crate::encode_frame(&biggest).is_ok());
+        assert_eq!(ev(1183, vec![]).validate(), Err(MessageError::BadSnpReport(1183)));
+        assert_eq!(ev(0, vec![]).validate(), Err(MessageError::BadSnpReport(0)));
+        assert!(matches!(
+            ev(SNP_REPORT_LEN, vec![cert("VCEK", 1); 4]).validate(),
+            Err(MessageError::TooLong { field: "certs", .. })
+        ));
+        assert!(matches!(
+            ev(SNP_REPORT_LEN, vec![cert("VCEK", MAX_SNP_CERT_LEN + 1)]).validate(),
+            Err(MessageError::TooLong { field: "cert", .. })
+        ));
+        assert_eq!(
+            ev(SNP_REPORT_LEN, vec![cert("CRL", 10)]).validate(),
+            Err(MessageError::BadCertType("CRL".into()))
+        );
+        assert_eq!(
+            ev(SNP_REPORT_LEN, vec![cert("VLEK", 0)]).validate(),
+            Err(MessageError::EmptyCert)
+        );
+        let un = |n: usize| GuestMessage::SnpUnavailable { reason: "r".repeat(n) };
+        assert!(un(MAX_REASON_LEN).validate().is_ok());
+        assert!(un(MAX_REASON_LEN + 1).validate().is_err());
+
+        let ch = |nonce: &str, ae: usize| HostMessage::AttestChallenge {
+            nonce: nonce.into(),
+            additional_evidence: "e".repeat(ae),
+        };
+        assert!(ch("bm9uY2U=", 0).validate().is_ok());
+        let biggest = ch(&"n".repeat(MAX_NONCE_LEN), MAX_ADDITIONAL_EVIDENCE_LEN);
+        assert!(biggest.validate().is_ok());
+        assert!(crate::encode_frame(&biggest).is_ok());
+        assert_eq!(ch("", 0).validate(), Err(MessageError::BadNonce));
+        assert_eq!(ch("a b", 0).validate(), Err(MessageError::BadNonce));
+        assert_eq!(ch("a\n", 0).validate(), Err(MessageError::BadNonce));
+        assert!(matches!(
+            ch(&"n".repeat(MAX_NONCE_LEN + 1), 0).validate(),
+            Err(MessageError::TooLong { field: "nonce", .. })
+        ));
+        assert!(matches!(
+            ch("n", MAX_ADDITIONAL_EVIDENCE_LEN + 1).validate(),
+            Err(MessageError::TooLong { field: "additional_evidence", .. })
+        ));
+        // Round trip through a frame.
+        let m = ev(SNP_REPORT_LEN, vec![cert("VCEK", 1300)]);
+        let frame = crate::encode_frame(&m).unwrap();
+        let mut d = crate::FrameDecoder::<GuestMessage>::new();
+        d.push(&frame);
+        assert!(matches!(d.next(), Some(crate::Decoded::Message(x)) if x == m));
     }
 }
