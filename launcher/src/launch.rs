@@ -12,6 +12,8 @@
 //! memory = "256M"                     # default 256M
 //! vcpus = 1                           # default 1
 //! # firmware, backend ("auto"|"qemu"|"builtin"), accel ("auto"|"kvm"|"tcg"), qemu
+//! # machine ("microvm"|"q35"); sev_snp = true (+ snp_policy = 0x30000, snp_vcpu_type = "EPYC-v4"):
+//! # an SEV-SNP guest that produces its own report (see `attest_snp`)
 //! tpm = "swtpm:host=127.0.0.1,port=2321"   # default $TELLUS_TPM, else device:/dev/tpmrm0
 //! pcr = 13
 //! state_dir = "/var/lib/tellus"       # default $TELLUS_STATE_DIR, else /var/lib/tellus
@@ -58,6 +60,8 @@
 
 use crate::accel::AccelChoice;
 use crate::attest::AttestConfig;
+use crate::backend::qemu::snp::SnpSpec;
+use crate::backend::qemu::Machine;
 use crate::backend::BackendChoice;
 use crate::enroll_client::{ClientError, VerifierClient};
 use crate::measured_launch::MeasureConfig;
@@ -115,6 +119,13 @@ pub struct LaunchConfig {
     #[serde(default)]
     pub accel: Option<String>,
     pub qemu: Option<PathBuf>,
+    /// QEMU machine, `microvm` or `q35`.
+    pub machine: Option<String>,
+    /// An SEV-SNP guest.
+    #[serde(default)]
+    pub sev_snp: bool,
+    pub snp_policy: Option<u64>,
+    pub snp_vcpu_type: Option<String>,
     pub tpm: Option<String>,
     #[serde(default = "default_pcr")]
     pub pcr: u32,
@@ -199,6 +210,22 @@ impl LaunchConfig {
             Some("builtin") => BackendChoice::Builtin,
             Some(o) => return Err(invalid(format!("backend {o:?}: use auto, qemu or builtin"))),
         };
+        let machine = match self.machine.as_deref() {
+            None => None,
+            Some("microvm") => Some(Machine::Microvm),
+            Some("q35") => Some(Machine::Q35),
+            Some(o) => return Err(invalid(format!("machine {o:?}: use microvm or q35"))),
+        };
+        if !self.sev_snp && (self.snp_policy.is_some() || self.snp_vcpu_type.is_some()) {
+            return Err(invalid("snp_policy and snp_vcpu_type need sev_snp = true".into()));
+        }
+        let sev_snp = self.sev_snp.then(|| {
+            let d = SnpSpec::default();
+            SnpSpec {
+                policy: self.snp_policy.unwrap_or(d.policy),
+                vcpu_type: self.snp_vcpu_type.clone().unwrap_or(d.vcpu_type),
+            }
+        });
         let accel = match self.accel.as_deref() {
             None | Some("auto") => AccelChoice::Auto,
             Some("kvm") => AccelChoice::Kvm,
@@ -255,8 +282,8 @@ impl LaunchConfig {
             backend,
             accel,
             qemu: self.qemu,
-            machine: None,
-            sev_snp: None,
+            machine,
+            sev_snp,
         };
         Ok(Prepared {
             opts: RunOptions {
@@ -441,6 +468,18 @@ url = "http://127.0.0.1:8080"
         assert_eq!(prep.opts.spec.vcpus, 2);
         assert_eq!(prep.opts.measure.state_dir, dir.path().join("state"));
         assert!(prep.opts.attest.is_some());
+        assert_eq!(prep.opts.spec.machine, None);
+        assert_eq!(prep.opts.spec.sev_snp, None);
+        let p = write(
+            dir.path(),
+            "kernel = \"k\"\ninitrd = \"i\"\nmachine = \"q35\"\nsev_snp = true\nsnp_vcpu_type = \"EPYC-Milan\"\n",
+        );
+        let prep = LaunchConfig::load(&p).unwrap().prepare(&p, Instant::now()).unwrap();
+        assert_eq!(prep.opts.spec.machine, Some(Machine::Q35));
+        assert_eq!(
+            prep.opts.spec.sev_snp,
+            Some(SnpSpec { policy: 0x30000, vcpu_type: "EPYC-Milan".into() })
+        );
     }
 
     #[test]
@@ -454,6 +493,8 @@ url = "http://127.0.0.1:8080"
             ("kernel = \"k\"\ninitrd = \"i\"\nresources = [\"a/b/c\"]\n", "[verifier]"),
             ("kernel = \"k\"\ninitrd = \"i\"\ncmdline = \"tellus.resources=a/b/c\"\n", "not as tellus.resources"),
             ("kernel = \"k\"\ninitrd = \"i\"\nresources = [\"a/b/c\"]\n[verifier]\nurl = \"http://10.0.0.1:1\"\n", "loopback"),
+            ("kernel = \"k\"\ninitrd = \"i\"\nmachine = \"pc\"\n", "use microvm or q35"),
+            ("kernel = \"k\"\ninitrd = \"i\"\nsnp_policy = 196608\n", "need sev_snp = true"),
         ] {
             let p = write(dir.path(), text);
             let e = LaunchConfig::load(&p)
