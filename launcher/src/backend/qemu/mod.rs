@@ -662,7 +662,7 @@ mod snp_golden {
             "-accel",
             "kvm",
             "-machine",
-            "q35,confidential-guest-support=sev0,memory-backend=ram0",
+            "q35,confidential-guest-support=sev0,memory-backend=ram0,vmport=off",
             "-object",
             "memory-backend-memfd,id=ram0,size=2048M,share=true,prealloc=false",
             "-object",

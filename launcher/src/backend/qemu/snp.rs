@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! -nodefaults -no-user-config -accel kvm
-//! -machine q35,confidential-guest-support=sev0,memory-backend=ram0
+//! -machine q35,confidential-guest-support=sev0,memory-backend=ram0,vmport=off
 //! -object memory-backend-memfd,id=ram0,size=<M>M,share=true,prealloc=false
 //! -object sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,
 //!         kernel-hashes=on,host-data=<base64 of 32 bytes>
@@ -205,7 +205,7 @@ pub fn snp_qemu_args(c: &SnpQemuConfig) -> Result<Vec<OsString>, SnpQemuError> {
         "-accel",
         "kvm",
         "-machine",
-        "q35,confidential-guest-support=sev0,memory-backend=ram0",
+        "q35,confidential-guest-support=sev0,memory-backend=ram0,vmport=off",
         "-object",
     ]
     .into_iter()
@@ -261,7 +261,7 @@ mod tests {
             "-accel",
             "kvm",
             "-machine",
-            "q35,confidential-guest-support=sev0,memory-backend=ram0",
+            "q35,confidential-guest-support=sev0,memory-backend=ram0,vmport=off",
             "-object",
             "memory-backend-memfd,id=ram0,size=2048M,share=true,prealloc=false",
             "-object",
