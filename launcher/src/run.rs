@@ -103,6 +103,9 @@ pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
     let qemu = match spec.backend {
         BackendChoice::Auto | BackendChoice::Qemu => {
             let snp = spec.sev_snp.clone();
+            if let Some(s) = &snp {
+                s.check().map_err(|e| BackendError::from(SnpError::from(e)))?;
+            }
             if let (Some(_), Some(m @ Machine::Microvm)) = (&snp, spec.machine) {
                 return Err(BackendError::from(SnpError::NotQ35(m.name())).into());
             }

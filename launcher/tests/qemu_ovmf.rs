@@ -198,6 +198,9 @@ fn sev_snp_is_refused_here_before_anything_is_measured() {
         (&["--sev-snp", "--machine", "microvm"][..], "--sev-snp needs --machine q35"),
         (&["--sev-snp", "--backend", "builtin"][..], "use --backend qemu"),
         (&["--snp-policy", "0x30000"][..], "--sev-snp"),
+        (&["--sev-snp", "--snp-policy", "0xb0000"][..], "allows debugging"),
+        (&["--sev-snp", "--snp-policy", "0x70000"][..], "migration agent"),
+        (&["--sev-snp", "--snp-vcpu-type", "EPYC,+x"][..], "not a plain model name"),
     ] {
         let out = tellus()
             .args(["measure", "predict"])

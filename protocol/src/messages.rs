@@ -219,8 +219,9 @@ pub enum GuestMessage {
         uptime_ms: u64,
     },
     /// Asks the launcher to attest this VM to the verifier (KBS protocol,
-    /// tee `tpm`) and fetch `resources`, encrypted to `tee_pubkey`, whose
-    /// private key only the guest holds.
+    /// tee `tpm`; for an SEV-SNP guest tee `snp`, after an
+    /// [`HostMessage::AttestChallenge`]) and fetch `resources`, encrypted to
+    /// `tee_pubkey`, whose private key only the guest holds.
     AttestRequest {
         /// KBS resource paths `repo/type/tag`, 1..=[`MAX_RESOURCES`], distinct.
         resources: Vec<String>,

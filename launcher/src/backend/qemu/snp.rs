@@ -165,28 +165,45 @@ fn arg(v: impl Into<OsString>) -> OsString {
     v.into()
 }
 
+impl SnpSpec {
+    /// Checks the policy and the CPU model before anything is measured
+    /// (the same checks [`snp_qemu_args`] makes).
+    pub fn check(&self) -> Result<(), SnpQemuError> {
+        check_policy(self.policy)?;
+        check_cpu_model(&self.vcpu_type)
+    }
+}
+
+fn check_policy(policy: u64) -> Result<(), SnpQemuError> {
+    if policy & POLICY_DEBUG != 0 {
+        return Err(SnpQemuError::DebugPolicy(policy));
+    }
+    if policy & POLICY_MIGRATE_MA != 0 {
+        return Err(SnpQemuError::MigrationAgent(policy));
+    }
+    if policy & POLICY_RESERVED_1 == 0 {
+        return Err(SnpQemuError::ReservedBit(policy));
+    }
+    Ok(())
+}
+
+fn check_cpu_model(m: &str) -> Result<(), SnpQemuError> {
+    if m.is_empty() || !m.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+        return Err(SnpQemuError::CpuModel(m.into()));
+    }
+    Ok(())
+}
+
 /// The QEMU arguments (without the program) of an SNP guest.
 pub fn snp_qemu_args(c: &SnpQemuConfig) -> Result<Vec<OsString>, SnpQemuError> {
-    if c.policy & POLICY_DEBUG != 0 {
-        return Err(SnpQemuError::DebugPolicy(c.policy));
-    }
-    if c.policy & POLICY_MIGRATE_MA != 0 {
-        return Err(SnpQemuError::MigrationAgent(c.policy));
-    }
-    if c.policy & POLICY_RESERVED_1 == 0 {
-        return Err(SnpQemuError::ReservedBit(c.policy));
-    }
+    check_policy(c.policy)?;
     if c.kernel.is_none() && (c.initrd.is_some() || c.append.is_some()) {
         return Err(SnpQemuError::NoKernel);
     }
     if c.vcpus == 0 || c.memory_mib == 0 {
         return Err(SnpQemuError::Empty);
     }
-    if c.cpu_model.is_empty()
-        || !c.cpu_model.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-    {
-        return Err(SnpQemuError::CpuModel(c.cpu_model.clone()));
-    }
+    check_cpu_model(&c.cpu_model)?;
     let mut guest = format!(
         "sev-snp-guest,id=sev0,cbitpos={},reduced-phys-bits={},policy={:#x}",
         c.cbitpos, c.reduced_phys_bits, c.policy
