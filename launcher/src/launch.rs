@@ -303,6 +303,15 @@ impl LaunchConfig {
     }
 }
 
+/// The VM and PCR `tellus launch --config path` would measure, for
+/// `tellus measure predict --config`: the same parsing and checks as the
+/// launch, so the prediction has the launch's full command line
+/// (`tellus.resources=` included). Connects to nothing.
+pub fn predict_spec(path: &Path) -> Result<(VmSpec, u32), LaunchError> {
+    let prepared = LaunchConfig::load(path)?.prepare(path, Instant::now())?;
+    Ok((prepared.opts.spec, prepared.opts.measure.pcr))
+}
+
 /// The exit status of a finished launch.
 pub fn exit_status(result: &Result<Outcome, RunError>) -> u8 {
     match result {

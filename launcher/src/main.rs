@@ -283,7 +283,18 @@ struct MeasureArgs {
 #[derive(clap::Args)]
 struct PredictArgs {
     #[command(flatten)]
-    vm: VmArgs,
+    vm: Option<VmArgs>,
+    /// Predict the launch of this `tellus launch` configuration instead
+    /// (its kernel, initrd, full command line with `tellus.resources=`,
+    /// memory, vCPUs, name, backend, PCR): the reference values the
+    /// verifier needs for exactly that launch.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "VmArgs",
+        required_unless_present = "VmArgs"
+    )]
+    config: Option<PathBuf>,
     /// PCR the records go into.
     #[arg(long, default_value_t = measure::DEFAULT_PCR, value_name = "N")]
     pcr: u32,
@@ -355,9 +366,25 @@ fn main() -> ExitCode {
         },
         Command::Measure { command: MeasureCommand::Predict(a) } => {
             let banks: Vec<_> = a.banks.iter().map(|b| b.0).collect();
+            let (spec, pcr) = match (a.vm, &a.config) {
+                (Some(vm), _) => (vm.spec(), a.pcr),
+                (None, Some(config)) => match launch::predict_spec(config) {
+                    Ok(sp) => sp,
+                    Err(e) => {
+                        eprintln!("tellus: error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => {
+                    eprintln!(
+                        "tellus: error: name the VM with --kernel/--initrd/... or --config FILE"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
             report(cli::predict(
-                &a.vm.spec(),
-                a.pcr,
+                &spec,
+                pcr,
                 &banks,
                 a.launch_ticket,
                 a.cel_log.as_deref(),

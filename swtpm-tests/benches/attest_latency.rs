@@ -35,7 +35,8 @@ fn main() {
     attested.resources = vec!["default/key/bench".into()];
     attested.verifier = Some(verifier.url());
     let refs = attested.predict(&host, verifier.dir.path());
-    let _ = verifier.refs_add(&refs);
+    let out = verifier.refs_add(&refs);
+    assert!(out.status.success(), "refs add failed:\n{}", String::from_utf8_lossy(&out.stderr));
 
     let (mut wall_p, mut wall_a, mut attest, mut release) = (vec![], vec![], vec![], vec![]);
     let (mut ready_p, mut ready_a) = (vec![], vec![]);

@@ -172,11 +172,11 @@ impl Verifier {
         assert!((200..300).contains(&status), "upload of {resource}: HTTP {status} {body}");
     }
 
-    /// `tellus-verifier refs add FILE` (issue 6): loads `tellus measure
-    /// predict --output json` as reference values. `None` when this
-    /// verifier has no such command yet.
-    pub fn refs_add(&self, predict_json: &Path) -> Option<Output> {
-        let out = Command::new(&bins().1)
+    /// `tellus-verifier refs add FILE`: loads `tellus measure predict
+    /// --output json` as reference values (the verifier may be running:
+    /// the command writes the same SQLite database).
+    pub fn refs_add(&self, predict_json: &Path) -> Output {
+        Command::new(&bins().1)
             .args(["refs", "add"])
             .arg(predict_json)
             .arg("--state-dir")
@@ -184,21 +184,7 @@ impl Verifier {
             .arg("--config")
             .arg(&self.config)
             .output()
-            .unwrap();
-        let err = text(&out.stderr);
-        if !out.status.success()
-            && (err.contains("unrecognized subcommand") || err.contains("unexpected argument"))
-        {
-            return None;
-        }
-        Some(out)
-    }
-
-    /// Whether this verifier evaluates attestation policies against
-    /// reference values (`tellus-verifier refs` exists).
-    pub fn has_policy() -> bool {
-        let out = Command::new(&bins().1).args(["refs", "--help"]).output().unwrap();
-        out.status.success()
+            .unwrap()
     }
 }
 
@@ -281,15 +267,6 @@ impl VmToml {
         }
     }
 
-    /// The full command line the launch measures.
-    pub fn full_cmdline(&self) -> String {
-        if self.resources.is_empty() {
-            self.cmdline.clone()
-        } else {
-            format!("{} tellus.resources={}", self.cmdline, self.resources.join(","))
-        }
-    }
-
     fn render(&self, host: &Host, console_log: &Path) -> String {
         let mut t = format!(
             "name = {:?}\nkernel = {:?}\ninitrd = {:?}\ncmdline = {:?}\nvcpus = {}\n\
@@ -313,25 +290,19 @@ impl VmToml {
         t
     }
 
-    /// Reference values for this VM: `tellus measure predict --output json`
-    /// with the same inputs, written to a file in `dir`.
+    /// Reference values for this VM: `tellus measure predict --config
+    /// <its vm.toml> --output json`, i.e. exactly what `tellus launch` of
+    /// the same file measures, written to a file in `dir`.
     pub fn predict(&self, host: &Host, dir: &Path) -> PathBuf {
-        let mut args: Vec<String> = vec!["measure".into(), "predict".into()];
-        for (k, v) in [
-            ("--name", self.name.clone()),
-            ("--kernel", self.kernel.display().to_string()),
-            ("--initrd", self.initrd.display().to_string()),
-            ("--cmdline", self.full_cmdline()),
-            ("--vcpus", self.vcpus.to_string()),
-            ("--memory", self.memory.clone()),
-            ("--output", "json".into()),
-        ] {
-            args.push(k.into());
-            args.push(v);
-        }
-        let out = Command::new(&bins().0).args(&args).output().unwrap();
+        let config = dir.join(format!("predict-{}.toml", std::process::id()));
+        std::fs::write(&config, self.render(host, &dir.join("console.log"))).unwrap();
+        let out = Command::new(&bins().0)
+            .args(["measure", "predict", "--config"])
+            .arg(&config)
+            .args(["--output", "json"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "predict failed:\n{}", text(&out.stderr));
-        let _ = host;
         let path = dir.join(format!("predict-{}.json", std::process::id()));
         std::fs::write(&path, &out.stdout).unwrap();
         path
