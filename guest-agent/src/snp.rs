@@ -263,7 +263,7 @@ mod tests {
     #[test]
     fn no_device_is_explained() {
         if Path::new(SEV_GUEST_DEVICE).exists() {
-            eprintln!("SKIP (this is an SEV-SNP guest): no_device_is_explained");
+            swtpm_tests::skip("this is an SEV-SNP guest", "no_device_is_explained");
             return;
         }
         let m = answer_or_explain(SevGuest::open, &key(), "n", "");
@@ -282,7 +282,7 @@ mod tests {
         let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/test-vectors/sev-snp/trustee/test-report.bin");
         let Ok(r) = std::fs::read(&p) else {
-            eprintln!("SKIP (shared/test-vectors absent): report_data_offset_in_a_real_report");
+            swtpm_tests::skip("shared/test-vectors absent", "report_data_offset_in_a_real_report");
             return;
         };
         assert_eq!(r.len(), SNP_REPORT_LEN);

@@ -222,7 +222,10 @@ mod tests {
     #[test]
     fn relayed_evidence_is_accepted_by_the_snp_verifier() {
         let Some(d) = vectors() else {
-            eprintln!("SKIP (shared/test-vectors absent): relayed_evidence_is_accepted_by_the_snp_verifier");
+            swtpm_tests::skip(
+                "shared/test-vectors absent",
+                "relayed_evidence_is_accepted_by_the_snp_verifier",
+            );
             return;
         };
         let report = std::fs::read(d.join("attestation.bin")).unwrap();

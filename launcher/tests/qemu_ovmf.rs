@@ -163,7 +163,10 @@ fn sev_snp_is_refused_here_before_anything_is_measured() {
         && std::fs::read_to_string("/sys/module/kvm_amd/parameters/sev_snp")
             .is_ok_and(|v| v.trim() == "Y" || v.trim() == "1");
     if snp_host {
-        eprintln!("SKIP (this host has SEV-SNP; the refusal is for hosts without it): sev_snp_is_refused_here_before_anything_is_measured");
+        swtpm_tests::skip(
+            "this host has SEV-SNP; the refusal is for hosts without it",
+            "sev_snp_is_refused_here_before_anything_is_measured",
+        );
         return;
     }
     let (kernel, initrd) = guest();

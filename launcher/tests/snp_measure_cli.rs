@@ -241,7 +241,7 @@ fn svsm_mode() {
     let out = tellus(&["--mode", "snp:svsm", "--vcpus", "2", "--ovmf", AMDSEV, "--svsm", AMDSEV]);
     assert_eq!(out.status.code(), Some(2), "--vars-size is required");
     let Some(dir) = std::env::var_os("TELLUS_SNP_MEASURE_FIXTURES").map(PathBuf::from) else {
-        eprintln!("SKIP (TELLUS_SNP_MEASURE_FIXTURES not set: no svsm.bin): svsm_mode digests");
+        swtpm_tests::skip("TELLUS_SNP_MEASURE_FIXTURES not set: no svsm.bin", "svsm_mode digests");
         return;
     };
     for (vcpus, test) in [("4", "test_snp_svsm_4_vcpus"), ("2", "test_snp_svsm_2_vcpus")] {

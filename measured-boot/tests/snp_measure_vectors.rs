@@ -114,8 +114,9 @@ fn extra_fixture(name: &str) -> Option<Vec<u8>> {
 fn run_svsm_case(c: &Value, name: &str) -> bool {
     let (Some(ovmf), Some(svsm)) = (extra_fixture("svsm_ovmf.fd"), extra_fixture("svsm.bin"))
     else {
-        eprintln!(
-            "SKIP (svsm.bin / svsm_ovmf.fd not in the collection; set TELLUS_SNP_MEASURE_FIXTURES): {name}"
+        swtpm_tests::skip(
+            "svsm.bin / svsm_ovmf.fd not in the collection; set TELLUS_SNP_MEASURE_FIXTURES",
+            name,
         );
         return false;
     };

@@ -527,7 +527,7 @@ pub fn hardware_kvm_or_skip(test: &str) -> bool {
     match tellus_launcher::accel::detect() {
         tellus_launcher::accel::KvmKind::Hardware(_) => true,
         other => {
-            println!("SKIP ({other}): {test}");
+            swtpm_tests::skip(&other.to_string(), test);
             false
         }
     }
@@ -538,7 +538,7 @@ pub fn kvm_usable_or_skip(test: &str) -> bool {
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => true,
         Err(e) => {
-            println!("SKIP (/dev/kvm cannot be opened: {e}): {test}");
+            swtpm_tests::skip(&format!("/dev/kvm cannot be opened: {e}"), test);
             false
         }
     }

@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn binding_is_report_data() {
         let Some(d) = vectors() else {
-            eprintln!("SKIP (shared/test-vectors absent): binding_is_report_data");
+            swtpm_tests::skip("shared/test-vectors absent", "binding_is_report_data");
             return;
         };
         let report = std::fs::read(d.join("attestation.bin")).unwrap();
