@@ -52,6 +52,9 @@ enum Command {
     /// Check or test Rego policies offline.
     #[command(subcommand)]
     Policy(tellus_verifier::service::offline::PolicyCommand),
+    /// The signed, hash-chained audit log: verify it, or print entries.
+    #[command(subcommand)]
+    Audit(tellus_verifier::service::offline::AuditCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -350,5 +353,6 @@ fn main() -> ExitCode {
         Command::Serve(a) => tellus_verifier::service::cli::serve_main(a),
         Command::Refs(c) => tellus_verifier::service::offline::refs_main(c),
         Command::Policy(c) => tellus_verifier::service::offline::policy_main(c),
+        Command::Audit(c) => tellus_verifier::service::offline::audit_main(c),
     }
 }

@@ -19,7 +19,8 @@
 use super::error::{ApiError, ErrorKind};
 use super::kbs::{bearer, body_or_error, parse_json};
 use super::policy::RESOURCE_POLICY_ID;
-use super::{db, AppState};
+use super::{audit, db, AppState};
+use crate::audit::AuditEvent;
 use crate::storage::{PolicyKind, ResourcePath};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -159,9 +160,26 @@ pub async fn put_resource(
         .map_err(|e| ApiError::internal("encrypting the resource", e))?;
     let p = path.clone();
     let n = labels.len();
+    // Logged before the change is made; never the resource's content or hash.
+    let detail = json!({"bytes": body.len(), "required_labels": labels});
+    audit(&state, AuditEvent::ResourceUploaded, path.to_string(), detail).await?;
     db(&state, "storing the resource", move |s| s.put_resource(&p, &sealed, &labels)).await?;
     tracing::info!(resource = %path, bytes = body.len(), required_labels = n, "resource stored");
     Ok(ok())
+}
+
+/// What the audit log keeps of a policy change: its size and SHA-256 (the
+/// text itself is in the policy history).
+fn policy_detail(text: &str) -> Value {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    json!({"bytes": text.len(), "sha256": hex::encode(d)})
+}
+
+/// What the audit log keeps of a reference-value change: the names (at
+/// most 64) and how many digests.
+pub(crate) fn reference_detail(set: &ReferenceSet) -> Value {
+    let names: Vec<&String> = set.values.keys().take(64).collect();
+    json!({"names": names, "name_count": set.values.len(), "digests": set.len()})
 }
 
 /// Compiles an uploaded policy; 400 with regorus' message otherwise.
@@ -200,6 +218,8 @@ pub async fn set_attestation_policy(
     let text = decode_policy(&b.policy)?;
     compile_upload(&format!("{}.rego", b.policy_id), &text)?;
     let id = b.policy_id.clone();
+    audit(&state, AuditEvent::PolicyChanged, format!("attestation:{id}"), policy_detail(&text))
+        .await?;
     let version = db(&state, "storing the policy", move |s| {
         s.put_policy(PolicyKind::Attestation, &id, &text)
     })
@@ -224,6 +244,8 @@ pub async fn set_resource_policy(
         admin_json(&state, &headers, body, "resource policy", r#"{"policy":"<base64url>"}"#)?;
     let text = decode_policy(&b.policy)?;
     compile_upload("resource-policy.rego", &text)?;
+    let subject = format!("resource:{RESOURCE_POLICY_ID}");
+    audit(&state, AuditEvent::PolicyChanged, subject, policy_detail(&text)).await?;
     let version = db(&state, "storing the policy", move |s| {
         s.put_policy(PolicyKind::Resource, RESOURCE_POLICY_ID, &text)
     })
@@ -296,6 +318,8 @@ pub async fn set_reference_values(
     let set = ReferenceSet::from_json(&doc, b.expires.as_deref(), b.provenance.as_deref())
         .map_err(|e| invalid(e.to_string()))?;
     let (names, digests) = (set.values.len(), set.len());
+    audit(&state, AuditEvent::ReferenceValuesChanged, "reference-values", reference_detail(&set))
+        .await?;
     db(&state, "storing reference values", move |s| s.merge_reference_values(&set)).await?;
     tracing::info!(names, digests, "reference values merged");
     Ok(ok())

@@ -17,7 +17,8 @@
 use super::admin::require_admin;
 use super::error::{ApiError, ErrorKind};
 use super::kbs::{body_or_error, parse_json};
-use super::{db, AppState};
+use super::{audit, db, AppState};
+use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::registrar::ek_cert::{TrustAnchors, ValidationTime};
 use crate::registrar::enrollment::{self, EnrollError, EnrollOptions};
@@ -28,6 +29,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use tellus_protocol::enrollment::{ActivationProof, EnrollRequest, EnrollResult};
@@ -105,6 +107,18 @@ fn refused(detail: impl Into<String>) -> ApiError {
     ApiError::bad_request(ErrorKind::EnrollmentRefused, detail)
 }
 
+/// Records a refused enrollment step in the audit log and returns the
+/// refusal. The request is refused either way; a failed audit append is
+/// returned instead (the client sees an internal error) so that it is
+/// noticed.
+async fn audit_refusal(state: &AppState, subject: &str, step: &str, err: ApiError) -> ApiError {
+    let detail = json!({"step": step, "kind": err.kind.as_str(), "error": err.detail});
+    match audit(state, AuditEvent::HostEnrollRefused, subject, detail).await {
+        Ok(()) => err,
+        Err(audit_err) => audit_err,
+    }
+}
+
 /// `POST /tellus/v1/hosts/enroll`.
 pub async fn enroll(
     State(state): State<AppState>,
@@ -125,27 +139,36 @@ pub async fn enroll(
         Err(_) if settings.options.allow_uncertified_ek && req.ek_cert.is_none() => &empty,
         Err(msg) => {
             state.metrics.enrollments_refused.fetch_add(1, Ordering::Relaxed);
-            return Err(refused(msg.clone()));
+            return Err(audit_refusal(&state, &req.host_id, "enroll", refused(msg.clone())).await);
         }
     };
-    let (challenge, pending) = enrollment::begin_with_options(
+    let begun = enrollment::begin_with_options(
         &req,
         anchors,
         ValidationTime::Now,
         settings.options,
         &state.rng,
-    )
-    .map_err(|e| {
-        state.metrics.enrollments_refused.fetch_add(1, Ordering::Relaxed);
-        match e {
-            EnrollError::Random | EnrollError::MakeCredential(_) => {
-                ApiError::internal("making the enrollment challenge", e)
-            }
-            e => refused(e.to_string()),
+    );
+    let (challenge, pending) = match begun {
+        Ok(v) => v,
+        Err(e) => {
+            state.metrics.enrollments_refused.fetch_add(1, Ordering::Relaxed);
+            let err = match e {
+                EnrollError::Random | EnrollError::MakeCredential(_) => {
+                    return Err(ApiError::internal("making the enrollment challenge", e))
+                }
+                e => refused(e.to_string()),
+            };
+            return Err(audit_refusal(&state, &req.host_id, "enroll", err).await);
         }
-    })?;
+    };
     let host_id = pending.host_id.clone();
+    let detail = json!({
+        "enrollment_id": challenge.enrollment_id,
+        "ek_certified": req.ek_cert.is_some(),
+    });
     db(&state, "storing the pending enrollment", move |s| s.put_pending(&pending)).await?;
+    audit(&state, AuditEvent::HostEnrollRequested, &host_id, detail).await?;
     state.metrics.enrollments.fetch_add(1, Ordering::Relaxed);
     tracing::info!(host_id = %host_id, enrollment_id = %challenge.enrollment_id, "enrollment challenge issued");
     Ok(json_response(&challenge))
@@ -194,20 +217,28 @@ pub async fn activate(
             ),
         )));
     }
-    let host = enrollment::finish(&pending, &proof).map_err(|e| {
-        fail(match e {
-            EnrollError::ActivationFailed => {
-                ApiError::new(StatusCode::FORBIDDEN, ErrorKind::ActivationFailed, e.to_string())
-            }
-            e => invalid(e.to_string()),
-        })
-    })?;
+    let host = match enrollment::finish(&pending, &proof) {
+        Ok(h) => h,
+        Err(e) => {
+            let err = fail(match e {
+                EnrollError::ActivationFailed => {
+                    ApiError::new(StatusCode::FORBIDDEN, ErrorKind::ActivationFailed, e.to_string())
+                }
+                e => invalid(e.to_string()),
+            });
+            return Err(audit_refusal(&state, &pending.host_id, "activate", err).await);
+        }
+    };
     let decode = |what: &str, b64: &str| {
         B64.decode(b64).map_err(|e| ApiError::internal(&format!("decoding the stored {what}"), e))
     };
     let ek_public = decode("EK public", &host.ek_public)?;
     let ak_public = decode("AK public", &host.ak_public)?;
     let host_id = host.host_id.clone();
+    // Logged before the host is stored: no host becomes usable without
+    // its entry.
+    let detail = json!({"enrollment_id": proof.enrollment_id, "ek_anchor": host.ek_anchor});
+    audit(&state, AuditEvent::HostActivated, &host_id, detail).await?;
     let record = db(&state, "storing the host", move |s| {
         let labels = s.get_host(&host_id)?.map(|h| h.labels).unwrap_or_default();
         let record = HostRecord { host_id, ek_public, ak_public, labels, activated: true };
@@ -310,6 +341,7 @@ pub async fn put_labels(
         }
     }
     let id = host_id.to_ascii_lowercase();
+    let detail = json!({"labels": labels});
     let host = db(&state, "storing the host labels", move |s| {
         if !s.set_host_labels(&id, &labels)? {
             return Ok(None);
@@ -319,6 +351,7 @@ pub async fn put_labels(
     .await?;
     match host {
         Some(h) => {
+            audit(&state, AuditEvent::HostChanged, &h.host_id, detail).await?;
             tracing::info!(host_id = %h.host_id, labels = h.labels.len(), "host labels set");
             Ok(host_view(&h))
         }

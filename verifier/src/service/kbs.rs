@@ -19,7 +19,8 @@
 
 use super::error::{ApiError, ErrorKind};
 use super::verifier::VerifyError;
-use super::{db, jwe, now_ms, token, AppState};
+use super::{audit, db, jwe, now_ms, token, AppState};
+use crate::audit::AuditEvent;
 use crate::storage::{Attested, ResourcePath, Session};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -203,6 +204,29 @@ pub async fn attest(
             ),
         )
     })?;
+    let prefix = session.id[..8].to_owned();
+    let tee = session.tee.clone();
+    match attest_session(&state, session, body).await {
+        Ok(resp) => Ok(resp),
+        Err(err) => {
+            let detail = json!({
+                "session": prefix, "tee": tee, "kind": err.kind.as_str(), "error": err.detail,
+            });
+            audit(&state, AuditEvent::AttestationRefused, format!("session:{prefix}"), detail)
+                .await?;
+            Err(err)
+        }
+    }
+}
+
+/// `POST /kbs/v0/attest` once the session is known; every refusal it
+/// returns is audited by [`attest`].
+async fn attest_session(
+    state: &AppState,
+    session: Session,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let state = state.clone();
     let body = body_or_error(body)?;
     let value = parse_json(&body, "KBS Attestation")?;
     let attestation: Attestation = serde_json::from_value(value.clone()).map_err(|e| {
@@ -316,12 +340,25 @@ pub async fn attest(
         &claims,
         &appraisal,
         &raw_pubkey,
-    );
+    )
+    .map_err(|e| ApiError::internal("building the attestation result", e))?;
     let token = state.signer.sign(&ear).map_err(|e| ApiError::internal("signing the token", e))?;
     let tee_pubkey = serde_json::to_string(&raw_pubkey)
         .map_err(|e| ApiError::internal("storing tee-pubkey", e))?;
     let expires_at_ms = now.saturating_add(state.settings.session_lifetime.as_millis() as i64);
     let attested = Attested { token: token.clone(), tee_pubkey };
+    // Logged before the session is marked attested: no token is usable
+    // without its entry.
+    let prefix = &session.id[..8];
+    let detail = json!({
+        "session": prefix,
+        "tee": session.tee,
+        "status": appraisal.status,
+        "policy_id": appraisal.policy_id,
+        "reasons": appraisal.reasons.iter().take(token::MAX_TOKEN_REASONS).collect::<Vec<_>>(),
+        "token_sha256": token_digest(&token),
+    });
+    audit(&state, AuditEvent::AttestationVerified, format!("session:{prefix}"), detail).await?;
     let id = session.id.clone();
     let found = db(&state, "recording the attestation", move |s| {
         s.mark_attested(&id, &attested, expires_at_ms)
@@ -397,49 +434,96 @@ fn resource_policy_input(
     })
 }
 
-/// `GET /kbs/v0/resource/{repo}/{type}/{tag}`.
+/// A short, non-secret name for a token in the audit log: the first 16
+/// hex digits of its SHA-256.
+fn token_digest(token: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    hex::encode(&d.as_ref()[..8])
+}
+
+/// `GET /kbs/v0/resource/{repo}/{type}/{tag}`. Requests that carry a valid
+/// token or attested session are audited: `resource.released`, or
+/// `resource.denied` with the reason.
 pub async fn get_resource(
     State(state): State<AppState>,
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let ear: Map<String, Value> = match bearer(&headers) {
-        Some(Ok(t)) => state
-            .signer
-            .verify(t, now_ms() / 1000)
-            .map_err(|e| ApiError::unauthenticated(e.to_string()))?,
-        Some(Err(())) => {
-            return Err(ApiError::unauthenticated("the Authorization header must be `Bearer <token from /kbs/v0/attest>`"))
+    let (ear, requester) = requester(&state, &headers).await?;
+    let subject = format!("{repo}/{kind}/{tag}");
+    match release(&state, ear, &requester, &repo, &kind, &tag).await {
+        Ok(resp) => Ok(resp),
+        Err(err) => {
+            let mut detail = requester.clone();
+            detail["kind"] = json!(err.kind.as_str());
+            detail["error"] = json!(err.detail);
+            audit(&state, AuditEvent::ResourceDenied, subject, detail).await?;
+            Err(err)
         }
-        None => match session_from_headers(&state, &headers).await? {
+    }
+}
+
+/// The EAR claims a resource request presents and who presented them
+/// (`{"token_sha256"}` or `{"session"}` prefix), for the audit log.
+async fn requester(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Map<String, Value>, Value), ApiError> {
+    match bearer(headers) {
+        Some(Ok(t)) => {
+            let ear = state
+                .signer
+                .verify(t, now_ms() / 1000)
+                .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+            Ok((ear, json!({"token_sha256": token_digest(t)})))
+        }
+        Some(Err(())) => {
+            Err(ApiError::unauthenticated("the Authorization header must be `Bearer <token from /kbs/v0/attest>`"))
+        }
+        None => match session_from_headers(state, headers).await? {
             // The token was signed by this verifier and read back from its
             // own store.
-            Some(Session { attested: Some(a), .. }) => token::payload_unchecked(&a.token)
-                .ok_or_else(|| ApiError::internal("reading the session's token", "undecodable"))?,
+            Some(Session { id, attested: Some(a), .. }) => {
+                let ear = token::payload_unchecked(&a.token).ok_or_else(|| {
+                    ApiError::internal("reading the session's token", "undecodable")
+                })?;
+                Ok((ear, json!({"session": &id[..8]})))
+            }
             Some(_) => {
-                return Err(ApiError::unauthenticated(
+                Err(ApiError::unauthenticated(
                     "this session has not attested; POST /kbs/v0/attest first",
                 ))
             }
             None => {
-                return Err(ApiError::new(
+                Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     ErrorKind::TokenNotFound,
                     "no attestation token and no live attested session: send `Authorization: Bearer <token>` or the kbs-session-id cookie after /kbs/v0/attest",
                 ))
             }
         },
-    };
+    }
+}
+
+/// The release itself, once the requester is known.
+async fn release(
+    state: &AppState,
+    ear: Map<String, Value>,
+    requester: &Value,
+    repo: &str,
+    kind: &str,
+    tag: &str,
+) -> Result<Response, ApiError> {
     let v = token::tee_pubkey_of(&ear).ok_or_else(|| {
         ApiError::unauthenticated(
             "the token carries no tee-pubkey; send a token from POST /kbs/v0/attest",
         )
     })?;
     let tee_pubkey: TeePubKey = parse_tee_pubkey(v)?;
-    let path = ResourcePath::new(&repo, &kind, &tag)
+    let path = ResourcePath::new(repo, kind, tag)
         .map_err(|e| ApiError::bad_request(ErrorKind::InvalidRequest, e.to_string()))?;
     let p = path.clone();
-    let stored = db(&state, "reading the resource", move |s| s.get_resource(&p)).await?;
+    let stored = db(state, "reading the resource", move |s| s.get_resource(&p)).await?;
     let input = resource_policy_input(&ear, &path, stored.as_ref().map(|r| &r.required_labels));
     let policies = state.policies.clone();
     let decision = tokio::task::spawn_blocking(move || policies.decide_resource(&input))
@@ -475,7 +559,16 @@ pub async fn get_resource(
         }
         other => ApiError::bad_request(ErrorKind::UnsupportedTeeKey, other.to_string()),
     })?;
+    let mut detail = requester.clone();
+    detail["bytes"] = json!(plaintext.len());
+    detail["status"] = ear_status(&ear);
+    audit(state, AuditEvent::ResourceReleased, path.to_string(), detail).await?;
     state.metrics.resources_released.fetch_add(1, Ordering::Relaxed);
     tracing::info!(resource = %path, "released");
     Ok(json_response(StatusCode::OK, &jwe))
+}
+
+/// The EAR status a token carries, for the audit log.
+fn ear_status(ear: &Map<String, Value>) -> Value {
+    token::submod(ear).and_then(|s| s.get("ear.status")).cloned().unwrap_or(Value::Null)
 }

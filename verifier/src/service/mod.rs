@@ -196,6 +196,33 @@ where
         .map_err(|e| ApiError::internal(what, e))
 }
 
+/// Appends one entry to the audit log (signed with the token-signing key)
+/// on the blocking pool. Callers fail the request when this fails: nothing
+/// is released, enrolled or changed without its audit entry.
+pub(crate) async fn audit(
+    state: &AppState,
+    event: crate::audit::AuditEvent,
+    subject: impl Into<String>,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    let signer = state.signer.clone();
+    let subject = subject.into();
+    db(state, "audit log", move |s| {
+        s.append_audit(&|prev| {
+            crate::audit::AuditEntry::next(
+                prev,
+                now_ms(),
+                event,
+                &subject,
+                detail.clone(),
+                signer.as_ref(),
+            )
+        })
+        .map(|_| ())
+    })
+    .await
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }

@@ -19,7 +19,9 @@
 //! Exit status: 0 allowed / checked, 1 denied / a policy does not compile,
 //! 2 the inputs could not be read.
 
+use super::token::TokenSigner;
 use super::tpm_verifier::tpm_claims;
+use crate::audit::{AuditEntry, AuditEvent, AuditKeys};
 use crate::config::Config;
 use crate::storage::{SqliteStore, Store};
 use serde_json::{json, Value};
@@ -46,14 +48,29 @@ pub struct StateArgs {
 
 impl StateArgs {
     fn state_dir(&self) -> Result<PathBuf, String> {
-        if let Some(d) = &self.state_dir {
-            return Ok(d.clone());
-        }
-        let c = match &self.config {
+        Ok(self.config()?.state_dir)
+    }
+
+    /// The configuration, with `--state-dir` applied.
+    fn config(&self) -> Result<Config, String> {
+        let mut c = match &self.config {
             Some(p) => Config::load(p).map_err(|e| e.to_string())?,
             None => Config::default(),
         };
-        Ok(c.state_dir)
+        if let Some(d) = &self.state_dir {
+            c.state_dir = d.clone();
+        }
+        Ok(c)
+    }
+
+    /// The verifier's token-signing key (which also signs the audit log),
+    /// loaded (or, in a fresh state directory, created) as `serve` does.
+    fn signer(&self) -> Result<TokenSigner, String> {
+        let config = self.config()?;
+        let secrets =
+            super::keys::Secrets::load_or_create(&config, &ring::rand::SystemRandom::new())
+                .map_err(|e| e.to_string())?;
+        TokenSigner::from_pkcs8(&secrets.signing_key_pkcs8).map_err(|e| e.to_string())
     }
 }
 
@@ -185,7 +202,23 @@ pub fn refs_main(cmd: RefsCommand) -> ExitCode {
                 let doc = read_json("reference values", &file)?;
                 let set = ReferenceSet::from_json(&doc, expires.as_deref(), provenance.as_deref())
                     .map_err(|e| format!("{}: {e}", file.display()))?;
+                let signer = state.signer()?;
                 let store = SqliteStore::open_in(&state.state_dir()?).map_err(|e| e.to_string())?;
+                // Logged first, as the server does: no change without its entry.
+                let mut detail = super::admin::reference_detail(&set);
+                detail["via"] = json!("tellus-verifier refs add");
+                store
+                    .append_audit(&|prev| {
+                        AuditEntry::next(
+                            prev,
+                            super::now_ms(),
+                            AuditEvent::ReferenceValuesChanged,
+                            "reference-values",
+                            detail.clone(),
+                            &signer,
+                        )
+                    })
+                    .map_err(|e| e.to_string())?;
                 store.merge_reference_values(&set).map_err(|e| e.to_string())?;
                 let all = store.reference_values().map_err(|e| e.to_string())?;
                 Ok::<_, String>((set, all))
@@ -306,4 +339,176 @@ fn policy_test(a: &PolicyTestArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(if d.allow { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Output format of `audit verify`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditOutput {
+    Text,
+    Json,
+}
+
+/// `audit` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole audit log: sequence, hash chain and every signature.
+    /// Exit 0 valid, 1 broken (the message names the entry), 2 unreadable.
+    Verify {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Verify with the keys of this JWK Set (e.g. saved from GET
+        /// /tellus/v1/jwks) instead of the state directory's signing key.
+        #[arg(long, value_name = "FILE")]
+        jwks: Option<PathBuf>,
+        /// A head printed by an earlier `audit verify` (`SEQ:HASH`); the
+        /// log must still contain it unchanged (catches a cut-off tail).
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: AuditOutput,
+    },
+    /// Print entries as JSON lines, oldest first.
+    Show {
+        #[command(flatten)]
+        state: StateArgs,
+        /// First sequence number to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// How many entries at most.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+/// Entries read per database query while verifying.
+const AUDIT_PAGE: usize = 1024;
+
+/// Opens the existing database of a state directory (never creates one:
+/// verifying a mistyped directory must not report an empty, valid log).
+fn open_existing(state: &StateArgs) -> Result<SqliteStore, String> {
+    let dir = state.state_dir()?;
+    let db = dir.join(crate::storage::sqlite::DB_FILE);
+    if !db.is_file() {
+        return Err(format!(
+            "no verifier database at {}; pass the verifier's --state-dir or --config",
+            db.display()
+        ));
+    }
+    SqliteStore::open(&db).map_err(|e| e.to_string())
+}
+
+/// The public keys to verify with: `--jwks FILE`, else the state
+/// directory's signing key (read, never created).
+fn audit_keys(state: &StateArgs, jwks: Option<&Path>) -> Result<AuditKeys, String> {
+    let keys = match jwks {
+        Some(p) => AuditKeys::from_jwks(&read_json("JWK Set", p)?),
+        None => {
+            let path = state.state_dir()?.join(super::keys::SIGNING_KEY_FILE);
+            let der = read("signing key", &path)?;
+            let signer =
+                TokenSigner::from_pkcs8(&der).map_err(|e| format!("{}: {e}", path.display()))?;
+            AuditKeys::from_jwks(&signer.jwks())
+        }
+    };
+    if keys.is_empty() {
+        return Err("no EC P-256 key to verify with; give a JWK Set with the verifier's key".into());
+    }
+    Ok(keys)
+}
+
+/// Runs an `audit` subcommand.
+pub fn audit_main(cmd: AuditCommand) -> ExitCode {
+    match cmd {
+        AuditCommand::Verify { state, jwks, expect_head, output } => {
+            let head = match expect_head.as_deref().map(crate::audit::parse_head) {
+                None => None,
+                Some(Some(h)) => Some(h),
+                Some(None) => {
+                    return input_error(
+                        "--expect-head takes SEQ:HASH as `audit verify` prints it (HASH: 64 hex digits)"
+                            .into(),
+                    )
+                }
+            };
+            let (store, keys) = match open_existing(&state)
+                .and_then(|s| Ok((s, audit_keys(&state, jwks.as_deref())?)))
+            {
+                Ok(v) => v,
+                Err(e) => return input_error(e),
+            };
+            // Read page by page; a read error ends the iteration and is
+            // reported as exit 2 below.
+            let read_err = std::cell::RefCell::new(None::<String>);
+            let mut next = 0u64;
+            let mut page: std::vec::IntoIter<AuditEntry> = Vec::new().into_iter();
+            let mut done = false;
+            let entries = std::iter::from_fn(|| loop {
+                if let Some(e) = page.next() {
+                    next = e.seq.saturating_add(1);
+                    return Some(e);
+                }
+                if done {
+                    return None;
+                }
+                match store.audit_entries(next, AUDIT_PAGE) {
+                    Ok(v) => {
+                        done = v.len() < AUDIT_PAGE;
+                        page = v.into_iter();
+                    }
+                    Err(e) => {
+                        *read_err.borrow_mut() = Some(e.to_string());
+                        return None;
+                    }
+                }
+            });
+            let result = crate::audit::verify_chain(
+                entries,
+                &keys,
+                head.as_ref().map(|(s, h)| (*s, h.as_str())),
+            );
+            if let Some(e) = read_err.into_inner() {
+                return input_error(e);
+            }
+            match (result, output) {
+                (Ok(sum), AuditOutput::Text) => {
+                    println!(
+                        "audit log valid: {} entries, head {}",
+                        sum.entries,
+                        sum.head_string()
+                    );
+                    ExitCode::SUCCESS
+                }
+                (Ok(sum), AuditOutput::Json) => {
+                    let v =
+                        json!({"valid": true, "entries": sum.entries, "head": sum.head_string()});
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                (Err(e), AuditOutput::Text) => {
+                    println!("audit log BROKEN: {e}");
+                    ExitCode::from(1)
+                }
+                (Err(e), AuditOutput::Json) => {
+                    println!("{}", json!({"valid": false, "error": e.to_string()}));
+                    ExitCode::from(1)
+                }
+            }
+        }
+        AuditCommand::Show { state, from, limit } => {
+            let result = open_existing(&state)
+                .and_then(|s| s.audit_entries(from, limit).map_err(|e| e.to_string()));
+            match result {
+                Ok(entries) => {
+                    for e in entries {
+                        match serde_json::to_string(&e) {
+                            Ok(line) => println!("{line}"),
+                            Err(err) => return input_error(err.to_string()),
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => input_error(e),
+            }
+        }
+    }
 }

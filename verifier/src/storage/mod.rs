@@ -15,6 +15,7 @@ pub mod sqlite;
 pub use sealing::{ResourceKey, SealError, SealedResource};
 pub use sqlite::SqliteStore;
 
+use crate::audit::{AuditEntry, AuditError};
 pub use crate::registrar::enrollment::PendingEnrollment;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -44,6 +45,8 @@ pub enum StoreError {
     DuplicateSession(String),
     #[error("the database lock was poisoned by a panic in another request; restart the verifier")]
     Poisoned,
+    #[error("cannot write the audit entry: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// A resource path `repo/type/tag`, each segment non-empty, at most
@@ -223,6 +226,17 @@ pub trait Store: Send + Sync {
     /// Deletes pending enrollments created before `before_secs` (Unix
     /// seconds); returns how many.
     fn delete_expired_pending(&self, before_secs: u64) -> Result<usize, StoreError>;
+
+    /// Appends one audit entry: reads the last entry and stores
+    /// `make(last)` in one write transaction, so concurrent appenders (other
+    /// threads, other processes on the same database) cannot fork the
+    /// chain. Returns the entry stored.
+    fn append_audit(
+        &self,
+        make: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
+    ) -> Result<AuditEntry, StoreError>;
+    /// Up to `limit` audit entries with `seq >= from_seq`, in order.
+    fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 #[cfg(test)]

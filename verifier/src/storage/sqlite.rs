@@ -13,10 +13,10 @@
 //! database newer than this code.
 
 use super::{
-    Attested, HostRecord, PendingEnrollment, PolicyKind, ResourcePath, SealedResource, Session,
-    Store, StoreError, StoredResource,
+    Attested, AuditEntry, AuditError, HostRecord, PendingEnrollment, PolicyKind, ResourcePath,
+    SealedResource, Session, Store, StoreError, StoredResource,
 };
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -95,6 +95,21 @@ pub const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO counters (name, value) VALUES ('reference_values', 0);
     ALTER TABLE resources ADD COLUMN required_labels TEXT NOT NULL DEFAULT '{}';
+    "#,
+    // 4: the audit log (see `crate::audit`): one row per entry, `seq` as the
+    // key so that two entries can never claim the same place in the chain.
+    r#"
+    CREATE TABLE audit_log (
+        seq       INTEGER PRIMARY KEY,
+        time_ms   INTEGER NOT NULL,
+        event     TEXT NOT NULL,
+        subject   TEXT NOT NULL,
+        detail    TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        kid       TEXT NOT NULL,
+        hash      TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
     "#,
 ];
 
@@ -181,6 +196,29 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { what, detail: detail.to_string() }
+}
+
+const AUDIT_COLUMNS: &str = "seq, time_ms, event, subject, detail, prev_hash, kid, hash, signature";
+
+/// One `audit_log` row (columns in [`AUDIT_COLUMNS`] order).
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditEntry, StoreError>> {
+    let seq: i64 = r.get(0)?;
+    let detail: String = r.get(4)?;
+    let entry = (|| {
+        Ok(AuditEntry {
+            seq: u64::try_from(seq).map_err(|e| corrupt("audit entry", e))?,
+            time_ms: r.get(1)?,
+            event: r.get(2)?,
+            subject: r.get(3)?,
+            detail: serde_json::from_str(&detail)
+                .map_err(|e| corrupt("audit entry", format!("entry {seq}: {e}")))?,
+            prev_hash: r.get(5)?,
+            kid: r.get(6)?,
+            hash: r.get(7)?,
+            signature: r.get(8)?,
+        })
+    })();
+    Ok(entry)
 }
 
 /// One stored row of reference values (a JSON list under `name`).
@@ -481,6 +519,59 @@ impl Store for SqliteStore {
         let before = i64::try_from(before_secs).unwrap_or(i64::MAX);
         let conn = self.lock()?;
         Ok(conn.execute("DELETE FROM pending_enrollments WHERE created_at < ?1", params![before])?)
+    }
+
+    fn append_audit(
+        &self,
+        make: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
+    ) -> Result<AuditEntry, StoreError> {
+        let mut conn = self.lock()?;
+        // IMMEDIATE takes SQLite's write lock before reading the last entry,
+        // so another process (`tellus-verifier refs add`) appending at the
+        // same time waits instead of building on the same predecessor.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last = tx
+            .query_row(
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1"),
+                [],
+                audit_row,
+            )
+            .optional()?
+            .transpose()?;
+        let entry = make(last.as_ref())?;
+        let seq = i64::try_from(entry.seq).map_err(|_| AuditError::Full)?;
+        let detail = serde_json::to_string(&entry.detail).map_err(|e| corrupt("audit entry", e))?;
+        tx.execute(
+            &format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![
+                seq,
+                entry.time_ms,
+                entry.event,
+                entry.subject,
+                detail,
+                entry.prev_hash,
+                entry.kid,
+                entry.hash,
+                entry.signature
+            ],
+        )?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![from, limit], audit_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        Ok(out)
     }
 }
 
