@@ -225,6 +225,27 @@ pub fn tee_pubkey_of(claims: &Map<String, Value>) -> Option<&Value> {
         .get("tee-pubkey")
 }
 
+impl TokenSigner {
+    /// A raw ES256 signature (fixed-length r‖s) over `message`, for callers
+    /// that sign something other than a JWT (the audit log).
+    pub fn sign_bytes(&self, message: &[u8]) -> Result<Vec<u8>, TokenError> {
+        let sig = self.key.sign(&self.rng, message).map_err(|_| TokenError::Sign)?;
+        Ok(sig.as_ref().to_vec())
+    }
+}
+
+/// Audit entries are signed with the token-signing key, so the JWK Set at
+/// `/tellus/v1/jwks` verifies both.
+impl crate::audit::AuditSigner for TokenSigner {
+    fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, crate::audit::AuditError> {
+        self.sign_bytes(message).map_err(|_| crate::audit::AuditError::Sign)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,26 +273,5 @@ mod tests {
         let none_alg = format!("{}.{}.", B64URL.encode(br#"{"alg":"none"}"#), parts[1]);
         assert!(matches!(s.verify(&none_alg, 0), Err(TokenError::WrongAlgOrKey)));
         assert_eq!(s.jwks()["keys"][0]["kid"], s.kid());
-    }
-}
-
-impl TokenSigner {
-    /// A raw ES256 signature (fixed-length r‖s) over `message`, for callers
-    /// that sign something other than a JWT (the audit log).
-    pub fn sign_bytes(&self, message: &[u8]) -> Result<Vec<u8>, TokenError> {
-        let sig = self.key.sign(&self.rng, message).map_err(|_| TokenError::Sign)?;
-        Ok(sig.as_ref().to_vec())
-    }
-}
-
-/// Audit entries are signed with the token-signing key, so the JWK Set at
-/// `/tellus/v1/jwks` verifies both.
-impl crate::audit::AuditSigner for TokenSigner {
-    fn kid(&self) -> &str {
-        &self.kid
-    }
-
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, crate::audit::AuditError> {
-        self.sign_bytes(message).map_err(|_| crate::audit::AuditError::Sign)
     }
 }
