@@ -413,8 +413,19 @@ fn main() {
     let t_att_policy = time_per_call(|| {
         std::hint::black_box(state.policies.appraise(&input, &claims.trust_vector).unwrap());
     });
-    let ear = token::ear_claims(0, 300, &nonce_bytes, "tpm", &claims, &appraisal, &ceil_jwk);
-    let sub = &ear["submods"]["cpu0"];
+    let ear = token::ear_claims(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+            as i64,
+        300,
+        &nonce_bytes,
+        "tpm",
+        &claims,
+        &appraisal,
+        &ceil_jwk,
+    )
+    .unwrap();
+    let ear_json = serde_json::to_value(&ear).unwrap();
+    let sub = &ear_json["submods"]["cpu0"];
     let res_input = json!({
         "resource": {"path": RESOURCE, "required_labels": {}},
         "ear": {"status": sub["ear.status"], "tee": "tpm", "trust_vector": sub["ear.trustworthiness-vector"], "reasons": sub["tellus.reasons"]},
