@@ -18,7 +18,7 @@ mkdir -p "$guest"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # ---- 1. Debian packages -------------------------------------------------------
-packages=(qemu-system-x86 qemu-utils swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config ovmf cpio curl python3 openssl)
+packages=(qemu-system-x86 qemu-utils swtpm swtpm-tools tpm2-tools libtss2-dev libssl-dev pkg-config ovmf cpio curl python3 openssl)
 missing=()
 for p in "${packages[@]}"; do
     # qemu-utils counts only in the same version as qemu-system-x86: the image's
