@@ -632,7 +632,9 @@ mod tests {
             .unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        // Migrations 3 and 4 applied; the audit log starts empty.
+        assert_eq!(s.schema_version().unwrap(), 4);
+        assert!(s.audit_entries(0, 10).unwrap().is_empty());
         let history = s.policy_history(PolicyKind::Resource, "default").unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].1, "package policy");
