@@ -347,3 +347,30 @@ fn concurrent_appends_make_one_chain() {
     let page = shared.audit_entries(100, 10).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), (100..110).collect::<Vec<_>>());
 }
+
+#[test]
+fn offline_refs_add_is_logged_with_the_verifiers_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let refs = dir.path().join("refs.json");
+    std::fs::write(&refs, json!({"kernel": [format!("sha256:{}", "ab".repeat(32))]}).to_string())
+        .unwrap();
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_tellus-verifier"))
+            .args(["refs", "add"])
+            .arg(&refs)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = audit_cli(&state, &["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("valid: 2 entries, head 1:"), "{}", stdout(&out));
+    let show = stdout(&audit_cli(&state, &["show", "--from", "1"]));
+    let e: Value = serde_json::from_str(show.trim()).unwrap();
+    assert_eq!(e["event"], "reference-values.changed");
+    assert_eq!(e["detail"]["names"], json!(["kernel"]));
+    assert_eq!(e["detail"]["via"], "tellus-verifier refs add");
+}
