@@ -39,24 +39,7 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn linux_guest() -> (PathBuf, PathBuf) {
-    if let (Ok(k), Ok(i)) =
-        (std::env::var("TELLUS_GUEST_KERNEL"), std::env::var("TELLUS_GUEST_INITRD"))
-    {
-        return (k.into(), i.into());
-    }
-    let env =
-        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tellus/guest/env");
-    let text = std::fs::read_to_string(&env)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh first", env.display()));
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("{key} missing in {}", env.display()))
-    };
-    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
-}
+use swtpm_tests::test_guest as linux_guest;
 
 /// `VmHWM`, `RssAnon` and `RssFile` of `pid`, in KiB.
 fn status_kib(pid: u32) -> (u64, u64, u64) {

@@ -7,7 +7,6 @@ mod builtin_support;
 
 use builtin_support::hardware_kvm_or_skip;
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,26 +19,7 @@ use tellus_protocol::{GuestMessage, HostMessage};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// (kernel, initrd) from `~/.cache/tellus/guest/env` or the environment.
-fn guest() -> (PathBuf, PathBuf) {
-    if let (Ok(k), Ok(i)) =
-        (std::env::var("TELLUS_GUEST_KERNEL"), std::env::var("TELLUS_GUEST_INITRD"))
-    {
-        return (k.into(), i.into());
-    }
-    let home = std::env::var_os("HOME").expect("HOME");
-    let env = PathBuf::from(home).join(".cache/tellus/guest/env");
-    let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
-        panic!("test guest missing ({}: {e}): run scripts/setup.sh first", env.display())
-    });
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("{key} missing in {}", env.display()))
-    };
-    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
-}
+use swtpm_tests::test_guest as guest;
 
 fn boot_to_ready_and_reboot_ends_vm(vcpus: u32) {
     let (kernel, initrd) = guest();

@@ -244,6 +244,32 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// The test guest `scripts/setup.sh` builds: (kernel, initrd), from
+/// `$TELLUS_GUEST_KERNEL`/`$TELLUS_GUEST_INITRD` or the `env` file in
+/// `${TELLUS_CACHE:-~/.cache/tellus}/guest`. Panics, naming the fix, when
+/// set-up has not run.
+pub fn test_guest() -> (PathBuf, PathBuf) {
+    if let (Ok(k), Ok(i)) =
+        (std::env::var("TELLUS_GUEST_KERNEL"), std::env::var("TELLUS_GUEST_INITRD"))
+    {
+        return (k.into(), i.into());
+    }
+    let cache = std::env::var_os("TELLUS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tellus")
+    });
+    let env = cache.join("guest/env");
+    let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
+        panic!("test guest missing ({}: {e}): run scripts/setup.sh first", env.display())
+    });
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("{key} missing in {}", env.display()))
+    };
+    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
+}
+
 /// Environment variable naming the file where skipped tests are listed.
 pub const SKIP_LOG_ENV: &str = "TELLUS_SKIP_LOG";
 

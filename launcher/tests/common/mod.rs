@@ -12,28 +12,7 @@ use std::time::{Duration, Instant};
 /// Generous: several TCG guests may boot at once on a 2-core CI machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The test guest: (kernel, initrd). Fails loudly when set-up has not run.
-pub fn guest() -> (PathBuf, PathBuf) {
-    if let (Ok(k), Ok(i)) =
-        (std::env::var("TELLUS_GUEST_KERNEL"), std::env::var("TELLUS_GUEST_INITRD"))
-    {
-        return (k.into(), i.into());
-    }
-    let cache = std::env::var_os("TELLUS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tellus")
-    });
-    let env = cache.join("guest/env");
-    let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
-        panic!("test guest missing ({}: {e}): run scripts/setup.sh first", env.display())
-    });
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("{key} missing in {}", env.display()))
-    };
-    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
-}
+pub use swtpm_tests::test_guest as guest;
 
 pub fn tellus() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tellus"))

@@ -52,28 +52,7 @@ pub fn bins() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-/// The test guest: (kernel, initrd) from scripts/setup.sh's env file.
-pub fn guest() -> (PathBuf, PathBuf) {
-    if let (Ok(k), Ok(i)) =
-        (std::env::var("TELLUS_GUEST_KERNEL"), std::env::var("TELLUS_GUEST_INITRD"))
-    {
-        return (k.into(), i.into());
-    }
-    let cache = std::env::var_os("TELLUS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tellus")
-    });
-    let env = cache.join("guest/env");
-    let t = std::fs::read_to_string(&env).unwrap_or_else(|e| {
-        panic!("test guest missing ({}: {e}): run scripts/setup.sh first", env.display())
-    });
-    let get = |key: &str| {
-        t.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("{key} missing in {}", env.display()))
-    };
-    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
-}
+pub use swtpm_tests::test_guest as guest;
 
 /// The command line of the test guest under TCG, with `tellus.oneshot`
 /// (the agent powers off once its secrets are handled).

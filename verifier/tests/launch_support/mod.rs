@@ -51,23 +51,7 @@ pub fn tellus_bin() -> &'static Path {
     })
 }
 
-/// The guest kernel and initrd `scripts/setup.sh` installs
-/// (`TELLUS_GUEST_KERNEL`/`TELLUS_GUEST_INITRD`, from the environment or
-/// `~/.cache/tellus/guest/env`).
-pub fn guest_files() -> (PathBuf, PathBuf) {
-    let from_file = |key: &str| -> Option<String> {
-        let home = std::env::var("HOME").ok()?;
-        let text =
-            std::fs::read_to_string(Path::new(&home).join(".cache/tellus/guest/env")).ok()?;
-        text.lines().find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
-    };
-    let get = |key: &str| {
-        std::env::var(key).ok().or_else(|| from_file(key)).map(PathBuf::from).unwrap_or_else(|| {
-            panic!("{key} is not set and ~/.cache/tellus/guest/env does not name it; run scripts/setup.sh")
-        })
-    };
-    (get("TELLUS_GUEST_KERNEL"), get("TELLUS_GUEST_INITRD"))
-}
+pub use swtpm_tests::test_guest as guest_files;
 
 /// A whole predicted launch measured into PCR 13 of `tpm`: runs the real
 /// `tellus measure predict` (SHA-256 bank, `--cel-log`) for the guest
