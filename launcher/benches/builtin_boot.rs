@@ -112,15 +112,10 @@ fn main() {
     let (kernel, initrd) = guest();
     let qemu = Qemu::locate(None).expect("qemu-system-x86_64");
     let firmware = qemu.default_firmware().expect("microvm firmware");
-    let builtin_cfg = VmConfig {
-        kernel: kernel.clone(),
-        initrd: initrd.clone(),
-        cmdline: CMDLINE.into(),
-        memory,
-        vcpus,
-        firmware: None,
-    };
-    let qemu_cfg = VmConfig { firmware: Some(firmware), ..builtin_cfg.clone() };
+    let builtin_cfg =
+        VmConfig::stage(&kernel, &initrd, None, CMDLINE, memory, vcpus).expect("guest files");
+    let qemu_cfg = VmConfig::stage(&kernel, &initrd, Some(&firmware), CMDLINE, memory, vcpus)
+        .expect("guest files");
     println!(
         "builtin_boot: {} + {}, {vcpus} vCPU, {memory}, {runs} runs each, alternating",
         kernel.display(),

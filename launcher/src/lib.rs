@@ -1,6 +1,7 @@
 //! The tellus launcher: the trusted VMM side of a tellus host.
 //!
 //! - [`vm_config`]: what a VM is launched with and the checks before launch;
+//! - [`image`]: sealed in-memory copies of the kernel, initrd and firmware (measured = loaded);
 //! - [`accel`]: hardware KVM vs. TCG (PVM's `/dev/kvm` does not count);
 //! - [`backend`]: the one interface for running a VM, and its QEMU implementation;
 //! - [`channel`]: host side of the guest-agent channel;
@@ -18,6 +19,7 @@ pub mod channel;
 pub mod cli;
 pub mod control;
 pub mod enroll_client;
+pub mod image;
 pub mod launch;
 pub mod measure;
 pub mod measured_launch;

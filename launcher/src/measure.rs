@@ -5,12 +5,13 @@
 //! prediction names exactly what a launch measures.
 
 use crate::backend::{builtin, qemu};
+use crate::image::SealedImage;
 use crate::run::{Resolved, VmSpec};
 use std::path::PathBuf;
 use tellus_measured_boot::records::{
     LaunchConfig, LaunchInputs, LauncherConfig, SnpLaunch, ABSENT_FEATURES,
 };
-use tellus_measured_boot::snp::{self, SevHashes, SevMode, SnpMeasureError, VmmType};
+use tellus_measured_boot::snp::{self, cmdline_hash, SevHashes, SevMode, SnpMeasureError, VmmType};
 
 /// Default PCR for launch records (UAPI registry: OS range, not resettable).
 pub const DEFAULT_PCR: u32 = 13;
@@ -77,9 +78,11 @@ pub fn launch_inputs(
             sev_policy: snp.as_ref().map(|s| s.policy),
             absent_features: ABSENT_FEATURES.iter().map(|s| s.to_string()).collect(),
         },
-        firmware: r.vm.firmware.clone(),
-        kernel: r.vm.kernel.clone(),
-        initrd: r.vm.initrd.clone(),
+        // The sealed copies the backend loads, not the files on disk: the
+        // records hash exactly the bytes the VM gets (see crate::image).
+        firmware: r.vm.firmware.as_ref().map(|f| f.fd_path()),
+        kernel: r.vm.kernel.fd_path(),
+        initrd: r.vm.initrd.fd_path(),
         cmdline: r.vm.cmdline.clone(),
         snp,
     })
@@ -88,21 +91,31 @@ pub fn launch_inputs(
 /// Predicts the MEASUREMENT of an SNP guest QEMU launches from the resolved
 /// OVMF, kernel, initrd and command line (`kernel-hashes=on`).
 fn snp_launch(s: &qemu::snp::SnpSpec, r: &Resolved) -> Result<SnpLaunch, MeasureError> {
-    use std::io::Read;
     let fw = r.vm.firmware.as_ref().ok_or(MeasureError::SnpNoFirmware)?;
-    let file_err = |source| SnpMeasureError::File { what: "OVMF image", path: fw.clone(), source };
-    let mut ovmf = Vec::new();
-    std::fs::File::open(fw)
-        .and_then(|f| f.take(MAX_OVMF + 1).read_to_end(&mut ovmf))
-        .map_err(file_err)?;
+    let file_err = |img: &SealedImage, source| SnpMeasureError::File {
+        what: img.what(),
+        path: img.path().to_path_buf(),
+        source,
+    };
+    let ovmf = fw.read_all(MAX_OVMF).map_err(|e| file_err(fw, e))?;
     let vcpu_sig = snp::vcpu_sig_of(&s.vcpu_type).ok_or_else(|| {
         MeasureError::SnpVcpuType(
             s.vcpu_type.clone(),
             snp::vcpu_type_names().collect::<Vec<_>>().join(", "),
         )
     })?;
-    let hashes =
-        SevHashes::from_files(&r.vm.kernel, Some(r.vm.initrd.as_path()), Some(&r.vm.cmdline))?;
+    let sha256 = |img: &SealedImage| -> Result<[u8; 32], SnpMeasureError> {
+        let m = img.measurement().map_err(|e| file_err(img, e))?;
+        m.sha256
+            .as_bytes()
+            .try_into()
+            .map_err(|_| file_err(img, std::io::Error::other("the SHA-256 digest is not 32 bytes")))
+    };
+    let hashes = SevHashes {
+        kernel: sha256(&r.vm.kernel)?,
+        initrd: sha256(&r.vm.initrd)?,
+        cmdline: cmdline_hash(Some(&r.vm.cmdline)),
+    };
     let digest = snp::launch_digest(&snp::LaunchParams {
         mode: SevMode::Snp,
         vcpus: r.vm.vcpus,

@@ -77,7 +77,10 @@ pub struct Resolved {
     pub qemu: Option<Qemu>,
 }
 
-/// Resolves and validates `spec`. Nothing is started.
+/// Resolves and validates `spec`: the kernel, initrd and firmware are
+/// staged into sealed in-memory copies ([`crate::image`]) and checked there;
+/// a launch measures and loads those copies, a prediction measures them.
+/// Nothing is started.
 pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
     let host = accel::detect();
     let (accel, accel_reason) = match spec.backend {
@@ -125,14 +128,16 @@ pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
         (None, Some(q)) => Some(q.default_firmware()?),
         (None, None) => None,
     };
-    let vm = VmConfig {
-        kernel: spec.kernel.clone(),
-        initrd: spec.initrd.clone(),
+    // Each file is opened here, once: everything after (the checks, the
+    // launch records, the backend) reads the sealed copies.
+    let vm = VmConfig::stage(
+        &spec.kernel,
+        &spec.initrd,
+        firmware.as_deref(),
         cmdline,
-        memory: spec.memory,
-        vcpus: spec.vcpus,
-        firmware,
-    };
+        spec.memory,
+        spec.vcpus,
+    )?;
     vm.validate()?;
     if qemu.is_none() {
         builtin::preflight(&vm)?;

@@ -1,10 +1,12 @@
 //! What a VM is launched with, and the checks every launch passes before any
 //! backend is started.
 
+use crate::image::{ImageError, SealedImage};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Smallest memory size accepted: the Debian cloud kernel with a small
 /// initramfs needs about this much to reach `/init`.
@@ -27,6 +29,8 @@ pub enum ConfigError {
     InitrdUnreadable { path: PathBuf, source: std::io::Error },
     #[error("initrd {path} is empty")]
     InitrdEmpty { path: PathBuf },
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("--memory {mib} MiB is too small: at least {MIN_MEMORY_MIB} MiB is needed")]
     MemoryTooSmall { mib: u64 },
     #[error("--memory {mib} MiB is too large: at most {MAX_MEMORY_MIB} MiB")]
@@ -72,41 +76,68 @@ impl fmt::Display for MemorySize {
     }
 }
 
-/// A validated VM description, independent of the backend that runs it.
+/// A VM description, independent of the backend that runs it. The kernel,
+/// initrd and firmware are sealed in-memory copies ([`SealedImage`]): what
+/// [`VmConfig::validate`] checks, the launch records measure and the backend
+/// loads are the same bytes, whatever happens to the files on disk.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    pub kernel: Arc<SealedImage>,
+    pub initrd: Arc<SealedImage>,
     pub cmdline: String,
     pub memory: MemorySize,
     pub vcpus: u32,
     /// Firmware the VMM boots (QEMU: `-bios`); `None`: the VMM loads the
     /// kernel itself (the built-in VMM).
-    pub firmware: Option<PathBuf>,
+    pub firmware: Option<Arc<SealedImage>>,
 }
 
 impl VmConfig {
-    /// Checks every field; reads the kernel header and opens the initrd.
+    /// Opens each file once and stages it ([`SealedImage::stage`]); nothing
+    /// is checked beyond that (see [`VmConfig::validate`]).
+    pub fn stage(
+        kernel: &Path,
+        initrd: &Path,
+        firmware: Option<&Path>,
+        cmdline: impl Into<String>,
+        memory: MemorySize,
+        vcpus: u32,
+    ) -> Result<VmConfig, ConfigError> {
+        let image = |what, path: &Path| SealedImage::stage(what, path).map(Arc::new);
+        Ok(VmConfig {
+            kernel: image("kernel", kernel).map_err(|e| match e {
+                ImageError::Read { path, source, .. } => {
+                    ConfigError::KernelUnreadable { path, source }
+                }
+                e => e.into(),
+            })?,
+            initrd: image("initrd", initrd).map_err(|e| match e {
+                ImageError::Read { path, source, .. } => {
+                    ConfigError::InitrdUnreadable { path, source }
+                }
+                e => e.into(),
+            })?,
+            firmware: firmware
+                .map(|f| {
+                    image("firmware", f).map_err(|e| match e {
+                        ImageError::Read { path, source, .. } => {
+                            ConfigError::FirmwareUnreadable { path, source }
+                        }
+                        e => e.into(),
+                    })
+                })
+                .transpose()?,
+            cmdline: cmdline.into(),
+            memory,
+            vcpus,
+        })
+    }
+
+    /// Checks every field; reads the kernel header from the sealed copy.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let kernel = check_bzimage(&self.kernel)?;
-        let meta = std::fs::metadata(&self.initrd)
-            .and_then(|m| std::fs::File::open(&self.initrd).map(|_| m))
-            .map_err(|source| ConfigError::InitrdUnreadable {
-                path: self.initrd.clone(),
-                source,
-            })?;
-        if !meta.is_file() {
-            return Err(ConfigError::InitrdUnreadable {
-                path: self.initrd.clone(),
-                source: std::io::Error::other("not a regular file"),
-            });
-        }
-        if meta.len() == 0 {
-            return Err(ConfigError::InitrdEmpty { path: self.initrd.clone() });
-        }
-        if let Some(fw) = &self.firmware {
-            std::fs::File::open(fw)
-                .map_err(|source| ConfigError::FirmwareUnreadable { path: fw.clone(), source })?;
+        if self.initrd.is_empty() {
+            return Err(ConfigError::InitrdEmpty { path: self.initrd.path().to_path_buf() });
         }
         if self.memory.0 < MIN_MEMORY_MIB {
             return Err(ConfigError::MemoryTooSmall { mib: self.memory.0 });
@@ -139,14 +170,15 @@ pub struct BzImageInfo {
     pub max_cmdline: usize,
 }
 
-/// Checks the x86 Linux boot protocol header of a bzImage.
+/// Checks the x86 Linux boot protocol header of a (sealed) bzImage.
 ///
 /// Written by hand because linux-loader validates a bzImage only while loading
 /// it into guest memory; here we want the check before any backend starts.
-pub fn check_bzimage(path: &Path) -> Result<BzImageInfo, ConfigError> {
+pub fn check_bzimage(kernel: &SealedImage) -> Result<BzImageInfo, ConfigError> {
+    let path = kernel.path();
     let unreadable = |source| ConfigError::KernelUnreadable { path: path.to_path_buf(), source };
     let not = |reason| ConfigError::NotBzImage { path: path.to_path_buf(), reason };
-    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let mut f = kernel.reader();
     let mut hdr = [0u8; 0x240];
     let mut got = 0;
     while got < hdr.len() {

@@ -23,16 +23,17 @@ use swtpm_tests::test_guest as guest;
 
 fn boot_to_ready_and_reboot_ends_vm(vcpus: u32) {
     let (kernel, initrd) = guest();
-    let cfg = VmConfig {
-        kernel,
-        initrd,
-        // reboot=k (in the default): the kernel resets through the i8042,
-        // which ends a built-in VM.
-        cmdline: tellus_launcher::backend::builtin::DEFAULT_CMDLINE.into(),
-        memory: MemorySize(256),
+    // reboot=k (in the default): the kernel resets through the i8042,
+    // which ends a built-in VM.
+    let cfg = VmConfig::stage(
+        &kernel,
+        &initrd,
+        None,
+        tellus_launcher::backend::builtin::DEFAULT_CMDLINE,
+        MemorySize(256),
         vcpus,
-        firmware: None,
-    };
+    )
+    .unwrap();
     let (tx, vmm) = mpsc::channel();
     let sink: EventSink = Arc::new(move |e| {
         let _ = tx.send(e);

@@ -24,14 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const CMDLINE: &str = "console=ttyS0 tellus.test=payload";
 
 fn config(g: &Guest, vcpus: u32, mib: u64) -> VmConfig {
-    VmConfig {
-        kernel: g.kernel.clone(),
-        initrd: g.initrd.clone(),
-        cmdline: CMDLINE.into(),
-        memory: MemorySize(mib),
-        vcpus,
-        firmware: None,
-    }
+    VmConfig::stage(&g.kernel, &g.initrd, None, CMDLINE, MemorySize(mib), vcpus).unwrap()
 }
 
 /// Copies what it reads into a shared buffer.

@@ -19,13 +19,14 @@
 
 use super::kernel::{self, KernelError, KernelInfo, ENTRY_64_OFFSET, KERNEL_LOAD};
 use super::ram::GuestRam;
+use crate::image::{ImageReader, SealedImage};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::{bzimage::BzImage, KernelLoader};
-use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
 
 type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -72,10 +73,11 @@ const E820_RESERVED: u32 = 2;
 /// What is booted.
 #[derive(Debug, Clone)]
 pub struct BootSpec {
-    /// bzImage (untrusted: checked before loading).
-    pub kernel: PathBuf,
-    /// Initial ramdisk, loaded as is.
-    pub initrd: PathBuf,
+    /// bzImage, sealed (untrusted: checked before loading). Read with
+    /// positional reads only, so [`load`] can run any number of times.
+    pub kernel: Arc<SealedImage>,
+    /// Initial ramdisk, sealed, loaded as is.
+    pub initrd: Arc<SealedImage>,
     /// Kernel command line.
     pub cmdline: String,
     /// Guest memory in MiB.
@@ -114,11 +116,9 @@ pub struct Entry {
     pub rip: u64,
 }
 
-fn read_err<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> BootError + 'a {
-    move |source| BootError::Read { what, path: path.to_path_buf(), source }
+fn read_err(what: &'static str, img: &SealedImage) -> impl FnOnce(std::io::Error) -> BootError {
+    let path = img.path().to_path_buf();
+    move |source| BootError::Read { what, path, source }
 }
 
 fn write_err<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> BootError {
@@ -140,26 +140,17 @@ pub fn regions(mib: u64) -> Vec<(u64, u64)> {
 /// memory: run before the measured launch, so a kernel the built-in VMM
 /// cannot boot is refused before anything is recorded.
 pub fn preflight(spec: &BootSpec) -> Result<(), BootError> {
-    let mut kf = File::open(&spec.kernel).map_err(read_err("kernel", &spec.kernel))?;
-    let klen = kf.metadata().map_err(read_err("kernel", &spec.kernel))?.len();
-    let initrd_len =
-        std::fs::metadata(&spec.initrd).map_err(read_err("initrd", &spec.initrd))?.len();
-    check(spec, &mut kf, klen, initrd_len).map(|_| ())
+    check(spec, &mut spec.kernel.reader()).map(|_| ())
 }
 
 /// The checks shared by [`preflight`] and [`load`]; returns the kernel's
 /// header facts and the initrd's address.
-fn check(
-    spec: &BootSpec,
-    kf: &mut File,
-    klen: u64,
-    initrd_len: u64,
-) -> Result<(KernelInfo, u64), BootError> {
+fn check(spec: &BootSpec, kernel: &mut ImageReader<'_>) -> Result<(KernelInfo, u64), BootError> {
     if spec.vcpus == 0 || spec.vcpus > MAX_VCPUS {
         return Err(BootError::Vcpus(spec.vcpus));
     }
-    let info = kernel::inspect(kf, klen)
-        .map_err(|source| BootError::Kernel { path: spec.kernel.clone(), source })?;
+    let info = kernel::inspect(kernel, spec.kernel.len())
+        .map_err(|source| BootError::Kernel { path: spec.kernel.path().to_path_buf(), source })?;
     if spec.cmdline.contains(['\0', '\n']) {
         return Err(BootError::BadCmdline);
     }
@@ -169,6 +160,7 @@ fn check(
             max: info.cmdline_size.max(255),
         });
     }
+    let initrd_len = spec.initrd.len();
     let low_end = (spec.memory_mib << 20).min(LOW_RAM_MAX);
     let initrd_addr = place_initrd(&info, initrd_len, low_end).ok_or_else(|| {
         let need = KERNEL_LOAD + info.init_size + page_up(initrd_len) + (1 << 20);
@@ -178,14 +170,14 @@ fn check(
 }
 
 /// Checks the inputs, then builds guest memory with everything the kernel
-/// needs, and seals it. Each file is opened once and read through that one
-/// handle, so what is checked is what is loaded.
+/// needs, and seals it. The kernel and initrd are the sealed copies the
+/// launch measured, read from their first byte with positional reads: what
+/// is checked is what is measured is what is loaded, and `load` may run
+/// again (a reboot) with the same result. Opens no file.
 pub fn load(spec: &BootSpec) -> Result<(GuestRam, Entry), BootError> {
-    let mut kf = File::open(&spec.kernel).map_err(read_err("kernel", &spec.kernel))?;
-    let klen = kf.metadata().map_err(read_err("kernel", &spec.kernel))?.len();
-    let mut initrd = File::open(&spec.initrd).map_err(read_err("initrd", &spec.initrd))?;
-    let initrd_len = initrd.metadata().map_err(read_err("initrd", &spec.initrd))?.len();
-    let (_, initrd_addr) = check(spec, &mut kf, klen, initrd_len)?;
+    let mut kf = spec.kernel.reader();
+    let initrd_len = spec.initrd.len();
+    let (_, initrd_addr) = check(spec, &mut kf)?;
 
     let mem = GuestMemoryMmap::from_ranges(
         &regions(spec.memory_mib)
@@ -196,6 +188,7 @@ pub fn load(spec: &BootSpec) -> Result<(GuestRam, Entry), BootError> {
     .map_err(|e| BootError::Memory { mib: spec.memory_mib, detail: e.to_string() })?;
 
     kf.seek(SeekFrom::Start(0)).map_err(read_err("kernel", &spec.kernel))?;
+    let mut initrd = spec.initrd.reader();
     let loaded = BzImage::load(&mem, Some(GuestAddress(KERNEL_LOAD)), &mut kf, None)
         .map_err(|e| BootError::Load(e.to_string()))?;
     let Some(mut hdr) = loaded.setup_header else {

@@ -8,6 +8,12 @@
 //! before the launcher has accepted all three and says `cont`. Nothing else
 //! of QEMU is reachable: `-nodefaults -no-user-config`, no monitor on stdio,
 //! no gdbstub, no `-incoming`, and QEMU's own seccomp sandbox on.
+//!
+//! QEMU never opens the operator's kernel, initrd or firmware files: it
+//! inherits the launcher's sealed copies of them ([`crate::image`]) as open
+//! descriptors and is given `/proc/self/fd/N` for `-kernel`, `-initrd` and
+//! `-bios` (paths QEMU opens with open(2), which resolve to the descriptor
+//! in QEMU's own process). The bytes QEMU loads are the bytes measured.
 
 mod qmp;
 pub mod snp;
@@ -20,6 +26,7 @@ use crate::vm_config::VmConfig;
 use snp::{SnpError, SnpQemuConfig, SnpSpec};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -228,7 +235,7 @@ fn args(
             return Err(SnpError::NotKvm.into());
         }
         let host_data = host_data.ok_or(SnpError::NoHostData)?;
-        let ovmf = cfg.firmware.clone().ok_or(SnpError::NoFirmware)?;
+        let ovmf = cfg.firmware.as_ref().ok_or(SnpError::NoFirmware)?.fd_path();
         let c = SnpQemuConfig {
             ovmf,
             vcpus: cfg.vcpus,
@@ -238,8 +245,8 @@ fn args(
             cbitpos: snp::CBITPOS,
             reduced_phys_bits: snp::REDUCED_PHYS_BITS,
             host_data: Some(host_data),
-            kernel: Some(cfg.kernel.clone()),
-            initrd: Some(cfg.initrd.clone()),
+            kernel: Some(cfg.kernel.fd_path()),
+            initrd: Some(cfg.initrd.fd_path()),
             append: Some(cfg.cmdline.clone()),
         };
         a.extend(snp::snp_qemu_args(&c).map_err(SnpError::from)?);
@@ -267,10 +274,10 @@ fn args(
     push("-smp");
     push(&cfg.vcpus.to_string());
     if let Some(fw) = &cfg.firmware {
-        a.extend(["-bios".into(), fw.clone().into_os_string()]);
+        a.extend(["-bios".into(), fw.fd_path().into_os_string()]);
     }
-    a.extend(["-kernel".into(), cfg.kernel.clone().into_os_string()]);
-    a.extend(["-initrd".into(), cfg.initrd.clone().into_os_string()]);
+    a.extend(["-kernel".into(), cfg.kernel.fd_path().into_os_string()]);
+    a.extend(["-initrd".into(), cfg.initrd.fd_path().into_os_string()]);
     a.extend(["-append".into(), cfg.cmdline.clone().into()]);
     Ok(a)
 }
@@ -325,6 +332,28 @@ impl Backend for Qemu {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                     .map_err(std::io::Error::from)
+            });
+        }
+        // The sealed images reach QEMU as inherited descriptors it opens as
+        // /proc/self/fd/N (see `args`). They stay close-on-exec in the
+        // launcher, so no other child ever gets them.
+        let image_fds: Vec<RawFd> = [Some(&cfg.kernel), Some(&cfg.initrd), cfg.firmware.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|i| i.raw_fd())
+            .collect();
+        // SAFETY: the closure runs in the forked child before exec; it only
+        // reads the vector allocated before the fork and calls fcntl(2),
+        // which is async-signal-safe, on descriptors the child inherited
+        // (each at least 3, so not replaced by the child's standard streams).
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &image_fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
             });
         }
         let mut child = cmd.spawn().map_err(|source| BackendError::Spawn {
@@ -477,21 +506,23 @@ mod tests {
     use super::*;
     use crate::vm_config::MemorySize;
 
-    fn cfg() -> VmConfig {
-        VmConfig {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            cmdline: "console=ttyS0".into(),
-            memory: MemorySize(256),
-            vcpus: 2,
-            firmware: Some("/fw".into()),
-        }
+    fn cfg() -> (tempfile::TempDir, VmConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, n).unwrap();
+            p
+        };
+        let (k, i, fw) = (file("k"), file("i"), file("fw"));
+        let cfg = VmConfig::stage(&k, &i, Some(&fw), "console=ttyS0", MemorySize(256), 2).unwrap();
+        (dir, cfg)
     }
 
     #[test]
     fn command_line_is_closed() {
         let s = Sockets { console: "/d/c".into(), agent: "/d/a".into(), qmp: "/d/q".into() };
-        let a: Vec<String> = args(&cfg(), Accel::Tcg, Machine::Microvm, None, &s)
+        let (dir, cfg) = cfg();
+        let a: Vec<String> = args(&cfg, Accel::Tcg, Machine::Microvm, None, &s)
             .unwrap()
             .iter()
             .map(|x| x.to_string_lossy().into())
@@ -511,10 +542,10 @@ mod tests {
         assert!(joined.contains("-m 256M -smp 2"));
         assert!(joined.contains("isa-serial,chardev=agent,iobase=0x2f8,irq=3"));
         assert!(joined.contains("-mon chardev=qmp,mode=control"));
-        let kvm = args(&cfg(), Accel::Kvm, Machine::Microvm, None, &s).unwrap();
+        let kvm = args(&cfg, Accel::Kvm, Machine::Microvm, None, &s).unwrap();
         assert!(kvm.windows(2).any(|w| w[0] == "-cpu" && w[1] == "host"));
         // q35: the chipset's two UARTs, OVMF as -bios, no VMware port.
-        let q35: Vec<String> = args(&cfg(), Accel::Tcg, Machine::Q35, None, &s)
+        let q35: Vec<String> = args(&cfg, Accel::Tcg, Machine::Q35, None, &s)
             .unwrap()
             .iter()
             .map(|x| x.to_string_lossy().into())
@@ -524,7 +555,16 @@ mod tests {
         assert!(joined.contains("-serial chardev:agent"), "{joined}");
         assert!(!joined.contains("isa-serial"), "{joined}");
         assert!(joined.contains("-machine q35,vmport=off -accel tcg -cpu max"), "{joined}");
-        assert!(joined.contains("-bios /fw -kernel /k -initrd /i -append console=ttyS0"));
+        // The sealed copies, through the descriptors QEMU inherits.
+        let fd = |i: &crate::image::SealedImage| format!("/proc/self/fd/{}", i.raw_fd());
+        let images = format!(
+            "-bios {} -kernel {} -initrd {} -append console=ttyS0",
+            fd(cfg.firmware.as_ref().unwrap()),
+            fd(&cfg.kernel),
+            fd(&cfg.initrd)
+        );
+        assert!(joined.contains(&images), "{joined}");
+        assert!(!joined.contains(&dir.path().display().to_string()), "{joined}");
         for forbidden in ["-gdb", "-s", "-monitor", "-qmp", "-incoming", "-loadvm", "-snapshot"] {
             assert!(!q35.iter().any(|x| x == forbidden), "{forbidden} present: {q35:?}");
         }
@@ -584,14 +624,8 @@ mod snp_golden {
             .with_machine(Machine::Q35)
             .with_snp(SnpSpec::default());
         let r = Resolved {
-            vm: VmConfig {
-                kernel,
-                initrd,
-                cmdline: cmdline.into(),
-                memory: MemorySize(2048),
-                vcpus: 2,
-                firmware: Some(fixture()),
-            },
+            vm: VmConfig::stage(&kernel, &initrd, Some(&fixture()), cmdline, MemorySize(2048), 2)
+                .unwrap(),
             accel: Accel::Kvm,
             accel_reason: String::new(),
             qemu: Some(q),
@@ -631,11 +665,17 @@ mod snp_golden {
         let a =
             args(&r.vm, Accel::Kvm, q.machine, Some((q.snp.as_ref().unwrap(), q.host_data)), &s)
                 .unwrap();
-        let d = dir.path().display().to_string();
-        let fw = fixture().display().to_string();
+        // QEMU opens the sealed copies through the descriptors it inherits.
+        let fd = |i: &crate::image::SealedImage| i.fd_path().display().to_string();
+        let names = [
+            (fd(r.vm.firmware.as_ref().unwrap()), "$OVMF_FD"),
+            (fd(&r.vm.kernel), "$KERNEL_FD"),
+            (fd(&r.vm.initrd), "$INITRD_FD"),
+        ];
         let line: Vec<String> = a
             .iter()
-            .map(|x| x.to_string_lossy().replace(&d, "$DIR").replace(&fw, "$OVMF"))
+            .map(|x| x.to_string_lossy().into_owned())
+            .map(|x| names.iter().find(|(p, _)| *p == x).map_or(x, |(_, n)| n.to_string()))
             .collect();
         let golden = [
             "-S",
@@ -677,11 +717,11 @@ mod snp_golden {
             "-m",
             "2048M",
             "-bios",
-            "$OVMF",
+            "$OVMF_FD",
             "-kernel",
-            "$DIR/vmlinuz",
+            "$KERNEL_FD",
             "-initrd",
-            "$DIR/initrd",
+            "$INITRD_FD",
             "-append",
             "console=ttyS0 reboot=t panic=-1",
         ];

@@ -32,7 +32,9 @@ pub const DEFAULT_POLICY: u64 = 0x30000;
 /// What the SNP invocation is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnpQemuConfig {
-    /// OVMF image (an `OvmfPkg/AmdSev` build for measured direct boot).
+    /// OVMF image (an `OvmfPkg/AmdSev` build for measured direct boot). The
+    /// QEMU backend passes its sealed copy, `/proc/self/fd/N` of a descriptor
+    /// QEMU inherits (see [`crate::image`]), as for the kernel and initrd.
     pub ovmf: PathBuf,
     /// Number of vCPUs.
     pub vcpus: u32,
@@ -48,7 +50,8 @@ pub struct SnpQemuConfig {
     pub reduced_phys_bits: u32,
     /// HOST_DATA (tellus: SHA-256 of the launch-config record).
     pub host_data: Option<[u8; 32]>,
-    /// Kernel for measured direct boot (`kernel-hashes=on`).
+    /// Kernel for measured direct boot (`kernel-hashes=on`); QEMU hashes
+    /// what it loads from this path, so it must be the sealed copy.
     pub kernel: Option<PathBuf>,
     /// Initrd.
     pub initrd: Option<PathBuf>,

@@ -1,0 +1,370 @@
+//! Sealed copies of the files a launch measures and boots (kernel, initrd,
+//! firmware).
+//!
+//! A file named on the command line is opened once and copied into an
+//! anonymous memory file (`memfd_create(2)` with `MFD_ALLOW_SEALING`) that is
+//! then sealed against every change (`F_SEAL_WRITE`, `F_SEAL_GROW`,
+//! `F_SEAL_SHRINK`, and `F_SEAL_SEAL` so no seal can be lifted). The launch
+//! records are computed over the sealed copy and the backends load the same
+//! copy: the built-in VMM reads it with `pread(2)` through [`ImageReader`],
+//! QEMU opens it as `/proc/self/fd/N` from the descriptor it inherits. Whoever
+//! replaces the file on disk after staging changes nothing the VM runs, so a
+//! VM never runs bytes other than those measured (no time-of-check to
+//! time-of-use gap between measurement and load).
+
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use tellus_measured_boot::digest::hash_reader;
+use tellus_measured_boot::records::{FileMeasurement, FILE_ALGS};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice};
+
+/// Largest file staged (1 GiB): far above any kernel, initrd or firmware
+/// image, and a bound on the memory a mistaken path (a disk image, say) takes.
+pub const MAX_IMAGE: u64 = 1 << 30;
+
+/// Every seal a staged image carries.
+const SEALS: SealFlag = SealFlag::F_SEAL_WRITE
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SHRINK)
+    .union(SealFlag::F_SEAL_SEAL);
+
+/// Read size of [`ImageReader`]'s guest-memory path.
+const CHUNK: usize = 1 << 20;
+
+/// Why a file could not be staged. Nothing was measured or started.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{what} {path} is not a regular file; pass the image file itself")]
+    NotAFile { what: &'static str, path: PathBuf },
+    #[error("{what} {path} is larger than {MAX_IMAGE} bytes; pass a kernel, initrd or firmware image, not a disk image")]
+    TooLarge { what: &'static str, path: PathBuf },
+    #[error("cannot make a sealed in-memory copy of {what} {path}: {source}; tellus needs memfd_create(2) with sealing (Linux 3.17 or later) and memory for the copy")]
+    Seal { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+/// A file copied into a sealed memfd: what the launch measures and what the
+/// backends load. Its contents cannot change for as long as it exists.
+#[derive(Debug)]
+pub struct SealedImage {
+    what: &'static str,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl SealedImage {
+    /// Opens `path` once and copies it into a sealed memfd. `what` names the
+    /// file in messages (`kernel`, `initrd`, `firmware`).
+    pub fn stage(what: &'static str, path: &Path) -> Result<SealedImage, ImageError> {
+        let read = |source| ImageError::Read { what, path: path.to_path_buf(), source };
+        let seal = |source| ImageError::Seal { what, path: path.to_path_buf(), source };
+        let src = File::open(path).map_err(read)?;
+        if !src.metadata().map_err(read)?.is_file() {
+            return Err(ImageError::NotAFile { what, path: path.to_path_buf() });
+        }
+        let mut memfd = File::from(memfd(what).map_err(seal)?);
+        // Kernel-side copy (copy_file_range or sendfile) of at most one byte
+        // over the limit; whatever the file holds now is what is sealed.
+        let copied = std::io::copy(&mut (&src).take(MAX_IMAGE + 1), &mut memfd).map_err(read)?;
+        if copied > MAX_IMAGE {
+            return Err(ImageError::TooLarge { what, path: path.to_path_buf() });
+        }
+        fcntl(&memfd, FcntlArg::F_ADD_SEALS(SEALS)).map_err(|e| seal(e.into()))?;
+        let have = fcntl(&memfd, FcntlArg::F_GET_SEALS).map_err(|e| seal(e.into()))?;
+        if !SealFlag::from_bits_truncate(have).contains(SEALS) {
+            return Err(seal(std::io::Error::other(format!("seals {have:#x} after sealing"))));
+        }
+        let len = memfd.metadata().map_err(seal)?.len();
+        if len != copied {
+            return Err(seal(std::io::Error::other(format!(
+                "the copy holds {len} bytes, {copied} were written"
+            ))));
+        }
+        Ok(SealedImage { what, path: path.to_path_buf(), file: memfd, len })
+    }
+
+    /// What the image is (`kernel`, `initrd`, `firmware`).
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// The file it was copied from (for messages; never opened again).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the image has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The sealed memfd itself (writes, truncation and growth fail with
+    /// `EPERM`). Read it through [`SealedImage::reader`], which does not move
+    /// the shared file offset.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The memfd's descriptor number, at least 3: a child that inherits it
+    /// (its close-on-exec flag cleared in the child only) has it under the
+    /// same number.
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// `/proc/self/fd/N`: the sealed copy as a path, in this process and in a
+    /// child that inherits descriptor N. Opening it opens the same sealed
+    /// memory file, not the file on disk.
+    pub fn fd_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.raw_fd()))
+    }
+
+    /// A reader over the whole image from its first byte. Readers are
+    /// independent (each keeps its own position and reads with `pread(2)`),
+    /// so the image can be read any number of times, e.g. once per boot.
+    pub fn reader(&self) -> ImageReader<'_> {
+        ImageReader { file: &self.file, pos: 0, len: self.len }
+    }
+
+    /// SHA-256, SHA-384 and size of the sealed bytes, as a launch record
+    /// carries them.
+    pub fn measurement(&self) -> std::io::Result<FileMeasurement> {
+        let (d, size) = hash_reader(&mut self.reader(), &FILE_ALGS)?;
+        let mut d = d.into_iter();
+        match (d.next(), d.next()) {
+            (Some(sha256), Some(sha384)) => Ok(FileMeasurement { sha256, sha384, size }),
+            _ => Err(std::io::Error::other("the hasher returned fewer digests than asked")),
+        }
+    }
+
+    /// The whole image in memory, refused beyond `max` bytes.
+    pub fn read_all(&self, max: u64) -> std::io::Result<Vec<u8>> {
+        if self.len > max {
+            return Err(std::io::Error::other(format!(
+                "{} bytes; at most {max} are read",
+                self.len
+            )));
+        }
+        let mut v = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        self.reader().read_to_end(&mut v)?;
+        Ok(v)
+    }
+}
+
+/// A new memfd with sealing allowed and close-on-exec set, at descriptor 3
+/// or above (0..=2 are replaced by a child's standard streams).
+fn memfd(what: &str) -> std::io::Result<OwnedFd> {
+    let name = format!("tellus-{what}");
+    let fd = memfd_create(name.as_str(), MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let moved = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else
+    // owns; the OwnedFd takes sole ownership and closes it once.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) })
+}
+
+/// Reads a [`SealedImage`] from a position of its own with `pread(2)`: the
+/// image's shared file offset is never used, so readers do not disturb each
+/// other and the image is never consumed.
+#[derive(Debug)]
+pub struct ImageReader<'a> {
+    file: &'a File,
+    pos: u64,
+    len: u64,
+}
+
+impl Read for ImageReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for ImageReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the image start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+impl ReadVolatile for ImageReader<'_> {
+    /// Into guest memory through a bounce buffer: vm-memory's own
+    /// implementations use `read(2)` on the shared offset, which would let
+    /// two readers of one image disturb each other.
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let mut tmp = vec![0u8; buf.len().min(CHUNK)];
+        let n = self.read(&mut tmp).map_err(VolatileMemoryError::IOError)?;
+        (&tmp[..n]).read_volatile(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use tellus_measured_boot::digest::hash_file;
+
+    fn source(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vmlinuz");
+        std::fs::write(&p, bytes).unwrap();
+        (dir, p)
+    }
+
+    fn errno(e: &std::io::Error) -> Option<i32> {
+        e.raw_os_error()
+    }
+
+    #[test]
+    fn sealed_copy_refuses_every_change() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (_d, p) = source(&bytes);
+        let img = SealedImage::stage("kernel", &p).unwrap();
+        assert_eq!(img.len(), bytes.len() as u64);
+        assert!(img.raw_fd() > 2);
+        let seals = fcntl(img.file(), FcntlArg::F_GET_SEALS).unwrap();
+        assert!(SealFlag::from_bits_truncate(seals).contains(SEALS), "{seals:#x}");
+
+        let eperm = Some(libc::EPERM);
+        // Write in place, append (growth), truncate (shrink), extend with
+        // set_len (growth), positional write: all refused with EPERM.
+        let mut f = img.file();
+        assert_eq!(errno(&f.write(b"evil").unwrap_err()), eperm);
+        assert_eq!(errno(&img.file().write_at(b"evil", 0).unwrap_err()), eperm);
+        assert_eq!(errno(&img.file().set_len(10).unwrap_err()), eperm);
+        assert_eq!(errno(&img.file().set_len(bytes.len() as u64 + 4096).unwrap_err()), eperm);
+        assert_eq!(errno(&img.file().write_at(b"x", bytes.len() as u64 + 1).unwrap_err()), eperm);
+        // A writable mapping is refused too (EPERM: F_SEAL_WRITE).
+        // SAFETY: mmap with a null hint only creates a new mapping (or fails);
+        // on success it is unmapped at once and never dereferenced.
+        let m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                img.raw_fd(),
+                0,
+            )
+        };
+        if m != libc::MAP_FAILED {
+            // SAFETY: `m` is the 4096-byte mapping just created above.
+            unsafe { libc::munmap(m, 4096) };
+            panic!("a writable shared mapping of the sealed image was allowed");
+        }
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), eperm);
+        // Seals cannot be removed or changed (F_SEAL_SEAL).
+        assert_eq!(
+            fcntl(img.file(), FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW)).unwrap_err(),
+            nix::errno::Errno::EPERM
+        );
+        // Through /proc/self/fd (what QEMU opens): read-write open works,
+        // the write itself does not.
+        let mut again = std::fs::OpenOptions::new().write(true).open(img.fd_path()).unwrap();
+        assert_eq!(errno(&again.write(b"evil").unwrap_err()), eperm);
+        assert_eq!(img.read_all(MAX_IMAGE).unwrap(), bytes, "nothing changed");
+    }
+
+    #[test]
+    fn contents_are_the_source_at_staging_time_and_stay_so() {
+        let original = b"the measured kernel".repeat(5000);
+        let (_d, p) = source(&original);
+        let img = SealedImage::stage("kernel", &p).unwrap();
+        let m = img.measurement().unwrap();
+        let (d, size) = hash_file(&p, &FILE_ALGS).unwrap();
+        assert_eq!(
+            (m.sha256.clone(), m.sha384.clone(), m.size),
+            (d[0].clone(), d[1].clone(), size)
+        );
+
+        // The file on disk is rewritten in place and then replaced.
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().write_all(b"EVIL").unwrap();
+        std::fs::write(&p, b"a different kernel").unwrap();
+        assert_eq!(img.read_all(MAX_IMAGE).unwrap(), original);
+        assert_eq!(std::fs::read(img.fd_path()).unwrap(), original);
+        assert_eq!(img.measurement().unwrap(), m);
+        assert_ne!(FileMeasurement::of("kernel", &p).unwrap(), m);
+    }
+
+    #[test]
+    fn readers_are_independent_and_repeatable() {
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let (_d, p) = source(&bytes);
+        let img = SealedImage::stage("initrd", &p).unwrap();
+        let mut a = img.reader();
+        let mut b = img.reader();
+        let mut x = [0u8; 100];
+        a.read_exact(&mut x).unwrap();
+        assert_eq!(&x[..], &bytes[..100]);
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).unwrap();
+        assert_eq!(all, bytes);
+        a.read_exact(&mut x).unwrap();
+        assert_eq!(&x[..], &bytes[100..200], "b's reads did not move a");
+        assert_eq!(a.seek(SeekFrom::End(-10)).unwrap(), 9990);
+        let mut tail = Vec::new();
+        a.read_to_end(&mut tail).unwrap();
+        assert_eq!(tail, &bytes[9990..]);
+        assert!(a.seek(SeekFrom::Current(-20_000)).is_err());
+        assert_eq!(a.seek(SeekFrom::Start(20_000)).unwrap(), 20_000);
+        assert_eq!(a.read(&mut x).unwrap(), 0, "past the end reads nothing");
+        // Into (volatile) guest memory.
+        let mut mem = vec![0u8; 12_000];
+        let vs = VolatileSlice::from(&mut mem[..]);
+        let mut r = img.reader();
+        let mut got = 0;
+        while got < bytes.len() {
+            let n = r.read_volatile(&mut vs.offset(got).unwrap()).unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        assert_eq!(&mem[..bytes.len()], &bytes[..]);
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SealedImage::stage("kernel", &dir.path().join("missing")).unwrap_err();
+        assert!(matches!(e, ImageError::Read { what: "kernel", .. }), "{e}");
+        let e = SealedImage::stage("initrd", dir.path()).unwrap_err();
+        assert!(matches!(e, ImageError::NotAFile { what: "initrd", .. }), "{e}");
+        let e = SealedImage::stage("firmware", Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, ImageError::NotAFile { .. }), "{e}");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let img = SealedImage::stage("initrd", &empty).unwrap();
+        assert!(img.is_empty());
+        assert_eq!(img.measurement().unwrap().size, 0);
+    }
+}
