@@ -1,6 +1,6 @@
 //! `tellus host enroll --verifier URL` against a real `tellus-verifier`
-//! process (plain HTTP on loopback, EK CA = a copy of the swtpm local CA)
-//! and a provisioned swtpm.
+//! process (`swtpm_tests::verifier_process`: plain HTTP on loopback, EK CA
+//! = a copy of the swtpm local CA) and a provisioned swtpm.
 //!
 //! The verifier binary: cargo builds a dev-dependency's library but not its
 //! binaries, so each test runs `$CARGO build -p tellus-verifier --bin
@@ -12,12 +12,11 @@
 mod common;
 use common::{text, TpmHost};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use swtpm_tests::verifier_process::Verifier;
 
 /// The `tellus-verifier` binary, built once per test process.
 fn verifier_bin() -> &'static Path {
@@ -47,105 +46,16 @@ fn verifier_bin() -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A running verifier; killed on drop.
-struct Verifier {
-    child: Child,
-    port: u16,
-    state: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Verifier {
-    fn start(ek_ca: &Path) -> Verifier {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let ca_dir = dir.path().join("ek-ca");
-        std::fs::create_dir_all(&ca_dir).unwrap();
-        for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
-            std::fs::copy(ek_ca.join(f), ca_dir.join(f)).unwrap();
-        }
-        let config = dir.path().join("verifier.toml");
-        std::fs::write(&config, format!("ek_ca_dir = {:?}\n", ca_dir.to_str().unwrap())).unwrap();
-        let port = free_port();
-        let child = Command::new(verifier_bin())
-            .args(["serve", "--insecure-http", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut v = Verifier { child, port, state, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = v.child.try_wait().unwrap() {
-                let mut err = String::new();
-                v.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                panic!("tellus-verifier exited ({status}):\n{err}");
-            }
-            assert!(Instant::now() < deadline, "tellus-verifier did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        v
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Minimal HTTP/1.1 GET with the admin token; (status, body).
-    fn admin_get(&self, path: &str) -> (u16, Value) {
-        let token = std::fs::read_to_string(self.state.join("admin-token")).unwrap();
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
-             Connection: close\r\n\r\n",
-            token.trim()
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Verifier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A provisioned host (see `common::TpmHost`) with this file's helpers.
-struct Host(TpmHost);
-
-impl std::ops::Deref for Host {
-    type Target = TpmHost;
-    fn deref(&self) -> &TpmHost {
-        &self.0
-    }
-}
-
-impl Host {
-    fn new() -> Host {
-        Host(TpmHost::new())
-    }
+/// `GET path` with the admin token; (status, JSON body or null).
+fn admin_get(verifier: &Verifier, path: &str) -> (u16, Value) {
+    let (status, body) = verifier.admin("GET", path, b"");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 #[test]
 fn enroll_over_http() {
-    let host = Host::new();
-    let verifier = Verifier::start(&host.tpm.local_ca());
+    let host = TpmHost::new();
+    let verifier = Verifier::start(verifier_bin(), &host.tpm.local_ca());
     let host_id = host.host_id();
 
     let out = host.tellus(&["host", "enroll", "--verifier", &verifier.url()]);
@@ -154,7 +64,7 @@ fn enroll_over_http() {
     assert!(stdout.contains(&format!("host id:   {host_id}")), "{stdout}");
     assert!(stdout.contains("activated: true"), "{stdout}");
 
-    let (status, v) = verifier.admin_get(&format!("/tellus/v1/hosts/{host_id}"));
+    let (status, v) = admin_get(&verifier, &format!("/tellus/v1/hosts/{host_id}"));
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["activated"], true);
     assert_eq!(v["host_id"], host_id.as_str());
@@ -175,7 +85,7 @@ fn enroll_over_http() {
 
 #[test]
 fn verifier_errors_are_shown_with_their_detail() {
-    let host = Host::new();
+    let host = TpmHost::new();
     // A verifier that trusts only an unrelated self-signed CA (under the
     // two file names Verifier::start copies).
     let dir = tempfile::tempdir().unwrap();
@@ -203,7 +113,7 @@ fn verifier_errors_are_shown_with_their_detail() {
     );
     std::fs::copy(other_ca.join("issuercert.pem"), other_ca.join("swtpm-localca-rootca-cert.pem"))
         .unwrap();
-    let verifier = Verifier::start(&other_ca);
+    let verifier = Verifier::start(verifier_bin(), &other_ca);
     let out = host.tellus(&["host", "enroll", "--verifier", &verifier.url()]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -212,7 +122,7 @@ fn verifier_errors_are_shown_with_their_detail() {
 
 #[test]
 fn refuses_plain_http_off_loopback_and_reports_unreachable_verifiers() {
-    let host = Host::new();
+    let host = TpmHost::new();
     let t = Instant::now();
     let out = host.tellus(&["host", "enroll", "--verifier", "http://10.0.0.1:1"]);
     assert!(!out.status.success());
@@ -221,7 +131,7 @@ fn refuses_plain_http_off_loopback_and_reports_unreachable_verifiers() {
     assert!(t.elapsed() < Duration::from_secs(10), "it must not try to connect");
 
     // Nothing listens on this port.
-    let port = free_port();
+    let port = swtpm_tests::free_port();
     let out = host.tellus(&["host", "enroll", "--verifier", &format!("http://127.0.0.1:{port}")]);
     assert!(!out.status.success());
     let err = text(&out.stderr);

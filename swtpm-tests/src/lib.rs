@@ -1,8 +1,9 @@
 //! A real swtpm for tests: TPM 2.0 over TCP on a free port pair (commands on
 //! P, control on P + 1, as libtss2's `swtpm` TCTI expects), in a private
 //! temporary directory, killed when dropped; and helpers to drive it with
-//! tpm2-tools. The launcher's and the verifier's tests use it; so will the
-//! end-to-end tests of this crate.
+//! tpm2-tools. The launcher's and the verifier's tests use it; so do the
+//! end-to-end tests of this crate. [`verifier_process`] runs a real
+//! `tellus-verifier serve` beside it.
 //!
 //! Layout of [`Swtpm::dir`]: `tpm/` holds swtpm's state, `localca/` and
 //! `swtpm-config/` the private CA of [`Swtpm::start_provisioned`]; everything
@@ -15,11 +16,19 @@ use std::time::{Duration, Instant};
 /// `swtpm_localca`, which `swtpm_setup` calls to sign the EK certificates.
 pub const SWTPM_LOCALCA: &str = "/usr/bin/swtpm_localca";
 
+pub mod verifier_process;
+
 /// A running swtpm; killed when dropped.
 pub struct Swtpm {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local address").port()
 }
 
 /// A port P such that P and P + 1 were both free a moment ago.

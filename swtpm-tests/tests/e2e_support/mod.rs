@@ -1,8 +1,9 @@
 //! End-to-end harness shared by `tests/launch_e2e.rs` and
 //! `benches/attest_latency.rs`: a real provisioned swtpm with `tellus host
-//! init`, a real `tellus-verifier serve` process (SQLite, plain HTTP on
-//! loopback, EK CA = a copy of the swtpm's local CA, log captured to a
-//! file), and `tellus launch` of the real Debian kernel + agent initramfs
+//! init`, a real `tellus-verifier serve` process
+//! ([`swtpm_tests::verifier_process`]: SQLite, plain HTTP on loopback, EK
+//! CA = a copy of the swtpm's local CA, log captured to a file), and
+//! `tellus launch` of the real Debian kernel + agent initramfs
 //! built by scripts/setup.sh under real QEMU.
 //!
 //! The binaries: cargo builds a dev-dependency's library but not its
@@ -11,10 +12,8 @@
 #![allow(dead_code)] // the bench and the tests use different subsets
 
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use swtpm_tests::Swtpm;
@@ -58,119 +57,21 @@ pub use swtpm_tests::test_guest as guest;
 /// (the agent powers off once its secrets are handled).
 pub const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tellus.oneshot";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A running `tellus-verifier serve`; killed on drop.
-pub struct Verifier {
-    child: Child,
-    pub port: u16,
-    pub state: PathBuf,
-    pub config: PathBuf,
-    pub log: PathBuf,
-    pub dir: tempfile::TempDir,
-}
+/// A running `tellus-verifier serve` of [`bins`] (the library's
+/// [`swtpm_tests::verifier_process::Verifier`]); killed on drop.
+pub struct Verifier(swtpm_tests::verifier_process::Verifier);
 
 impl Verifier {
     /// Starts a verifier that trusts the EK CA in `ek_ca` (a swtpm local CA).
     pub fn start(ek_ca: &Path) -> Verifier {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let ca_dir = dir.path().join("ek-ca");
-        std::fs::create_dir_all(&ca_dir).unwrap();
-        for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
-            std::fs::copy(ek_ca.join(f), ca_dir.join(f)).unwrap();
-        }
-        let config = dir.path().join("verifier.toml");
-        std::fs::write(&config, format!("ek_ca_dir = {:?}\n", ca_dir.to_str().unwrap())).unwrap();
-        let log = dir.path().join("verifier.log");
-        let port = free_port();
-        let child = Command::new(&bins().1)
-            .args(["serve", "--insecure-http", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut v = Verifier { child, port, state, config, log, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = v.child.try_wait().unwrap() {
-                panic!("tellus-verifier exited ({status}):\n{}", v.log_text());
-            }
-            assert!(Instant::now() < deadline, "tellus-verifier did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        v
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The verifier's log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.state.join("admin-token")).unwrap().trim().to_string()
-    }
-
-    /// Minimal HTTP/1.1 request with the admin token; (status, body).
-    pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n",
-            self.admin_token(),
-            body.len()
-        )
-        .unwrap();
-        s.write_all(body).unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).unwrap();
-        let resp = text(&resp);
-        let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
-    }
-
-    /// Uploads a resource (admin route).
-    pub fn upload(&self, resource: &str, secret: &[u8]) {
-        let (status, body) = self.admin("POST", &format!("/kbs/v0/resource/{resource}"), secret);
-        assert!((200..300).contains(&status), "upload of {resource}: HTTP {status} {body}");
-    }
-
-    /// `tellus-verifier refs add FILE`: loads `tellus measure predict
-    /// --output json` as reference values (the verifier may be running:
-    /// the command writes the same SQLite database).
-    pub fn refs_add(&self, predict_json: &Path) -> Output {
-        Command::new(&bins().1)
-            .args(["refs", "add"])
-            .arg(predict_json)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap()
+        Verifier(swtpm_tests::verifier_process::Verifier::start(&bins().1, ek_ca))
     }
 }
 
-impl Drop for Verifier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Verifier {
+    type Target = swtpm_tests::verifier_process::Verifier;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
