@@ -6,91 +6,24 @@
 //! Also: many threads (each with its own connection, as separate
 //! processes would) appending at once leave one unbroken chain.
 
+mod registrar_support;
 mod service_support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use registrar_support::{read, TpmHost as Host};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 use service_support::*;
 use std::path::Path;
 use std::process::{Command, Output};
-use swtpm_tests::Swtpm;
-use tellus_protocol::enrollment::{ActivationProof, EnrollChallenge, EnrollRequest};
+use tellus_protocol::enrollment::{ActivationProof, EnrollChallenge};
 use tellus_verifier::audit::{verify_chain, AuditEntry, AuditEvent, AuditKeys};
 use tellus_verifier::service::token::TokenSigner;
 use tellus_verifier::storage::{SqliteStore, Store};
-
-fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// A provisioned swtpm with an RSA EK (certified by swtpm's local CA) and
-/// an ECC AK, made by tpm2-tools.
-struct Host {
-    tpm: Swtpm,
-}
-
-impl Host {
-    fn new() -> Host {
-        let tpm = Swtpm::start_provisioned();
-        tpm.run("tpm2_createek", &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
-        tpm.run(
-            "tpm2_createak",
-            &[
-                "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u",
-                "ak.pub", "-n", "ak.name",
-            ],
-        );
-        tpm.run("tpm2_flushcontext", &["-t"]);
-        tpm.run("tpm2_nvread", &["0x01c00002", "-C", "o", "-o", "ekcert.der"]);
-        Host { tpm }
-    }
-
-    fn request(&self) -> EnrollRequest {
-        let ek = read(&self.tpm.path("ek.pub"));
-        EnrollRequest {
-            host_id: hex::encode(ring::digest::digest(&ring::digest::SHA256, &ek)),
-            ek_public: B64.encode(&ek),
-            ek_cert: Some(B64.encode(read(&self.tpm.path("ekcert.der")))),
-            ak_public: B64.encode(read(&self.tpm.path("ak.pub"))),
-            ak_name: hex::encode(read(&self.tpm.path("ak.name"))),
-        }
-    }
-
-    /// `tpm2_activatecredential` on the challenge: the recovered secret.
-    fn activate(&self, c: &EnrollChallenge) -> Vec<u8> {
-        let mut file = 0xBADC_C0DEu32.to_be_bytes().to_vec();
-        file.extend_from_slice(&1u32.to_be_bytes());
-        file.extend(B64.decode(&c.credential_blob).unwrap());
-        file.extend(B64.decode(&c.encrypted_secret).unwrap());
-        std::fs::write(self.tpm.path("cred.in"), file).unwrap();
-        self.tpm.run("tpm2_startauthsession", &["--policy-session", "-S", "s.ctx"]);
-        self.tpm.run("tpm2_policysecret", &["-S", "s.ctx", "-c", "e"]);
-        let out = self.tpm.try_run(
-            "tpm2_activatecredential",
-            &[
-                "-c",
-                "ak.ctx",
-                "-C",
-                "ek.ctx",
-                "-i",
-                "cred.in",
-                "-o",
-                "actcred.out",
-                "-P",
-                "session:s.ctx",
-            ],
-        );
-        self.tpm.run("tpm2_flushcontext", &["s.ctx"]);
-        self.tpm.run("tpm2_flushcontext", &["-t"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        read(&self.tpm.path("actcred.out"))
-    }
-}
 
 fn audit_cli(state_dir: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tellus-verifier"))
@@ -123,12 +56,7 @@ async fn every_event_is_logged_and_tampering_is_named() {
     let host = Host::new();
     let app = App::with(|c| {
         c.enable_sample_tee = true;
-        let dir = c.state_dir.with_file_name("ek-ca");
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
-            std::fs::copy(host.tpm.local_ca().join(f), dir.join(f)).unwrap();
-        }
-        c.ek_ca_dir = Some(dir);
+        host.trust_ek_ca(c);
     });
     let state_dir = app.dir.path().join("state");
 

@@ -11,7 +11,7 @@
 
 mod registrar_support;
 
-use registrar_support::{quote_vectors, read, Swtpm};
+use registrar_support::{activate_credential, create_ek_and_ak, quote_vectors, read, Swtpm};
 use tellus_verifier::registrar::ek_cert::{
     ek_public_matches_cert, tpm_device_info, verify_ek_chain, EkCertError, TrustAnchors,
     ValidationTime,
@@ -50,20 +50,10 @@ impl Ek {
     }
 }
 
-/// Creates the EK and an ECC AK (as the launcher does), saves their
-/// contexts (ek.ctx, ak.ctx), public areas (ek.pub, ak.pub) and the AK
-/// Name (ak.name), then flushes all transient objects: without a resource
-/// manager they stay loaded, and swtpm has only three slots.
+/// Creates the EK and an ECC AK ([`create_ek_and_ak`]); their public
+/// area and Name.
 fn create_keys(tpm: &Swtpm, ek: Ek) -> (TpmPublic, Vec<u8>) {
-    tpm.run("tpm2_createek", &["-c", "ek.ctx", "-G", ek.arg(), "-u", "ek.pub"]);
-    tpm.run(
-        "tpm2_createak",
-        &[
-            "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u",
-            "ak.pub", "-n", "ak.name",
-        ],
-    );
-    tpm.run("tpm2_flushcontext", &["-t"]);
+    create_ek_and_ak(tpm, ek.arg());
     let ek_pub = TpmPublic::from_tpm2b_public(&read(&tpm.path("ek.pub"))).unwrap();
     let ak_name = read(&tpm.path("ak.name"));
     // Our Name computation agrees with the TPM's.
@@ -75,40 +65,7 @@ fn create_keys(tpm: &Swtpm, ek: Ek) -> (TpmPublic, Vec<u8>) {
 /// `tpm2_activatecredential` on `file` (in the TPM's directory): the
 /// recovered secret, or the tool's stderr.
 fn activate(tpm: &Swtpm, ek: Ek, file: &str) -> Result<Vec<u8>, String> {
-    let _ = std::fs::remove_file(tpm.path("actcred.out"));
-    let out = if ek.policy_session() {
-        tpm.run("tpm2_startauthsession", &["--policy-session", "-S", "s.ctx"]);
-        tpm.run("tpm2_policysecret", &["-S", "s.ctx", "-c", "e"]);
-        let out = tpm.try_run(
-            "tpm2_activatecredential",
-            &[
-                "-c",
-                "ak.ctx",
-                "-C",
-                "ek.ctx",
-                "-i",
-                file,
-                "-o",
-                "actcred.out",
-                "-P",
-                "session:s.ctx",
-            ],
-        );
-        tpm.run("tpm2_flushcontext", &["s.ctx"]);
-        out
-    } else {
-        tpm.try_run(
-            "tpm2_activatecredential",
-            &["-c", "ak.ctx", "-C", "ek.ctx", "-i", file, "-o", "actcred.out"],
-        )
-    };
-    // The tool leaves the EK and AK it loaded from their contexts.
-    tpm.run("tpm2_flushcontext", &["-t"]);
-    if out.status.success() {
-        Ok(read(&tpm.path("actcred.out")))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    activate_credential(tpm, ek.policy_session(), file)
 }
 
 fn run_make_credential(ek: Ek) {

@@ -4,101 +4,20 @@
 //! `tpm2_nvread` for the EK certificate, and `tpm2_activatecredential` on the
 //! verifier's challenge for the proof.
 
+mod registrar_support;
 mod service_support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use registrar_support::TpmHost as Host;
 use serde_json::{json, Value};
 use service_support::{error_kind, post_json, App, ADMIN};
-use std::path::Path;
-use swtpm_tests::Swtpm;
 use tellus_protocol::enrollment::{ActivationProof, EnrollChallenge, EnrollRequest};
 
-fn read(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// A provisioned swtpm with an EK and AK created by tpm2-tools.
-struct Host {
-    tpm: Swtpm,
-}
-
-impl Host {
-    fn new() -> Host {
-        let tpm = Swtpm::start_provisioned();
-        tpm.run("tpm2_createek", &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
-        tpm.run(
-            "tpm2_createak",
-            &[
-                "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u",
-                "ak.pub", "-n", "ak.name",
-            ],
-        );
-        tpm.run("tpm2_flushcontext", &["-t"]);
-        tpm.run("tpm2_nvread", &["0x01c00002", "-C", "o", "-o", "ekcert.der"]);
-        Host { tpm }
-    }
-
-    /// A directory with a copy of the swtpm local CA certificates.
-    fn ca_dir(&self, into: &Path) {
-        std::fs::create_dir_all(into).unwrap();
-        for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
-            std::fs::copy(self.tpm.local_ca().join(f), into.join(f)).unwrap();
-        }
-    }
-
-    fn request(&self) -> EnrollRequest {
-        let ek = read(&self.tpm.path("ek.pub"));
-        EnrollRequest {
-            host_id: hex::encode(ring::digest::digest(&ring::digest::SHA256, &ek)),
-            ek_public: B64.encode(&ek),
-            ek_cert: Some(B64.encode(read(&self.tpm.path("ekcert.der")))),
-            ak_public: B64.encode(read(&self.tpm.path("ak.pub"))),
-            ak_name: hex::encode(read(&self.tpm.path("ak.name"))),
-        }
-    }
-
-    /// `tpm2_activatecredential` on the challenge: the recovered secret.
-    fn activate(&self, c: &EnrollChallenge) -> Vec<u8> {
-        let mut file = 0xBADC_C0DEu32.to_be_bytes().to_vec();
-        file.extend_from_slice(&1u32.to_be_bytes());
-        file.extend(B64.decode(&c.credential_blob).unwrap());
-        file.extend(B64.decode(&c.encrypted_secret).unwrap());
-        std::fs::write(self.tpm.path("cred.in"), file).unwrap();
-        let _ = std::fs::remove_file(self.tpm.path("actcred.out"));
-        // The RSA 2048 EK (low range) needs PolicySecret(TPM_RH_ENDORSEMENT).
-        self.tpm.run("tpm2_startauthsession", &["--policy-session", "-S", "s.ctx"]);
-        self.tpm.run("tpm2_policysecret", &["-S", "s.ctx", "-c", "e"]);
-        let out = self.tpm.try_run(
-            "tpm2_activatecredential",
-            &[
-                "-c",
-                "ak.ctx",
-                "-C",
-                "ek.ctx",
-                "-i",
-                "cred.in",
-                "-o",
-                "actcred.out",
-                "-P",
-                "session:s.ctx",
-            ],
-        );
-        self.tpm.run("tpm2_flushcontext", &["s.ctx"]);
-        self.tpm.run("tpm2_flushcontext", &["-t"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        read(&self.tpm.path("actcred.out"))
-    }
-}
-
 fn app_for(host: &Host) -> App {
-    App::with(|c| {
-        let dir = c.state_dir.with_file_name("ek-ca");
-        host.ca_dir(&dir);
-        c.ek_ca_dir = Some(dir);
-    })
+    App::with(|c| host.trust_ek_ca(c))
 }
 
 async fn enroll(app: &App, req: &EnrollRequest) -> (StatusCode, Value) {
