@@ -132,24 +132,47 @@ async fn attest(
     (s, v, cookie, key)
 }
 
-/// The resource is not released to `cookie`.
-async fn nothing_released(app: &App, cookie: &str) {
-    let req = with_cookie(
-        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
-        cookie,
-    );
-    let (s, _, v) = app.json(req).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+/// The resource is not released to `cookie` (case `case`), and none ever was.
+async fn nothing_released(case: &str, app: &App, cookie: &str) {
+    let (s, v) = get_disk(app, cookie).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{case}: {v}");
+    none_released_yet(app).await;
+}
+
+/// The release counter is still 0.
+async fn none_released_yet(app: &App) {
     let (_, _, m) = app.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
     let m = String::from_utf8_lossy(&m);
     assert!(m.contains("tellus_verifier_resources_released_total 0"), "{m}");
 }
 
-fn refused(s: StatusCode, v: &Value, what: &str) {
-    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert_eq!(error_kind(v), "AttestationError", "{v}");
-    let detail = v["detail"].as_str().unwrap();
-    assert!(detail.contains(what), "expected {what:?} in: {detail}");
+/// Attestation (case `case`) refused with `what` in the detail.
+fn refused(case: &str, s: StatusCode, v: &Value, what: &str) {
+    assert_eq!(s, StatusCode::FORBIDDEN, "{case}: {v}");
+    assert_eq!(error_kind(v), "AttestationError", "{case}: {v}");
+    let detail = v["detail"].as_str().unwrap_or_else(|| panic!("{case}: no detail in {v}"));
+    assert!(detail.contains(what), "{case}: expected {what:?} in: {detail}");
+}
+
+/// An evidence edit for [`attest`]: `log` (base64 CEL) as the event log,
+/// and `launch_recnum` when given.
+fn with_log(log: String, launch_recnum: Option<u64>) -> impl FnOnce(&mut Value) {
+    move |ev| {
+        ev["event_log"] = json!(log);
+        if let Some(n) = launch_recnum {
+            ev["launch_recnum"] = json!(n);
+        }
+    }
+}
+
+/// A resource denied (case `case`) because the host lacks label zone=dmz.
+fn denied_for_missing_zone(case: &str, s: StatusCode, v: &Value) {
+    assert_eq!(s, StatusCode::FORBIDDEN, "{case}: {v}");
+    let detail = v["detail"].as_str().unwrap_or_else(|| panic!("{case}: no detail in {v}"));
+    assert!(
+        detail.contains("host label zone is missing, but zone=dmz is required"),
+        "{case}: {detail}"
+    );
 }
 
 /// `GET` the disk resource with `cookie`.
@@ -284,7 +307,7 @@ async fn a_kernel_that_is_not_a_reference_value_is_denied_with_its_digests() {
     let (s, _, v) = app.json(req).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert!(v["detail"].as_str().unwrap().contains("kernel digest"), "{v}");
-    nothing_released_ok(&app).await;
+    none_released_yet(&app).await;
 }
 
 /// A fresh attestation's token.
@@ -294,12 +317,6 @@ async fn v_token(app: &App, host: &Host) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
-async fn nothing_released_ok(app: &App) {
-    let (_, _, m) = app.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
-    let m = String::from_utf8_lossy(&m);
-    assert!(m.contains("tellus_verifier_resources_released_total 0"), "{m}");
-}
-
 #[tokio::test]
 async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
     let host = Host::new();
@@ -307,29 +324,45 @@ async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
     app.upload("default/key/disk", SECRET).await;
     app.add_predicted_refs(&host.predict).await;
 
-    // A syntax error: 400 with regorus' message and location.
-    let (s, v) =
-        app.set_attestation_policy("package policy\n\nallow if {\n  input.tee == \n}\n").await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let detail = v["detail"].as_str().unwrap();
-    assert!(detail.contains("default.rego:5:1: expecting expression"), "{detail}");
-    assert!(detail.contains("the policy in force stays"), "{detail}");
-    // No `allow` rule: 400.
-    let (s, v) = app
-        .set_resource_policy(
+    // Each broken upload: 400, the detail naming what is wrong.
+    // (case, policy, rego, fragments of the detail)
+    let broken: [(&str, PolicyKind, &str, &[&str]); 3] = [
+        (
+            "syntax error (regorus' message and location)",
+            PolicyKind::Attestation,
+            "package policy\n\nallow if {\n  input.tee == \n}\n",
+            &["default.rego:5:1: expecting expression", "the policy in force stays"],
+        ),
+        (
+            "no `allow` rule",
+            PolicyKind::Resource,
             "package policy\n\nimport rego.v1\n\nreasons contains \"x\" if { true }\n",
-        )
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["detail"].as_str().unwrap().contains("does not define the rule `allow`"), "{v}");
-    // Another package: 400.
-    let (s, v) = app.set_resource_policy("package other\n\nallow := true\n").await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["detail"].as_str().unwrap().contains("declare `package policy`"), "{v}");
+            &["does not define the rule `allow`"],
+        ),
+        (
+            "another package",
+            PolicyKind::Resource,
+            "package other\n\nallow := true\n",
+            &["declare `package policy`"],
+        ),
+    ];
+    for (case, kind, rego, want) in broken {
+        let (s, v) = match kind {
+            PolicyKind::Attestation => app.set_attestation_policy(rego).await,
+            PolicyKind::Resource => app.set_resource_policy(rego).await,
+        };
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{case}: {v}");
+        let detail = v["detail"].as_str().unwrap_or_else(|| panic!("{case}: no detail in {v}"));
+        for w in want {
+            assert!(detail.contains(w), "{case}: expected {w:?} in: {detail}");
+        }
+    }
     // Nothing was stored, and the built-in policies still decide: the
     // measured launch is released.
-    assert!(app.state.store.policy_history(PolicyKind::Attestation, "default").unwrap().is_empty());
-    assert!(app.state.store.policy_history(PolicyKind::Resource, "default").unwrap().is_empty());
+    for kind in [PolicyKind::Attestation, PolicyKind::Resource] {
+        let history = app.state.store.policy_history(kind, "default").unwrap();
+        assert!(history.is_empty(), "{kind:?} policy stored: {}", history.len());
+    }
     let (s, v, cookie, key) = attest(&app, &host, &host.state(), |_| {}).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, jwe) = get_disk(&app, &cookie).await;
@@ -345,14 +378,7 @@ async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
     let (s, v) = app.set_resource_policy("package policy\nallow if {").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v) = get_disk(&app, &cookie).await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(
-        v["detail"]
-            .as_str()
-            .unwrap()
-            .contains("host label zone is missing, but zone=dmz is required"),
-        "{v}"
-    );
+    denied_for_missing_zone("strict resource policy", s, &v);
     assert_eq!(app.state.store.policy_history(PolicyKind::Resource, "default").unwrap().len(), 1);
 
     // Per-resource label requirements with the default resource policy.
@@ -367,14 +393,7 @@ async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
         &cookie,
     );
     let (s, _, v) = app.json(req).await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(
-        v["detail"]
-            .as_str()
-            .unwrap()
-            .contains("host label zone is missing, but zone=dmz is required"),
-        "{v}"
-    );
+    denied_for_missing_zone("required-labels of the resource", s, &v);
     let (s, _) = get_disk(&app, &cookie).await;
     assert_eq!(s, StatusCode::OK);
 }
@@ -397,33 +416,29 @@ async fn launch_groups_pick_the_attested_launch() {
     log.push(second.clone());
     let log_b64 = B64.encode(cel::encode(&log));
 
-    // The last launch is incomplete: refused.
-    let l = log_b64.clone();
-    let (s, v, _, _) =
-        attest(&app, &host, &host.state(), move |ev| ev["event_log"] = json!(l)).await;
-    refused(s, &v, &format!("the launch starting at record {} is incomplete", second.recnum));
-    // A recnum that is not a launch's first record, or no record at all.
-    let l = log_b64.clone();
-    let (s, v, _, _) = attest(&app, &host, &host.state(), move |ev| {
-        ev["event_log"] = json!(l);
-        ev["launch_recnum"] = json!(3);
-    })
-    .await;
-    refused(s, &v, "launch_recnum 3 is a vm-identity record");
-    let l = log_b64.clone();
-    let (s, v, _, _) = attest(&app, &host, &host.state(), move |ev| {
-        ev["event_log"] = json!(l);
-        ev["launch_recnum"] = json!(999);
-    })
-    .await;
-    refused(s, &v, "launch_recnum 999 names no tellus record");
+    // Refused: the last launch (the default) is incomplete; a recnum that
+    // is not a launch's first record, or no record at all.
+    let cases = [
+        (
+            "last launch incomplete",
+            None,
+            format!("the launch starting at record {} is incomplete", second.recnum),
+        ),
+        (
+            "recnum of a vm-identity record",
+            Some(3),
+            "launch_recnum 3 is a vm-identity record".into(),
+        ),
+        ("recnum of no record", Some(999), "launch_recnum 999 names no tellus record".into()),
+    ];
+    for (case, recnum, want) in cases {
+        let (s, v, _, _) =
+            attest(&app, &host, &host.state(), with_log(log_b64.clone(), recnum)).await;
+        refused(case, s, &v, &want);
+    }
     // The first, complete launch: its claims, and the resource.
-    let l = log_b64.clone();
-    let (s, v, cookie, key) = attest(&app, &host, &host.state(), move |ev| {
-        ev["event_log"] = json!(l);
-        ev["launch_recnum"] = json!(0);
-    })
-    .await;
+    let (s, v, cookie, key) =
+        attest(&app, &host, &host.state(), with_log(log_b64.clone(), Some(0))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, jwe) = get_disk(&app, &cookie).await;
     assert_eq!(s, StatusCode::OK, "{jwe}");
@@ -436,73 +451,69 @@ async fn binding_nonce_and_log_tampering_are_refused() {
     let app = app_with(Some(host.record(true)));
     app.upload("default/key/disk", SECRET).await;
 
-    // tee-pubkey swapped after quoting: the quote binds the first key.
-    let (cookie, nonce) = app.auth("tpm").await;
-    let key = TeeKey::new();
-    let ev = host.quote(&host.state(), &key.binding(&nonce));
-    let other = TeeKey::new();
-    let req = with_cookie(post_json("/kbs/v0/attest", &attestation(&nonce, &other, ev)), &cookie);
-    let (s, _, v) = app.json(req).await;
-    refused(s, &v, "does not carry this attestation's binding");
-    nothing_released(&app, &cookie).await;
+    // The quote binds another binding than the one presented. (case,
+    // quoted for another session's nonce, presented with another tee key)
+    let cases = [
+        ("tee-pubkey swapped after quoting", false, true),
+        ("quoted for another session's nonce", true, false),
+    ];
+    for (case, other_session, other_key) in cases {
+        let (cookie, nonce) = app.auth("tpm").await;
+        let quoted_nonce = if other_session { app.auth("tpm").await.1 } else { nonce.clone() };
+        let key = TeeKey::new();
+        let ev = host.quote(&host.state(), &key.binding(&quoted_nonce));
+        let presented = if other_key { TeeKey::new() } else { key };
+        let req =
+            with_cookie(post_json("/kbs/v0/attest", &attestation(&nonce, &presented, ev)), &cookie);
+        let (s, _, v) = app.json(req).await;
+        refused(case, s, &v, "does not carry this attestation's binding");
+        nothing_released(case, &app, &cookie).await;
+    }
 
-    // Quoted for another session's nonce, presented in this one.
-    let (_, nonce_a) = app.auth("tpm").await;
-    let (cookie_b, nonce_b) = app.auth("tpm").await;
-    let key = TeeKey::new();
-    let ev = host.quote(&host.state(), &key.binding(&nonce_a));
-    let req = with_cookie(post_json("/kbs/v0/attest", &attestation(&nonce_b, &key, ev)), &cookie_b);
-    let (s, _, v) = app.json(req).await;
-    refused(s, &v, "does not carry this attestation's binding");
-    nothing_released(&app, &cookie_b).await;
-
-    // One byte of the launch log changed.
-    let log = host.log.clone();
-    let (s, v, cookie, _) = attest(&app, &host, &host.state(), move |ev| {
-        let mut records = cel::decode(&log).unwrap();
-        let last = records[0].content.len() - 1;
-        records[0].content[last] ^= 1;
-        ev["event_log"] = json!(B64.encode(cel::encode(&records)));
-    })
-    .await;
-    refused(s, &v, "launch log does not verify");
-    nothing_released(&app, &cookie).await;
-
-    // The log without its last record: it no longer replays to PCR 13.
-    let log = host.log.clone();
-    let (s, v, cookie, _) = attest(&app, &host, &host.state(), move |ev| {
-        let records = cel::decode(&log).unwrap();
-        ev["event_log"] = json!(B64.encode(cel::encode(&records[..records.len() - 1])));
-    })
-    .await;
-    refused(s, &v, "does not match the quote");
-    nothing_released(&app, &cookie).await;
-
-    // No log at all.
-    let (s, v, cookie, _) =
-        attest(&app, &host, &host.state(), |ev| ev["event_log"] = json!("")).await;
-    refused(s, &v, "no launch log");
-    nothing_released(&app, &cookie).await;
+    // The launch log tampered with.
+    let records = cel::decode(&host.log).unwrap();
+    let mut changed = records.clone();
+    let last = changed[0].content.len() - 1;
+    changed[0].content[last] ^= 1;
+    let cases = [
+        ("one byte of the log changed", cel::encode(&changed), "launch log does not verify"),
+        // It no longer replays to PCR 13.
+        (
+            "the log without its last record",
+            cel::encode(&records[..records.len() - 1]),
+            "does not match the quote",
+        ),
+        ("no log at all", vec![], "no launch log"),
+    ];
+    for (case, log, want) in cases {
+        let (s, v, cookie, _) =
+            attest(&app, &host, &host.state(), with_log(B64.encode(log), None)).await;
+        refused(case, s, &v, want);
+        nothing_released(case, &app, &cookie).await;
+    }
 }
 
 #[tokio::test]
 async fn unenrolled_unactivated_and_foreign_aks_are_refused() {
     let host = Host::new();
 
-    let app = app_with(None);
-    let (s, v, cookie, _) = attest(&app, &host, &host.state(), |_| {}).await;
-    refused(s, &v, "AK not enrolled: no host");
-    nothing_released(&app, &cookie).await;
-
-    let app = app_with(Some(host.record(false)));
-    let (s, v, cookie, _) = attest(&app, &host, &host.state(), |_| {}).await;
-    refused(s, &v, "enrolled but not activated");
-    nothing_released(&app, &cookie).await;
-
-    // A second AK on the same TPM (same host id), not the enrolled one.
-    let app = app_with(Some(host.record(true)));
-    let other = host.init("other");
-    let (s, v, cookie, _) = attest(&app, &host, &other, |_| {}).await;
-    refused(s, &v, "AK not enrolled: the quote is signed by AK");
-    nothing_released(&app, &cookie).await;
+    // (case, the host in the store, quote with a second AK on the same
+    // TPM (same host id) instead of the enrolled one, refusal)
+    let cases = [
+        ("unenrolled", None, false, "AK not enrolled: no host"),
+        ("not activated", Some(host.record(false)), false, "enrolled but not activated"),
+        (
+            "a foreign AK",
+            Some(host.record(true)),
+            true,
+            "AK not enrolled: the quote is signed by AK",
+        ),
+    ];
+    for (case, record, second_ak, want) in cases {
+        let app = app_with(record);
+        let state = if second_ak { host.init("other") } else { host.state() };
+        let (s, v, cookie, _) = attest(&app, &host, &state, |_| {}).await;
+        refused(case, s, &v, want);
+        nothing_released(case, &app, &cookie).await;
+    }
 }
