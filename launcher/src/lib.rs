@@ -23,6 +23,7 @@ pub mod image;
 pub mod launch;
 pub mod measure;
 pub mod measured_launch;
+pub mod privileges;
 pub mod run;
 pub mod tpm;
 pub mod vm_config;

@@ -393,16 +393,6 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
         .transpose()?;
 
     let (tx, rx) = mpsc::channel::<Event>();
-    let _control = match &opts.control_socket {
-        Some(path) => {
-            let tx = tx.clone();
-            Some(ControlServer::start(path, move |p| {
-                let _ = tx.send(Event::Control(p));
-            })?)
-        }
-        None => None,
-    };
-    spawn_signal_relay(tx.clone());
     let vmm_tx = tx.clone();
     let sink: EventSink = Arc::new(move |e| {
         let _ = vmm_tx.send(Event::Vmm(e));
@@ -415,6 +405,30 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
         }
     };
     progress!("started {} with backend {}", started.description, backend.name());
+    drop_privileges(&opts.measure);
+    // Started after the drop, so their threads (which read requests from
+    // local clients) hold no capabilities.
+    let control = match &opts.control_socket {
+        Some(path) => {
+            let tx = tx.clone();
+            ControlServer::start(path, move |p| {
+                let _ = tx.send(Event::Control(p));
+            })
+            .map(Some)
+        }
+        None => Ok(None),
+    };
+    let _control = match control {
+        Ok(c) => c,
+        Err(e) => {
+            let mut power = started.power;
+            let _ = power.terminate();
+            drop(power);
+            let _ = record_stop(&opts.measure, "launcher-error", 1, None);
+            return Err(e.into());
+        }
+    };
+    spawn_signal_relay(tx.clone());
     let console = spawn_console(started.streams.console, log, opts.console_to_stdout);
     let chan_tx = tx.clone();
     channel::spawn_reader(started.streams.channel_rx, move |e| {
@@ -555,6 +569,13 @@ impl Loop<'_> {
                     self.boots += 1;
                     self.agent_ready = false;
                     progress!("VM reset ({reason}); boot {}", self.boots);
+                    if matches!(self.stopping, Some(Stopping::Agent(_) | Stopping::PowerButton(_)))
+                    {
+                        // A guest without a power-off device (Linux in the
+                        // built-in VMM panics and resets) asked to power off.
+                        progress!("the guest reset instead of powering off; stopping the VM");
+                        self.terminate();
+                    }
                 }
                 Some(Event::Channel(e)) => self.on_channel(e),
                 Some(Event::Attested { boot, result }) => self.on_attested(boot, result),
@@ -1040,6 +1061,22 @@ fn record_stop(
             progress!("error: cannot record the stop ({reason}): {e}");
             Err(e)
         }
+    }
+}
+
+/// Everything is open now (VMM, console log, control socket; the TPM and
+/// the host log are reopened by owner rights): drop capabilities and set
+/// no_new_privs ([`crate::privileges`]). Threads started from here on
+/// inherit the drop; the built-in VMM's threads drop their own.
+fn drop_privileges(m: &MeasureConfig) {
+    let log = m.log_path();
+    match crate::privileges::drop_privileges(&[&m.state_dir, &log]) {
+        Ok(before) => progress!(
+            "dropped privileges: capabilities {:#x} cleared (bounding set {:#x}), no_new_privs set",
+            before.cap_eff,
+            before.cap_bnd
+        ),
+        Err(e) => progress!("warning: privileges not dropped: {e}"),
     }
 }
 

@@ -164,7 +164,8 @@ fn ready_and_poweroff(v: Variant, vcpus: u32, before: &[u8]) -> Vec<ChannelEvent
     }
     run.writer.send(HostMessage::PowerOff).unwrap();
     let channel_bytes = run.channel_bytes.clone();
-    let console = run.expect_end("guest-reset");
+    // The payload powers off the one way a built-in VM offers: a triple fault.
+    let console = run.expect_end("guest-triple-fault");
     assert_eq!(console, expected_console(v, CMDLINE, vcpus));
     let mut sent = before.to_vec();
     sent.extend_from_slice(&ready_frame());
@@ -173,8 +174,8 @@ fn ready_and_poweroff(v: Variant, vcpus: u32, before: &[u8]) -> Vec<ChannelEvent
 }
 
 #[test]
-fn payload_ready_then_poweroff_via_i8042() {
-    if !kvm_usable_or_skip("payload_ready_then_poweroff_via_i8042") {
+fn payload_ready_then_poweroff() {
+    if !kvm_usable_or_skip("payload_ready_then_poweroff") {
         return;
     }
     let dropped = ready_and_poweroff(Variant::Ready, 1, &[]);
@@ -240,7 +241,7 @@ fn payload_starts_an_application_processor() {
     // thread, in KVM_RUN since start, runs real-mode code at 0x8000.
     let g = Guest::payload(Variant::Smp);
     let run = start(&g, 2);
-    let console = run.expect_end("guest-reset");
+    let console = run.expect_end("guest-triple-fault");
     assert_eq!(console, expected_console(Variant::Smp, CMDLINE, 2));
 }
 
@@ -253,7 +254,7 @@ fn payload_takes_a_uart_interrupt() {
     // vCPU, as Linux's 8250 driver relies on.
     let g = Guest::payload(Variant::Interrupt);
     let run = start(&g, 1);
-    let console = run.expect_end("guest-reset");
+    let console = run.expect_end("guest-triple-fault");
     assert_eq!(console, expected_console(Variant::Interrupt, CMDLINE, 1));
 }
 
@@ -398,4 +399,85 @@ fn memory_too_small_for_kernel_and_initrd() {
         Builtin.start(&cfg, Accel::Kvm, sink),
         Err(BackendError::Builtin(BuiltinError::Boot(BootError::MemoryTooSmall { mib: 1, .. })))
     ));
+}
+
+impl Run {
+    fn expect_reset(&self, reason: &str) {
+        match self.next_vmm() {
+            VmmEvent::Reset { reason: r } => assert_eq!(r, reason),
+            other => panic!("expected Reset({reason}), got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn payload_guest_reset_boots_it_again_then_poweroff_ends_it() {
+    if !kvm_usable_or_skip("payload_guest_reset_boots_it_again_then_poweroff_ends_it") {
+        return;
+    }
+    // Reboot frame → the payload writes 0xFE to port 0x64 → every vCPU is
+    // stopped, the VM rebuilt from the same kernel/initrd → a second Ready
+    // on the same streams → PowerOff ends it.
+    let g = Guest::payload(Variant::Ready);
+    let mut run = start(&g, 2);
+    expect_ready(run.next_channel());
+    run.writer.send(HostMessage::Reboot).unwrap();
+    run.expect_reset("guest-reset");
+    expect_ready(run.next_channel());
+    run.writer.send(HostMessage::PowerOff).unwrap();
+    let channel_bytes = run.channel_bytes.clone();
+    let console = run.expect_end("guest-triple-fault");
+    assert_eq!(
+        console,
+        expected_rebooted(Variant::Ready, CMDLINE, 2)
+            + &expected_console(Variant::Ready, CMDLINE, 2)
+    );
+    assert_eq!(*channel_bytes.lock().unwrap(), [ready_frame(), ready_frame()].concat());
+}
+
+#[test]
+fn payload_host_reset_boots_it_again_then_poweroff_ends_it() {
+    if !kvm_usable_or_skip("payload_host_reset_boots_it_again_then_poweroff_ends_it") {
+        return;
+    }
+    let g = Guest::payload(Variant::Ready);
+    let mut run = start(&g, 1);
+    expect_ready(run.next_channel());
+    // The boot waits for a host frame after printing this.
+    run.wait_console("ready sent\n");
+    run.power.reset().unwrap();
+    run.expect_reset("host-reset");
+    expect_ready(run.next_channel());
+    run.writer.send(HostMessage::PowerOff).unwrap();
+    let console = run.expect_end("guest-triple-fault");
+    assert_eq!(
+        console,
+        expected_until_ready(Variant::Ready, CMDLINE, 1)
+            + &expected_console(Variant::Ready, CMDLINE, 1)
+    );
+}
+
+#[test]
+fn payload_spinning_on_four_vcpus_is_reset_twice_then_terminated() {
+    if !kvm_usable_or_skip("payload_spinning_on_four_vcpus_is_reset_twice_then_terminated") {
+        return;
+    }
+    // Three vCPUs sit in KVM_RUN waiting for INIT/SIPI, one spins: a reset
+    // must stop them all each time.
+    let g = Guest::payload(Variant::Spin);
+    let mut run = start(&g, 4);
+    let once = expected_console(Variant::Spin, CMDLINE, 4);
+    for boot in 1..=3 {
+        let end = Instant::now() + TIMEOUT;
+        while run.console_text() != once.repeat(boot) {
+            assert!(Instant::now() < end, "boot {boot}: {:?}", run.console_text());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if boot < 3 {
+            run.power.reset().unwrap();
+            run.expect_reset("host-reset");
+        }
+    }
+    run.power.terminate().unwrap();
+    assert_eq!(run.expect_end("host-terminate"), once.repeat(3));
 }

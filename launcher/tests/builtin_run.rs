@@ -7,10 +7,12 @@ mod builtin_support;
 
 use builtin_support::*;
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swtpm_tests::Swtpm;
+use tellus_launcher::privileges::ThreadPrivileges;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// What `tellus run --backend builtin` passes when no `--cmdline` is given.
@@ -21,7 +23,7 @@ struct Run {
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<u8>>>,
     guest: Guest,
-    _tpm: Swtpm,
+    tpm: Swtpm,
 }
 
 fn tellus() -> Command {
@@ -74,7 +76,7 @@ impl Run {
                 o.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        Run { child, stderr, stdout, guest, _tpm: tpm }
+        Run { child, stderr, stdout, guest, tpm }
     }
 
     fn stderr(&self) -> String {
@@ -152,9 +154,10 @@ fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
     assert_eq!(r.console_log(), expected);
     assert_eq!(String::from_utf8_lossy(&r.stdout.lock().unwrap()), expected);
     let err = r.stderr();
-    assert!(err.contains("VM shut down (guest-reset)"), "{err}");
-    assert!(err.contains("recorded stop (guest-reset)"), "{err}");
-    assert!(!err.contains("dropped"), "{err}");
+    // The payload powers off by triple fault (no ACPI in the built-in VMM).
+    assert!(err.contains("VM shut down (guest-triple-fault)"), "{err}");
+    assert!(err.contains("recorded stop (guest-triple-fault)"), "{err}");
+    assert!(!err.contains("agent channel: dropped"), "{err}");
 }
 
 #[test]
@@ -271,4 +274,152 @@ fn run_builtin_measures_what_predict_says() {
     );
     r.ctl("shutdown");
     assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
+}
+
+#[test]
+fn run_builtin_ctl_reboot_through_the_agent_boots_again() {
+    if !kvm_usable_or_skip("run_builtin_ctl_reboot_through_the_agent_boots_again") {
+        return;
+    }
+    let mut r = Run::start(Guest::payload(Variant::Ready), &[]);
+    r.wait_stderr("guest agent ready after");
+    let resp = r.ctl("reboot");
+    assert_eq!(resp["message"], "reboot requested from the guest agent");
+    // The payload resets through the i8042; the VMM boots a fresh VM on the
+    // same streams, and its agent is ready again.
+    r.wait_stderr("VM reset (guest-reset); boot 2");
+    r.wait_stderr("guest agent ready again after");
+    let status = r.ctl("status");
+    assert_eq!(status["status"]["boots"], 2);
+    assert_eq!(status["status"]["state"], "running");
+    assert_eq!(status["status"]["agent_ready"], true);
+    r.ctl("shutdown");
+    assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
+    assert_eq!(
+        r.console_log(),
+        expected_rebooted(Variant::Ready, CMDLINE, 1)
+            + &expected_console(Variant::Ready, CMDLINE, 1)
+    );
+    assert!(r.stderr().contains("recorded stop (guest-triple-fault)"), "{}", r.stderr());
+}
+
+#[test]
+fn run_builtin_ctl_reboot_without_agent_resets_the_vm() {
+    if !kvm_usable_or_skip("run_builtin_ctl_reboot_without_agent_resets_the_vm") {
+        return;
+    }
+    let mut r = Run::start(Guest::payload(Variant::Spin), &["--vcpus", "2"]);
+    let once = expected_console(Variant::Spin, CMDLINE, 2);
+    let wait_console = |r: &Run, text: &str| {
+        let end = Instant::now() + TIMEOUT;
+        // The log exists once the VMM has started.
+        let now = || std::fs::read(r.guest.path("console.log")).unwrap_or_default();
+        while now() != text.as_bytes() {
+            assert!(Instant::now() < end, "{:?}", String::from_utf8_lossy(&now()));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_console(&r, &once);
+    let resp = r.ctl("reboot");
+    assert_eq!(resp["message"], "agent not ready: VM reset");
+    r.wait_stderr("VM reset (host-reset); boot 2");
+    wait_console(&r, &once.repeat(2));
+    let status = r.ctl("status");
+    assert_eq!(status["status"]["boots"], 2);
+    assert_eq!(status["status"]["state"], "rebooting");
+    r.ctl("shutdown");
+    assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
+    assert_eq!(r.console_log(), once.repeat(2));
+    assert!(r.stderr().contains("recorded stop (host-terminate)"), "{}", r.stderr());
+}
+
+/// Every thread of `pid`: (name, privilege state).
+fn threads(pid: u32) -> Vec<(String, ThreadPrivileges)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let (Ok(status), Ok(comm)) = (
+            std::fs::read_to_string(t.path().join("status")),
+            std::fs::read_to_string(t.path().join("comm")),
+        ) else {
+            continue; // ended meanwhile
+        };
+        out.push((comm.trim().to_string(), ThreadPrivileges::parse(&status).unwrap()));
+    }
+    out
+}
+
+fn dev_kvm_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == Path::new("/dev/kvm")))
+        .count()
+}
+
+fn assert_dropped(pid: u32, setpcap: bool) -> Vec<String> {
+    let ts = threads(pid);
+    for (name, p) in &ts {
+        assert_eq!(
+            (p.cap_inh, p.cap_prm, p.cap_eff, p.cap_amb),
+            (0, 0, 0, 0),
+            "thread {name} kept capabilities: {p:?}"
+        );
+        assert!(p.no_new_privs, "thread {name}: no_new_privs not set");
+        if setpcap {
+            assert_eq!(p.cap_bnd, 0, "thread {name} kept its bounding set");
+        }
+    }
+    ts.into_iter().map(|(n, _)| n).collect()
+}
+
+#[test]
+fn run_builtin_drops_privileges_then_reboots_and_records_the_stop() {
+    if !kvm_usable_or_skip("run_builtin_drops_privileges_then_reboots_and_records_the_stop") {
+        return;
+    }
+    let me = ThreadPrivileges::current().unwrap();
+    if me.cap_eff == 0 {
+        swtpm_tests::skip(
+            "no capabilities to drop (not run as root)",
+            "run_builtin_drops_privileges_then_reboots_and_records_the_stop",
+        );
+        return;
+    }
+    let setpcap = me.cap_eff & (1 << 8) != 0;
+    let mut r = Run::start(Guest::payload(Variant::Ready), &["--vcpus", "2"]);
+    r.wait_stderr("guest agent ready after");
+    assert!(r.stderr().contains("dropped privileges: capabilities"), "{}", r.stderr());
+    let pid = r.child.id();
+    let names = assert_dropped(pid, setpcap);
+    for t in ["vcpu0", "vcpu1", "com2-input", "vmm-supervisor", "control"] {
+        assert!(names.iter().any(|n| n == t), "no thread {t} in {names:?}");
+    }
+    assert_eq!(dev_kvm_fds(pid), 1);
+
+    // A reboot after the drop: a fresh VM on the /dev/kvm fd opened before.
+    assert_eq!(r.ctl("reboot")["message"], "reboot requested from the guest agent");
+    r.wait_stderr("guest agent ready again after");
+    assert_dropped(pid, setpcap);
+    assert_eq!(dev_kvm_fds(pid), 1);
+    assert_eq!(r.ctl("status")["status"]["boots"], 2);
+
+    // A clean shutdown still extends the TPM and appends to the root-owned
+    // host log, and the log replays to the PCR.
+    r.ctl("shutdown");
+    assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
+    assert!(r.stderr().contains("recorded stop (guest-triple-fault)"), "{}", r.stderr());
+    let log = r.tpm.dir.path().join("state/launch-log.cel");
+    let out = tellus().args(["eventlog", "show", "--output", "json"]).arg(&log).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let recs = shown["records"].as_array().unwrap();
+    let kinds: Vec<&str> =
+        recs.iter().map(|r| r["content"]["kind"].as_str().unwrap_or("?")).collect();
+    assert_eq!(kinds[kinds.len() - 2..], ["stop", "console-log"], "{kinds:?}");
+    let stop = &recs[recs.len() - 2]["content"];
+    assert_eq!(stop["reason"], "guest-triple-fault", "{stop}");
+    assert_eq!(stop["boots"], 2, "{stop}");
+    for bank in ["sha256", "sha384"] {
+        assert_eq!(shown["pcrs"][bank]["13"], r.tpm.pcrread(bank, 13), "{bank}");
+    }
 }

@@ -172,6 +172,18 @@ impl Asm {
     pub fn loop_(&mut self, label: &str) -> &mut Self {
         self.rel8(0xe2, label)
     }
+    /// `cmp al, imm8`
+    pub fn cmp_al(&mut self, v: u8) -> &mut Self {
+        self.b(&[0x3c, v])
+    }
+    /// `jz label` (rel32)
+    pub fn jz32(&mut self, label: &str) -> &mut Self {
+        self.rel32(&[0x0f, 0x84], label)
+    }
+    /// `jnz label` (rel32)
+    pub fn jnz32(&mut self, label: &str) -> &mut Self {
+        self.rel32(&[0x0f, 0x85], label)
+    }
     /// `jz label`
     pub fn jz(&mut self, label: &str) -> &mut Self {
         self.rel8(0x74, label)
@@ -230,10 +242,25 @@ impl Asm {
         self.lea_rdi(label).mov_ecx(len as u32);
         self.label(&l).label(&wait);
         self.mov_dx(port + 5).in_dx().test_al(1).jz(&wait);
-        self.mov_dx(port).in_dx().cmp_al_rdi().jnz(bad).inc_rdi().loop_(&l)
+        self.mov_dx(port).in_dx().cmp_al_rdi().jnz32(bad).inc_rdi().loop_(&l)
     }
 
-    /// `mov al, 0xfe; out 0x64, al`, then halt: the i8042 reset request.
+    /// Reads one byte from UART `port` into `al` (polling its line status).
+    pub fn rx_byte(&mut self, port: u16) -> &mut Self {
+        let wait = self.fresh("rxb.wait");
+        self.label(&wait).mov_dx(port + 5).in_dx().test_al(1).jz(&wait);
+        self.mov_dx(port).in_dx()
+    }
+
+    /// The payload's power-off: load the empty IDT at label `idt0` (10 zero
+    /// bytes the caller places) and execute `ud2`, a triple fault, which
+    /// ends a built-in VM (there is no ACPI to power off through).
+    pub fn power_off(&mut self) -> &mut Self {
+        self.lidt("idt0").ud2().cli_hlt()
+    }
+
+    /// `mov al, 0xfe; out 0x64, al`, then halt: the i8042 reset request (the
+    /// built-in VMM boots the VM again).
     pub fn i8042_reset(&mut self) -> &mut Self {
         self.mov_al(0xfe).out_imm(0x64).cli_hlt()
     }
@@ -261,7 +288,10 @@ impl Asm {
 /// What a payload does after its banner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// Sends `Ready`, waits for `PowerOff`, writes 0xFE to port 0x64.
+    /// Sends `Ready`, then waits for a host frame: `PowerOff` → powers off
+    /// (triple fault, see [`Asm::power_off`]); `Reboot` → writes 0xFE to port
+    /// 0x64 (a reset: the VMM boots it again); anything else → a message on
+    /// COM1 and power-off.
     Ready,
     /// Sends garbage, then `Ready`, then as [`Variant::Ready`].
     Garbage,
@@ -272,10 +302,10 @@ pub enum Variant {
     /// Spins forever after its banner.
     Spin,
     /// Starts vCPU 1 with INIT + SIPI (x2APIC ICR); the AP writes to COM1
-    /// from real mode and sets a flag the boot vCPU waits for; then resets.
+    /// from real mode and sets a flag the boot vCPU waits for; then powers off.
     Smp,
     /// Takes an interrupt from COM1 (THR empty, IRQ 4 through the in-kernel
-    /// PIC and the LAPIC's LINT0 as ExtINT) on vector 0x24, then resets.
+    /// PIC and the LAPIC's LINT0 as ExtINT) on vector 0x24, then powers off.
     Interrupt,
 }
 
@@ -311,6 +341,23 @@ pub fn ready_frame() -> Vec<u8> {
 
 pub fn poweroff_frame() -> Vec<u8> {
     encode_frame(&HostMessage::PowerOff).unwrap()
+}
+
+pub fn reboot_frame() -> Vec<u8> {
+    encode_frame(&HostMessage::Reboot).unwrap()
+}
+
+/// Console output of one boot of a `Ready` variant up to and including its
+/// `Ready` (what it prints before it waits for the host).
+pub fn expected_until_ready(v: Variant, cmdline: &str, vcpus: u32) -> String {
+    assert!(matches!(v, Variant::Ready | Variant::Garbage | Variant::Oversized));
+    format!("{}ready sent\n", expected_banner(cmdline, vcpus))
+}
+
+/// Console output of one boot of a `Ready` variant that the host reboots
+/// with a `Reboot` frame.
+pub fn expected_rebooted(v: Variant, cmdline: &str, vcpus: u32) -> String {
+    format!("{}reboot received\n", expected_until_ready(v, cmdline, vcpus))
 }
 
 pub const BANNER: &str = "tellus test payload: 64-bit entry, EFER.LMA=";
@@ -381,22 +428,32 @@ pub fn program(v: Variant) -> Vec<u8> {
                 data.push(("oversized", OVERSIZED.to_vec()));
             }
             let ready = ready_frame();
-            let off = poweroff_frame();
+            let (off, reboot) = (poweroff_frame(), reboot_frame());
+            // Both frames start with the same three length bytes and differ
+            // in the fourth (their lengths): read three, then dispatch.
+            assert_eq!(off[..3], reboot[..3]);
+            assert_ne!(off[3], reboot[3]);
             a.puts(COM2, "ready", ready.len()).puts(COM1, "sent", 11);
-            a.expect_rx(COM2, "poweroff", off.len(), "bad");
-            a.puts(COM1, "received", 19).i8042_reset();
-            a.label("bad").puts(COM1, "badmsg", 23).i8042_reset();
+            a.expect_rx(COM2, "hdr3", 3, "bad");
+            a.rx_byte(COM2).cmp_al(off[3]).jz32("off").cmp_al(reboot[3]).jz32("reboot");
+            a.jmp("bad");
+            a.label("off").expect_rx(COM2, "off_body", off.len() - 4, "bad");
+            a.puts(COM1, "received", 19).power_off();
+            a.label("reboot").expect_rx(COM2, "reboot_body", reboot.len() - 4, "bad");
+            a.puts(COM1, "rebooting", 16).i8042_reset();
+            a.label("bad").puts(COM1, "badmsg", 23).power_off();
             data.push(("ready", ready));
-            data.push(("poweroff", off));
+            data.push(("hdr3", off[..3].to_vec()));
+            data.push(("off_body", off[4..].to_vec()));
+            data.push(("reboot_body", reboot[4..].to_vec()));
             data.push(("sent", s("ready sent\n")));
             data.push(("received", s("power-off received\n")));
+            data.push(("rebooting", s("reboot received\n")));
             data.push(("badmsg", s("unexpected host bytes!\n")));
         }
         Variant::TripleFault => {
-            a.puts(COM1, "tf", 18).lidt("idt0").ud2().cli_hlt();
+            a.puts(COM1, "tf", 18).power_off();
             data.push(("tf", s("triple fault next\n")));
-            // An IDT with limit 0: every exception faults again.
-            data.push(("idt0", vec![0; 10]));
         }
         Variant::Smp => {
             // The AP's real-mode code goes to 0x8000 (SIPI vector 0x08).
@@ -412,7 +469,7 @@ pub fn program(v: Variant) -> Vec<u8> {
             }
             // Wait for the AP's flag: cmp byte [AP_FLAG], 1; jne wait.
             a.label("wait").b(&[0x80, 0x3c, 0x25]).b(&AP_FLAG.to_le_bytes()).b(&[1]).jnz("wait");
-            a.puts(COM1, "saw", 13).i8042_reset();
+            a.puts(COM1, "saw", 13).power_off();
             data.push(("saw", s("BSP saw AP 1\n")));
             data.push(("ap", AP_CODE.to_vec()));
         }
@@ -432,9 +489,9 @@ pub fn program(v: Variant) -> Vec<u8> {
             // COM1 IER: THR-empty interrupt; the UART raises it at once.
             a.mov_dx(COM1 + 1).mov_al(0x02).out_dx();
             a.sti_hlt();
-            a.puts(COM1, "noirq", 13).i8042_reset();
+            a.puts(COM1, "noirq", 13).power_off();
             a.label("handler").mov_dx(COM1 + 1).mov_al(0).out_dx();
-            a.puts(COM1, "irq", 31).i8042_reset();
+            a.puts(COM1, "irq", 31).power_off();
             data.push(("noirq", s("no interrupt\n")));
             data.push(("irq", s("irq 4 delivered on vector 0x24\n")));
             data.push(("idtr", idtr));
@@ -447,6 +504,8 @@ pub fn program(v: Variant) -> Vec<u8> {
             data.push(("spin", s("spinning\n")));
         }
     }
+    // An IDT with limit 0 for `power_off`: every exception faults again.
+    data.push(("idt0", vec![0; 10]));
     for (name, bytes) in data {
         a.label(name).data(&bytes);
     }

@@ -11,11 +11,31 @@
 //! - debug, snapshot or migrate: there is no gdbstub, no state save/restore,
 //!   no register read-back after set-up;
 //! - make syscalls outside its allow-lists on its vCPU and device threads
-//!   (see [`seccomp`]).
+//!   (see [`seccomp`]);
+//! - use capabilities: every VMM thread drops its own as its first action
+//!   ([`crate::privileges::drop_thread`]; capabilities are per thread), so a
+//!   root launcher's VMM threads run with none and `no_new_privs`.
 //!
-//! Power semantics (no ACPI): the guest ends the VM by writing 0xFE to port
-//! 0x64 (Linux: `reboot=k`) or by triple-faulting; both end the VMM, as in
-//! other minimal VMMs, rather than rebooting it. There is no power button.
+//! Power semantics (no ACPI, as close to QEMU's as that allows):
+//! - **Reset** — the guest writes 0xFE to port 0x64 (Linux: `reboot=k`) or
+//!   the host calls [`PowerControl::reset`] (`tellus ctl reboot` without a
+//!   ready agent): the supervisor stops and joins every vCPU thread, drops
+//!   the VM and its sealed RAM, and builds a fresh VM from the same
+//!   [`BootSpec`] — a fresh [`boot::load`], new vCPU threads with their
+//!   seccomp filters installed before they run — on the `/dev/kvm` opened at
+//!   start (a reboot opens nothing new, so it works after the launcher has
+//!   dropped its privileges). The console and agent-channel streams stay the
+//!   same: their host ends never see the reboot, the UARTs behind them are
+//!   reset. Then [`VmmEvent::Reset`] (`guest-reset` / `host-reset`), and the
+//!   new boot runs.
+//! - **Triple fault** (`KVM_EXIT_SHUTDOWN`) **ends the VM**
+//!   (`guest-triple-fault`), where QEMU would reset. Without ACPI it is the
+//!   one way a guest can stop a built-in VM itself, and a guest that lost
+//!   its exception handling is not restarted into the same crash. (Linux
+//!   resets through the i8042 with the default command line, so its reboots
+//!   are real reboots.)
+//! - There is no power button: a polite power-off goes through the guest
+//!   agent, and [`PowerControl::terminate`] stops the VM at once.
 
 /// Guest memory, kernel, initrd and boot structures.
 pub mod boot;
@@ -36,9 +56,9 @@ use super::{Backend, BackendError, EventSink, GuestStreams, PowerControl, Starte
 use crate::accel::{Accel, AccelChoice, KvmKind};
 use crate::vm_config::VmConfig;
 use boot::BootSpec;
-use devices::{IrqLine, PioBus, ResetLine, Sink, COM1, COM2};
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::Kvm;
+use devices::{IrqLine, PioBus, ResetLine, Sink, Uart, COM1, COM2};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
 use std::io::Read;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -50,6 +70,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vcpu::{Gate, GateState, StopRequest};
+
 use vm_superio::{I8042Device, Serial};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -66,8 +87,12 @@ pub const DEVICES: [&str; 3] = ["com1:console", "com2:agent-channel", "i8042:res
 /// Machine name in the launch config.
 pub const MACHINE: &str = "tellus-builtin";
 
-/// The kernel command line when none is given. `reboot=k`: the i8042 reset
-/// ends a built-in VM, so the kernel reboots (and panics) through it.
+/// The kernel command line when none is given. `reboot=k`: the kernel
+/// reboots through the i8042 reset line, which the built-in VMM turns into a
+/// fresh boot (as QEMU does); with `panic=-1` a panic reboots too. Linux
+/// cannot power off without ACPI: its power-off ends in a panic and so in a
+/// reset, and the launcher stops a VM that resets while it waits for the
+/// guest to power off.
 /// `pci=off`: there is no PCI. The `i8042.*` options keep Linux from probing
 /// a keyboard controller that only has its reset line.
 pub const DEFAULT_CMDLINE: &str =
@@ -108,8 +133,6 @@ pub enum BuiltinError {
     Thread(String),
     #[error("the built-in VMM has no ACPI power button; the guest is asked through its agent, or stopped")]
     NoPowerButton,
-    #[error("the built-in VMM does not reset a running VM; stop it and run it again")]
-    NoReset,
     #[error("the built-in VMM has stopped")]
     Stopped,
     #[error("the built-in VMM runs only on KVM ({0}); use --backend qemu")]
@@ -163,105 +186,193 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuiltinError
     move |source| BuiltinError::VmSetup { what, source }
 }
 
+/// Messages to the supervisor.
+enum Msg {
+    /// Let the vCPUs of this boot, and of every later boot, run.
+    Start,
+    /// From the host (power functions): a reset or the end.
+    Host(StopRequest),
+    /// From a vCPU or device of boot `n` (1 = the first).
+    Boot(u32, StopRequest),
+}
+
+/// What outlives a reboot: the open `/dev/kvm`, the boot spec, KVM's CPUID
+/// and the device ends of the console and agent-channel streams (the host
+/// ends, held by the launcher, are never replaced).
+struct Host {
+    kvm: Kvm,
+    spec: BootSpec,
+    supported: CpuId,
+    console_dev: UnixStream,
+    chan_dev: UnixStream,
+    msgs: Sender<Msg>,
+}
+
+/// One boot: a VM built from the boot spec, its devices and its vCPU
+/// threads. Dropping it stops and joins the vCPU threads first, then drops
+/// the devices, the VM fd and last the guest RAM (field order), so KVM
+/// never runs on unmapped memory.
+struct Machine {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    bus: Arc<PioBus<UnixStream>>,
+    /// Held for KVM, never read.
+    _vm: VmFd,
+    /// Held for KVM, never read (sealed).
+    _ram: ram::GuestRam,
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.gate.set(GateState::Aborted);
+        self.stop.store(true, Ordering::Release);
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            for t in self.threads.iter().filter(|t| !t.is_finished()) {
+                vcpu::kick(t);
+            }
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Host {
+    /// Builds boot `boot` with its vCPUs held at its gate: a fresh
+    /// [`boot::load`] (fresh guest RAM), a fresh VM on the open `/dev/kvm`,
+    /// fresh UARTs on the same streams, and vCPU threads that have their
+    /// seccomp filters installed. `com2`: the agent channel's UART slot of
+    /// the earlier boots (the COM2 input thread feeds it), reset here.
+    fn build(
+        &self,
+        boot: u32,
+        com2: Option<&Arc<Mutex<Uart<UnixStream>>>>,
+    ) -> Result<Machine, BuiltinError> {
+        let spec = &self.spec;
+        // Everything that reads untrusted files and writes guest memory
+        // happens here, before any KVM object exists that could run it.
+        let (ram, entry) = boot::load(spec)?;
+
+        let vm = self.kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        vm.set_tss_address(TSS_ADDR).map_err(kvm_err("set the TSS address"))?;
+        vm.set_identity_map_address(IDENTITY_MAP_ADDR).map_err(kvm_err("set the identity map"))?;
+        vm.create_irq_chip().map_err(kvm_err("create the interrupt controllers"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
+        ram.register(&vm).map_err(kvm_err("map guest memory"))?;
+
+        let irq = |gsi: u32| -> Result<IrqLine, BuiltinError> {
+            let e = EventFd::new(libc::EFD_NONBLOCK).map_err(io("interrupt line"))?;
+            vm.register_irqfd(&e, gsi).map_err(kvm_err("connect a UART interrupt"))?;
+            Ok(IrqLine(e))
+        };
+        let console = self.console_dev.try_clone().map_err(io("console stream"))?;
+        let chan = self.chan_dev.try_clone().map_err(io("agent channel"))?;
+        let com2_uart = Serial::new(irq(COM2.1)?, Sink(chan));
+        let com2 = match com2 {
+            Some(slot) => {
+                // A reset UART: whatever the old boot left in its FIFOs is gone.
+                *slot.lock().map_err(|_| BuiltinError::Thread("COM2 lock poisoned".into()))? =
+                    com2_uart;
+                slot.clone()
+            }
+            None => Arc::new(Mutex::new(com2_uart)),
+        };
+        let reset_tx = Mutex::new(self.msgs.clone());
+        let bus = Arc::new(PioBus {
+            com1: Mutex::new(Serial::new(irq(COM1.1)?, Sink(console))),
+            com2,
+            i8042: Mutex::new(I8042Device::new(ResetLine(Box::new(move || {
+                if let Ok(tx) = reset_tx.lock() {
+                    let _ = tx.send(Msg::Boot(boot, StopRequest::GuestReset));
+                }
+            })))),
+        });
+
+        let mut vcpus = Vec::new();
+        for id in 0..spec.vcpus {
+            let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
+            cpu::setup(&fd, id, spec.vcpus, &self.supported, (id == 0).then_some(entry))?;
+            vcpus.push(fd);
+        }
+
+        let mut m = Machine {
+            threads: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            gate: Arc::new(Gate::default()),
+            bus,
+            _vm: vm,
+            _ram: ram,
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for (id, fd) in vcpus.into_iter().enumerate() {
+            let tx = self.msgs.clone();
+            let t = vcpu::spawn(
+                id as u32,
+                fd,
+                m.bus.clone(),
+                m.stop.clone(),
+                m.gate.clone(),
+                move |r| {
+                    let _ = tx.send(Msg::Boot(boot, r));
+                },
+                ready_tx.clone(),
+            );
+            // On an error, dropping `m` aborts the gate and joins the threads.
+            match t {
+                Ok(t) => m.threads.push(t),
+                Err(e) => return Err(BuiltinError::Thread(format!("vCPU thread: {e}"))),
+            }
+        }
+        drop(ready_tx);
+        // Every vCPU thread has its seccomp filter before the VM may start.
+        for _ in 0..m.threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BuiltinError::Thread(e)),
+                Err(_) => return Err(BuiltinError::Thread("a vCPU thread ended early".into())),
+            }
+        }
+        Ok(m)
+    }
+}
+
 /// Builds the VM with its vCPUs held at the gate.
 pub fn start(spec: &BootSpec, events: EventSink) -> Result<StartedVm, BuiltinError> {
+    // /dev/kvm is opened once per VM: reboots build their VMs on this fd.
     let kvm = Kvm::new().map_err(BuiltinError::Kvm)?;
-    // Everything that reads untrusted files and writes guest memory happens
-    // here, before any KVM object exists that could run it.
-    let (ram, entry) = boot::load(spec)?;
+    let supported =
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report its CPUID"))?;
+    vcpu::install_kick_handler().map_err(io("vCPU kick signal"))?;
 
-    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-    vm.set_tss_address(TSS_ADDR).map_err(kvm_err("set the TSS address"))?;
-    vm.set_identity_map_address(IDENTITY_MAP_ADDR).map_err(kvm_err("set the identity map"))?;
-    vm.create_irq_chip().map_err(kvm_err("create the interrupt controllers"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-    vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
-    ram.register(&vm).map_err(kvm_err("map guest memory"))?;
-
-    // Streams: (host end, device end) pairs.
+    // Streams: (host end, device end) pairs; both outlive every reboot.
     let (console_host, console_dev) = UnixStream::pair().map_err(io("console stream"))?;
     let (chan_host, chan_dev) = UnixStream::pair().map_err(io("agent channel"))?;
     chan_host.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)).map_err(io("agent channel"))?;
     let chan_rx = chan_host.try_clone().map_err(io("agent channel"))?;
     let chan_dev_in = chan_dev.try_clone().map_err(io("agent channel"))?;
-    let chan_dev_ctl = chan_dev.try_clone().map_err(io("agent channel"))?;
 
-    let irq = |gsi: u32| -> Result<IrqLine, BuiltinError> {
-        let e = EventFd::new(libc::EFD_NONBLOCK).map_err(io("interrupt line"))?;
-        vm.register_irqfd(&e, gsi).map_err(kvm_err("connect a UART interrupt"))?;
-        Ok(IrqLine(e))
-    };
-    let (requests, request_rx) = mpsc::channel::<StopRequest>();
-    let reset_tx = Mutex::new(requests.clone());
-    let bus = Arc::new(PioBus {
-        com1: Mutex::new(Serial::new(irq(COM1.1)?, Sink(console_dev))),
-        com2: Arc::new(Mutex::new(Serial::new(irq(COM2.1)?, Sink(chan_dev)))),
-        i8042: Mutex::new(I8042Device::new(ResetLine(Box::new(move || {
-            if let Ok(tx) = reset_tx.lock() {
-                let _ = tx.send(StopRequest::GuestReset);
-            }
-        })))),
-    });
-
-    let supported =
-        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report its CPUID"))?;
-    let mut vcpus = Vec::new();
-    for id in 0..spec.vcpus {
-        let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
-        cpu::setup(&fd, id, spec.vcpus, &supported, (id == 0).then_some(entry))?;
-        vcpus.push(fd);
-    }
-
-    vcpu::install_kick_handler().map_err(io("vCPU kick signal"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let gate = Arc::new(Gate::default());
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let mut threads = Vec::new();
-    let abort = |threads: Vec<JoinHandle<()>>, gate: &Gate, why: String| {
-        gate.set(GateState::Aborted);
-        for t in threads {
-            let _ = t.join();
-        }
-        BuiltinError::Thread(why)
-    };
-    for (id, fd) in vcpus.into_iter().enumerate() {
-        let t = vcpu::spawn(
-            id as u32,
-            fd,
-            bus.clone(),
-            stop.clone(),
-            gate.clone(),
-            requests.clone(),
-            ready_tx.clone(),
-        );
-        match t {
-            Ok(t) => threads.push(t),
-            Err(e) => return Err(abort(threads, &gate, format!("vCPU thread: {e}"))),
-        }
-    }
-    drop(ready_tx);
-    // Every vCPU thread has its seccomp filter before the VM may start.
-    for _ in 0..threads.len() {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(abort(threads, &gate, e)),
-            Err(_) => return Err(abort(threads, &gate, "a vCPU thread ended early".into())),
-        }
-    }
-
-    let feeder = spawn_feeder(chan_dev_in, bus.clone(), stop.clone())
-        .map_err(|e| abort(Vec::new(), &gate, e))?;
+    let (msgs, msg_rx) = mpsc::channel::<Msg>();
+    let host =
+        Host { kvm, spec: spec.clone(), supported, console_dev, chan_dev, msgs: msgs.clone() };
+    let machine = host.build(1, None)?;
+    let com2 = machine.bus.com2.clone();
+    let ended = Arc::new(AtomicBool::new(false));
+    // On an error, dropping `machine` stops its (held) vCPU threads.
+    let feeder =
+        spawn_feeder(chan_dev_in, com2.clone(), ended.clone()).map_err(BuiltinError::Thread)?;
     let sup = Supervisor {
-        threads,
+        host,
+        machine: Some(machine),
+        boot: 1,
+        started: false,
+        com2,
         feeder,
-        stop,
-        gate: gate.clone(),
-        chan_dev: chan_dev_ctl,
-        bus,
+        ended,
         events,
-        request_rx,
-        vm_objects: Box::new((vm, kvm)),
-        ram,
+        msg_rx,
     };
     let description = format!(
         "built-in VMM (KVM, {} vCPU, {}M, COM1 console, COM2 agent channel)",
@@ -270,7 +381,15 @@ pub fn start(spec: &BootSpec, events: EventSink) -> Result<StartedVm, BuiltinErr
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("vmm-supervisor".into())
-        .spawn(move || sup.run(ready_tx))
+        .spawn(move || {
+            // Its later boots' vCPU threads inherit this.
+            if let Err(e) = crate::privileges::drop_thread() {
+                let _ = ready_tx.send(Err(format!("supervisor: {e}")));
+                return; // dropping `sup` stops the held vCPUs
+            }
+            let _ = ready_tx.send(Ok(()));
+            sup.run()
+        })
         .map_err(|e| BuiltinError::Thread(format!("supervisor thread: {e}")))?;
     match ready_rx.recv() {
         Ok(Ok(())) => {}
@@ -283,21 +402,27 @@ pub fn start(spec: &BootSpec, events: EventSink) -> Result<StartedVm, BuiltinErr
             channel_rx: Box::new(chan_rx),
             channel_tx: Box::new(chan_host),
         },
-        power: Box::new(BuiltinPower { gate, requests }),
+        power: Box::new(BuiltinPower { msgs }),
         description,
     })
 }
 
 /// Moves bytes from the host into COM2's receive FIFO as the guest drains it.
+/// It lives as long as the VM, across reboots: each boot resets the UART in
+/// the same `com2` slot.
 fn spawn_feeder<W: std::io::Write + Send + 'static>(
     mut input: UnixStream,
-    bus: Arc<PioBus<W>>,
+    com2: Arc<Mutex<Uart<W>>>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, String> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let t = std::thread::Builder::new()
         .name("com2-input".into())
         .spawn(move || {
+            if let Err(e) = crate::privileges::drop_thread() {
+                let _ = ready_tx.send(Err(format!("COM2 input thread: {e}")));
+                return;
+            }
             if let Err(e) = seccomp::apply(seccomp::ThreadKind::Device) {
                 let _ = ready_tx.send(Err(e.to_string()));
                 return;
@@ -314,7 +439,7 @@ fn spawn_feeder<W: std::io::Write + Send + 'static>(
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
-                    let took = match bus.com2.lock() {
+                    let took = match com2.lock() {
                         Ok(mut u) => u.enqueue_raw_bytes(pending).unwrap_or(0),
                         Err(_) => return,
                     };
@@ -334,74 +459,82 @@ fn spawn_feeder<W: std::io::Write + Send + 'static>(
     }
 }
 
-/// Owns the VM while it runs; stops it on the first request and reports.
-struct Supervisor<W: std::io::Write + Send + 'static> {
-    threads: Vec<JoinHandle<()>>,
+/// Owns the VM while it runs: starts it, rebuilds it on a reset, stops it
+/// on any other request, and reports. It drops its capabilities first but
+/// runs without a seccomp filter of its own: rebuilding a VM takes what a
+/// filter would have to allow anyway (reading the boot images, mapping RAM,
+/// KVM's VM ioctls, new threads). It reads no guest-controlled data: only
+/// [`Msg`]s.
+struct Supervisor {
+    host: Host,
+    /// `None` only between stopping a boot and building the next.
+    machine: Option<Machine>,
+    boot: u32,
+    started: bool,
+    com2: Arc<Mutex<Uart<UnixStream>>>,
     feeder: JoinHandle<()>,
-    stop: Arc<AtomicBool>,
-    gate: Arc<Gate>,
-    chan_dev: UnixStream,
-    bus: Arc<PioBus<W>>,
+    ended: Arc<AtomicBool>,
     events: EventSink,
-    request_rx: Receiver<StopRequest>,
-    /// VM and KVM fds: dropped before `ram` (field order), so KVM never runs
-    /// on unmapped memory.
-    vm_objects: Box<(kvm_ioctls::VmFd, Kvm)>,
-    ram: ram::GuestRam,
+    msg_rx: Receiver<Msg>,
 }
 
-impl<W: std::io::Write + Send + 'static> Supervisor<W> {
-    fn run(self, ready: Sender<Result<(), String>>) {
-        if let Err(e) = seccomp::apply(seccomp::ThreadKind::Device) {
-            let _ = ready.send(Err(e.to_string()));
-            self.gate.set(GateState::Aborted);
-            return;
-        }
-        let _ = ready.send(Ok(()));
-        drop(ready);
-        let Supervisor {
-            threads,
-            feeder,
-            stop,
-            gate,
-            chan_dev,
-            bus,
-            events,
-            request_rx,
-            vm_objects,
-            ram,
-        } = self;
-        // All senders live as long as the vCPUs and the power handle; if they
-        // are all gone, nothing can run the VM any more: stop it.
-        let request = request_rx.recv().unwrap_or(StopRequest::Terminate);
-        gate.set(GateState::Aborted);
-        stop.store(true, Ordering::Release);
-        while threads.iter().any(|t| !t.is_finished()) {
-            for t in threads.iter().filter(|t| !t.is_finished()) {
-                vcpu::kick(t);
+impl Supervisor {
+    fn run(mut self) {
+        let (reason, failure) = loop {
+            // The supervisor holds a sender itself (for later boots); the
+            // power handle's drop sends `Terminate`, so this never waits on
+            // a VM nobody controls.
+            let msg = self.msg_rx.recv().unwrap_or(Msg::Host(StopRequest::Terminate));
+            let request = match msg {
+                Msg::Start => {
+                    self.started = true;
+                    if let Some(m) = &self.machine {
+                        m.gate.set(GateState::Open);
+                    }
+                    continue;
+                }
+                // The last word of a boot that has been replaced already.
+                Msg::Boot(b, _) if b != self.boot => continue,
+                Msg::Boot(_, r) | Msg::Host(r) => r,
+            };
+            // Stop every vCPU of this boot and drop its VM and RAM.
+            drop(self.machine.take());
+            let reason = match &request {
+                StopRequest::GuestReset => "guest-reset",
+                StopRequest::HostReset => "host-reset",
+                StopRequest::TripleFault => break ("guest-triple-fault".to_string(), None),
+                StopRequest::SystemEvent(t) => break (format!("guest-system-event-{t}"), None),
+                StopRequest::Terminate => break ("host-terminate".into(), None),
+                StopRequest::Failed(why) => break ("vmm-failed".into(), Some(why.clone())),
+            };
+            self.boot += 1;
+            match self.host.build(self.boot, Some(&self.com2)) {
+                Ok(m) => {
+                    // Before the new boot runs, so the launcher sees the
+                    // reset before anything the new boot sends.
+                    (self.events)(VmmEvent::Reset { reason: reason.into() });
+                    if self.started {
+                        m.gate.set(GateState::Open);
+                    }
+                    self.machine = Some(m);
+                }
+                Err(e) => {
+                    break (
+                        "vmm-failed".into(),
+                        Some(format!("cannot boot again after {reason}: {e}")),
+                    )
+                }
             }
-            std::thread::sleep(KICK_INTERVAL);
-        }
-        for t in threads {
-            let _ = t.join();
-        }
-        let (reason, failure) = match &request {
-            StopRequest::GuestReset => ("guest-reset".to_string(), None),
-            StopRequest::TripleFault => ("guest-triple-fault".into(), None),
-            StopRequest::SystemEvent(t) => (format!("guest-system-event-{t}"), None),
-            StopRequest::Terminate => ("host-terminate".into(), None),
-            StopRequest::Failed(why) => ("vmm-failed".into(), Some(why.clone())),
         };
         if failure.is_none() {
-            events(VmmEvent::Shutdown { reason });
+            (self.events)(VmmEvent::Shutdown { reason });
         }
         // Close the guest side of both streams: the host readers see EOF.
-        let _ = chan_dev.shutdown(Shutdown::Both);
+        let Supervisor { host, machine, com2, feeder, ended, events, .. } = self;
+        ended.store(true, Ordering::Release);
+        let _ = host.chan_dev.shutdown(Shutdown::Both);
         let _ = feeder.join();
-        drop(chan_dev);
-        drop(bus);
-        drop(vm_objects);
-        drop(ram);
+        drop((machine, com2, host));
         let (status, stderr_tail) = match failure {
             None => (ExitStatus::from_raw(0), String::new()),
             Some(why) => (ExitStatus::from_raw(1 << 8), why),
@@ -412,24 +545,29 @@ impl<W: std::io::Write + Send + 'static> Supervisor<W> {
 
 /// The power functions of a built-in VM.
 struct BuiltinPower {
-    gate: Arc<Gate>,
-    requests: Sender<StopRequest>,
+    msgs: Sender<Msg>,
+}
+
+impl BuiltinPower {
+    fn send(&self, m: Msg) -> Result<(), BackendError> {
+        self.msgs.send(m).map_err(|_| BuiltinError::Stopped.into())
+    }
 }
 
 impl PowerControl for BuiltinPower {
     fn start_vcpus(&mut self) -> Result<(), BackendError> {
-        self.gate.set(GateState::Open);
-        Ok(())
+        self.send(Msg::Start)
     }
     fn power_button(&mut self) -> Result<(), BackendError> {
         Err(BuiltinError::NoPowerButton.into())
     }
+    /// Stops every vCPU, drops the VM and its RAM and boots the same spec
+    /// again; [`VmmEvent::Reset`] `host-reset` follows.
     fn reset(&mut self) -> Result<(), BackendError> {
-        Err(BuiltinError::NoReset.into())
+        self.send(Msg::Host(StopRequest::HostReset))
     }
     fn terminate(&mut self) -> Result<(), BackendError> {
-        self.requests.send(StopRequest::Terminate).map_err(|_| BuiltinError::Stopped)?;
-        Ok(())
+        self.send(Msg::Host(StopRequest::Terminate))
     }
     fn vmm_pid(&self) -> Option<u32> {
         None
@@ -439,6 +577,6 @@ impl PowerControl for BuiltinPower {
 impl Drop for BuiltinPower {
     fn drop(&mut self) {
         // No VM outlives the handle that controls it.
-        let _ = self.requests.send(StopRequest::Terminate);
+        let _ = self.msgs.send(Msg::Host(StopRequest::Terminate));
     }
 }

@@ -11,11 +11,14 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-/// Why the VMM stops (sent to the supervisor by vCPUs, devices and the host).
+/// Why a boot of the VM ends (sent to the supervisor by vCPUs, devices and
+/// the host). Resets start a fresh boot; the others end the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopRequest {
-    /// The guest wrote 0xFE to the i8042 command port (reset/power-off).
+    /// The guest wrote 0xFE to the i8042 command port: a reset.
     GuestReset,
+    /// The host asked for a hard reset ([`PowerControl::reset`](crate::backend::PowerControl::reset)).
+    HostReset,
     /// A vCPU triple-faulted (`KVM_EXIT_SHUTDOWN`).
     TripleFault,
     /// KVM reported a system event of this type.
@@ -98,19 +101,25 @@ pub fn kick<T>(thread: &JoinHandle<T>) {
     let _ = thread.kill(kick_signal());
 }
 
-/// Starts the thread of vCPU `id`. It installs its seccomp filter first and
-/// reports that on `ready`, then waits at `gate`.
+/// Starts the thread of vCPU `id`. It drops its capabilities
+/// ([`crate::privileges::drop_thread`]) and installs its seccomp filter
+/// first and reports that on `ready`, then waits at `gate`; when its vCPU stops the
+/// VM (reset, triple fault, failure) it hands the reason to `report`.
 #[allow(clippy::too_many_arguments)]
-pub fn spawn<W: Write + Send + 'static>(
+pub fn spawn<W: Write + Send + 'static, R: FnOnce(StopRequest) + Send + 'static>(
     id: u32,
     mut vcpu: VcpuFd,
     bus: Arc<PioBus<W>>,
     stop: Arc<AtomicBool>,
     gate: Arc<Gate>,
-    requests: Sender<StopRequest>,
+    report: R,
     ready: Sender<Result<(), String>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
+        if let Err(e) = crate::privileges::drop_thread() {
+            let _ = ready.send(Err(format!("vCPU {id}: {e}")));
+            return;
+        }
         if let Err(e) = seccomp::apply(ThreadKind::Vcpu) {
             let _ = ready.send(Err(format!("vCPU {id}: {e}")));
             return;
@@ -122,7 +131,7 @@ pub fn spawn<W: Write + Send + 'static>(
         }
         let request = run(&mut vcpu, id, &bus, &stop);
         if let Some(r) = request {
-            let _ = requests.send(r);
+            report(r);
         }
     })
 }

@@ -1,0 +1,105 @@
+//! A reboot of a built-in VM replaces the VM and keeps nothing of it: the
+//! process's file descriptors after each reboot are the same kinds and
+//! numbers as before (the old VM, vCPU and interrupt fds are closed), and
+//! `/dev/kvm` stays the one fd opened at start (a reboot opens nothing).
+//! One test in its own binary, so no other test's fds interfere.
+
+mod builtin_support;
+
+use builtin_support::*;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tellus_launcher::accel::Accel;
+use tellus_launcher::backend::builtin::Builtin;
+use tellus_launcher::backend::{Backend, EventSink, VmmEvent};
+use tellus_launcher::vm_config::{MemorySize, VmConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const CMDLINE: &str = "console=ttyS0 tellus.test=reboot";
+
+/// This process's open fds, counted by what they point at (`/dev/kvm`,
+/// `anon_inode:kvm-vm`, `anon_inode:kvm-vcpu:0`, `anon_inode:[eventfd]`, …;
+/// sockets, pipes and files by kind only).
+fn fds() -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let t = target.to_string_lossy().into_owned();
+        let key = if t.starts_with("socket:") || t.starts_with("pipe:") {
+            t.split(':').next().unwrap().to_string()
+        } else if t.starts_with('/') && t != "/dev/kvm" {
+            "file".into()
+        } else {
+            t
+        };
+        *m.entry(key).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn reboots_close_the_old_vm_and_reuse_the_open_dev_kvm() {
+    if !kvm_usable_or_skip("reboots_close_the_old_vm_and_reuse_the_open_dev_kvm") {
+        return;
+    }
+    let g = Guest::payload(Variant::Spin);
+    let cfg = VmConfig::stage(&g.kernel, &g.initrd, None, CMDLINE, MemorySize(64), 2).unwrap();
+    let (tx, vmm) = mpsc::channel();
+    let sink: EventSink = Arc::new(move |e| {
+        let _ = tx.send(e);
+    });
+    let started = Builtin.start(&cfg, Accel::Kvm, sink).unwrap();
+    let console = Arc::new(Mutex::new(String::new()));
+    let c = console.clone();
+    let mut con = started.streams.console;
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = con.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            c.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut power = started.power;
+    power.start_vcpus().unwrap();
+    let once = expected_console(Variant::Spin, CMDLINE, 2);
+    let wait_boots = |n: usize| {
+        let end = Instant::now() + TIMEOUT;
+        while *console.lock().unwrap() != once.repeat(n) {
+            assert!(Instant::now() < end, "boot {n}: {:?}", console.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_boots(1);
+    let before = fds();
+    assert_eq!(before.get("/dev/kvm"), Some(&1), "{before:?}");
+    assert_eq!(before.get("anon_inode:kvm-vm"), Some(&1), "{before:?}");
+    assert_eq!(before.get("anon_inode:kvm-vcpu:1"), Some(&1), "{before:?}");
+    for boot in 2..=4 {
+        power.reset().unwrap();
+        match vmm.recv_timeout(TIMEOUT).unwrap() {
+            VmmEvent::Reset { reason } => assert_eq!(reason, "host-reset"),
+            other => panic!("{other:?}"),
+        }
+        wait_boots(boot);
+        assert_eq!(fds(), before, "after reboot {}", boot - 1);
+    }
+    power.terminate().unwrap();
+    assert!(
+        matches!(vmm.recv_timeout(TIMEOUT).unwrap(), VmmEvent::Shutdown { reason } if reason == "host-terminate")
+    );
+    assert!(
+        matches!(vmm.recv_timeout(TIMEOUT).unwrap(), VmmEvent::Exited { status, .. } if status.success())
+    );
+    reader.join().unwrap();
+    drop(power);
+    let after = fds();
+    assert!(
+        !after.contains_key("/dev/kvm") && !after.contains_key("anon_inode:kvm-vm"),
+        "{after:?}"
+    );
+}
