@@ -1,54 +1,19 @@
 //! The shipped policies, table-driven: a good claim set is allowed, and
 //! each tampered variant is denied with the reason that names it.
 
+mod fixtures;
+
+use fixtures::{predict, predicted_claims};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
-use tellus_policies::claims::{
-    ClockClaims, HostClaims, LaunchClaims, PcrReplay, RecordClaims, TpmClaims,
-};
 use tellus_policies::{Claims, Decision, Policy, PolicyError, ReferenceSet};
 
-const PREDICT: &str = include_str!("fixtures/predict.json");
 const ALLOW_SAMPLE: &str = include_str!("../rego/allow-sample.rego");
 /// 2026-01-01T00:00:00Z.
 const NOW: i64 = 1_767_225_600;
 
-fn predict() -> Value {
-    serde_json::from_str(PREDICT).unwrap()
-}
-
-/// Claims of the launch the fixture predicts, on an enrolled, activated
-/// host labelled zone=dmz.
+/// The fixture's claims ([`predicted_claims`]) in their JSON form.
 fn good_claims() -> Value {
-    let p = predict();
-    let records = p["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let mut payload = r.as_object().unwrap().clone();
-            let kind = payload.remove("kind").unwrap();
-            let recnum = payload.remove("recnum").unwrap().as_u64().unwrap();
-            let digests: BTreeMap<String, String> =
-                serde_json::from_value(payload.remove("record_digests").unwrap()).unwrap();
-            RecordClaims::from_payload(recnum, kind.as_str().unwrap(), &payload, digests)
-        })
-        .collect();
-    let claims = Claims::Tpm(Box::new(TpmClaims {
-        host: HostClaims {
-            id: "ab".repeat(32),
-            labels: [("zone".to_owned(), "dmz".to_owned())].into(),
-            enrolled: true,
-            activated: true,
-            clock: ClockClaims { clock: 1000, reset_count: 1, restart_count: 0, safe: true },
-        },
-        pcr_replay: PcrReplay {
-            verdict: "replays".into(),
-            pcr: "sha256:13".into(),
-            value: p["pcr_values"]["sha256"].as_str().unwrap().into(),
-        },
-        launch: LaunchClaims::from_records(records),
-    }));
+    let claims = predicted_claims();
     let v = claims.to_json();
     // The JSON form reads back into the same claims.
     assert_eq!(serde_json::from_value::<Claims>(v.clone()).unwrap(), claims);

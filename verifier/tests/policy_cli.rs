@@ -2,23 +2,19 @@
 //! binary; `policy test --evidence` with real swtpm evidence from
 //! `tellus quote` over a launch predicted by `tellus measure predict`.
 
+#[path = "../../policies/tests/fixtures/mod.rs"]
+mod fixtures;
 mod launch_support;
 mod service_support;
 
+use fixtures::{predicted_claims, PREDICT};
 use launch_support::{extend_predicted_launch, tellus_bin};
 use serde_json::{json, Value};
 use service_support::App;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 use swtpm_tests::Swtpm;
 use tellus_measured_boot::cel;
-use tellus_policies::claims::{
-    ClockClaims, HostClaims, LaunchClaims, PcrReplay, RecordClaims, TpmClaims,
-};
-use tellus_policies::Claims;
-
-const PREDICT: &str = include_str!("../../policies/tests/fixtures/predict.json");
 
 fn verifier(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tellus-verifier")).args(args).output().unwrap()
@@ -26,39 +22,6 @@ fn verifier(args: &[&str]) -> Output {
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// Claims of the fixture's predicted launch on an enrolled, activated host.
-fn claims_of(predict: &Value) -> Value {
-    let records = predict["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let mut payload = r.as_object().unwrap().clone();
-            let kind = payload.remove("kind").unwrap();
-            let recnum = payload.remove("recnum").unwrap().as_u64().unwrap();
-            let digests: BTreeMap<String, String> =
-                serde_json::from_value(payload.remove("record_digests").unwrap()).unwrap();
-            RecordClaims::from_payload(recnum, kind.as_str().unwrap(), &payload, digests)
-        })
-        .collect();
-    Claims::Tpm(Box::new(TpmClaims {
-        host: HostClaims {
-            id: "ab".repeat(32),
-            labels: [("zone".to_owned(), "dmz".to_owned())].into(),
-            enrolled: true,
-            activated: true,
-            clock: ClockClaims { clock: 1, reset_count: 1, restart_count: 0, safe: true },
-        },
-        pcr_replay: PcrReplay {
-            verdict: "replays".into(),
-            pcr: "sha256:13".into(),
-            value: predict["pcr_values"]["sha256"].as_str().unwrap().into(),
-        },
-        launch: LaunchClaims::from_records(records),
-    }))
-    .to_json()
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> String {
@@ -88,15 +51,14 @@ fn policy_check_reports_file_line_col_and_exits_non_zero() {
 #[test]
 fn policy_test_with_claims_allows_and_denies_with_reasons() {
     let dir = tempfile::tempdir().unwrap();
-    let predict: Value = serde_json::from_str(PREDICT).unwrap();
     let refs = write(dir.path(), "refs.json", PREDICT);
-    let good = write(dir.path(), "good.json", &claims_of(&predict).to_string());
+    let good = write(dir.path(), "good.json", &predicted_claims().to_json().to_string());
     let o = verifier(&["policy", "test", "--claims", &good, "--refs", &refs]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "allow (tpm-launch.rego)");
 
     // A changed cmdline and a missing label: two reasons, exit 1.
-    let mut bad = claims_of(&predict);
+    let mut bad = predicted_claims().to_json();
     for r in bad["launch"]["records"].as_array_mut().unwrap() {
         if r["kind"] == "cmdline" {
             r["record_digests"]["sha256"] = json!(format!("sha256:{}", "00".repeat(32)));
