@@ -91,26 +91,7 @@ fn verifier_errors_are_shown_with_their_detail() {
     let dir = tempfile::tempdir().unwrap();
     let other_ca = dir.path().join("other-ca");
     std::fs::create_dir_all(&other_ca).unwrap();
-    swtpm_tests::openssl(
-        &other_ca,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "k.key",
-            "-out",
-            "issuercert.pem",
-            "-subj",
-            "/CN=other CA",
-            "-days",
-            "1",
-        ],
-    );
+    swtpm_tests::self_signed_ca(&other_ca, "issuercert.pem", "other CA");
     std::fs::copy(other_ca.join("issuercert.pem"), other_ca.join("swtpm-localca-rootca-cert.pem"))
         .unwrap();
     let verifier = Verifier::start(verifier_bin(), &other_ca);

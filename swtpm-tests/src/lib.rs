@@ -253,6 +253,33 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// Makes a self-signed EC P-256 CA certificate, subject `CN=cn`, valid
+/// for a day, as `cert` (PEM) in `dir`, its key as `ca.key` beside it: a CA
+/// that certified none of a swtpm's EKs.
+pub fn self_signed_ca(dir: &Path, cert: &str, cn: &str) {
+    let subject = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            cert,
+            "-subj",
+            &subject,
+            "-days",
+            "1",
+        ],
+    );
+}
+
 /// The test guest `scripts/setup.sh` builds: (kernel, initrd), from
 /// `$TELLUS_GUEST_KERNEL`/`$TELLUS_GUEST_INITRD` or the `env` file in
 /// `${TELLUS_CACHE:-~/.cache/tellus}/guest`. Panics, naming the fix, when

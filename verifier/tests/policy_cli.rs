@@ -20,6 +20,12 @@ fn verifier(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tellus-verifier")).args(args).output().unwrap()
 }
 
+/// `tellus-verifier refs add FILE --state-dir STATE_DIR EXTRA…`.
+fn refs_add(file: &str, state_dir: &Path, extra: &[&str]) -> Output {
+    let state_dir = state_dir.to_str().unwrap();
+    verifier(&[&["refs", "add", file, "--state-dir", state_dir], extra].concat())
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -106,17 +112,16 @@ fn refs_add_merges_into_a_running_verifiers_database() {
     let dir = tempfile::tempdir().unwrap();
     let refs = write(dir.path(), "refs.json", PREDICT);
     let before = app.state.store.policy_revision().unwrap();
-    let o = verifier(&[
-        "refs",
-        "add",
+    let o = refs_add(
         &refs,
-        "--state-dir",
-        state_dir.to_str().unwrap(),
-        "--expires",
-        "2031-01-01T00:00:00Z",
-        "--provenance",
-        "tellus measure predict on the test host",
-    ]);
+        &state_dir,
+        &[
+            "--expires",
+            "2031-01-01T00:00:00Z",
+            "--provenance",
+            "tellus measure predict on the test host",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("added 18 digests under 9 names"), "{}", text(&o));
     // The server's own connection sees the change and its revision.
@@ -134,18 +139,10 @@ fn refs_add_merges_into_a_running_verifiers_database() {
     assert_eq!(listed["initrd"].as_array().unwrap().len(), 2);
 
     let bad = write(dir.path(), "bad.json", r#"{"kernel": ["sha256:00"]}"#);
-    let o = verifier(&["refs", "add", &bad, "--state-dir", state_dir.to_str().unwrap()]);
+    let o = refs_add(&bad, &state_dir, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("sha256 digest must be 32 bytes"), "{}", text(&o));
-    let o = verifier(&[
-        "refs",
-        "add",
-        &refs,
-        "--state-dir",
-        state_dir.to_str().unwrap(),
-        "--expires",
-        "soon",
-    ]);
+    let o = refs_add(&refs, &state_dir, &["--expires", "soon"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 

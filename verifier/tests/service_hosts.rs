@@ -185,26 +185,7 @@ async fn untrusted_or_missing_ek_ca_is_refused() {
     let other = App::with(|c| {
         let dir = c.state_dir.with_file_name("ek-ca");
         std::fs::create_dir_all(&dir).unwrap();
-        swtpm_tests::openssl(
-            &dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "k.key",
-                "-out",
-                "other-ca.pem",
-                "-subj",
-                "/CN=other CA",
-                "-days",
-                "1",
-            ],
-        );
+        swtpm_tests::self_signed_ca(&dir, "other-ca.pem", "other CA");
         c.ek_ca_dir = Some(dir);
     });
     let (s, v) = enroll(&other, &host.request()).await;

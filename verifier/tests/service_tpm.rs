@@ -175,6 +175,13 @@ fn denied_for_missing_zone(case: &str, s: StatusCode, v: &Value) {
     );
 }
 
+/// The disk resource is released to `cookie`, encrypted to `key`.
+async fn secret_released(app: &App, cookie: &str, key: TeeKey) {
+    let (s, jwe) = get_disk(app, cookie).await;
+    assert_eq!(s, StatusCode::OK, "{jwe}");
+    assert_eq!(key.decrypt(&jwe), SECRET);
+}
+
 /// `GET` the disk resource with `cookie`.
 async fn get_disk(app: &App, cookie: &str) -> (StatusCode, Value) {
     let req = with_cookie(
@@ -242,9 +249,7 @@ async fn real_tpm_evidence_releases_the_resource() {
         host.predict["records"][0]["sha256"].as_str().unwrap()
     );
 
-    let (s, jwe) = get_disk(&app, &cookie).await;
-    assert_eq!(s, StatusCode::OK, "{jwe}");
-    assert_eq!(key.decrypt(&jwe), SECRET);
+    secret_released(&app, &cookie, key).await;
 }
 
 #[tokio::test]
@@ -365,9 +370,7 @@ async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
     }
     let (s, v, cookie, key) = attest(&app, &host, &host.state(), |_| {}).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, jwe) = get_disk(&app, &cookie).await;
-    assert_eq!(s, StatusCode::OK, "{jwe}");
-    assert_eq!(key.decrypt(&jwe), SECRET);
+    secret_released(&app, &cookie, key).await;
 
     // A valid resource policy that needs a label the host lacks takes effect
     // at once (the cached policies are re-prepared), and a later broken
@@ -440,9 +443,7 @@ async fn launch_groups_pick_the_attested_launch() {
     let (s, v, cookie, key) =
         attest(&app, &host, &host.state(), with_log(log_b64.clone(), Some(0))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, jwe) = get_disk(&app, &cookie).await;
-    assert_eq!(s, StatusCode::OK, "{jwe}");
-    assert_eq!(key.decrypt(&jwe), SECRET);
+    secret_released(&app, &cookie, key).await;
 }
 
 #[tokio::test]
