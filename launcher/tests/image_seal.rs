@@ -369,3 +369,44 @@ fn builtin_boots_the_measured_payload_after_it_is_replaced_on_disk() {
     assert!(console.contains("EVIL-RD!!"), "{console}");
     assert!(!console.contains("spinning"), "{console}");
 }
+
+#[test]
+fn records_hash_the_sealed_copies_not_the_files_on_disk() {
+    let qboot = Path::new("/usr/share/qemu/bios-microvm.bin").canonicalize().unwrap();
+    let img = Images::new(&qboot);
+    let spec = VmSpec {
+        name: "vm-sealed".into(),
+        kernel: img.kernel.clone(),
+        initrd: img.initrd.clone(),
+        cmdline: Some(MICROVM_ONESHOT.into()),
+        cmdline_extra: None,
+        memory: MemorySize(256),
+        vcpus: 1,
+        firmware: Some(img.firmware.clone()),
+        backend: BackendChoice::Qemu,
+        accel: AccelChoice::Tcg,
+        qemu: Some(which("qemu-system-x86_64")),
+        machine: None,
+        sev_snp: None,
+    };
+    let resolved = run::resolve(&spec).unwrap();
+    // Every file changes after staging, before the records are built.
+    for p in [&img.kernel, &img.initrd, &img.firmware] {
+        std::fs::write(p, b"replaced after staging").unwrap();
+    }
+    let inputs = tellus_launcher::measure::launch_inputs(&spec, &resolved, 13, None).unwrap();
+    let recs = launch_records(&inputs).unwrap();
+    let (k, i) = guest();
+    let vm = &resolved.vm;
+    for (kind, sealed, original) in [
+        (RecordKind::Kernel, &vm.kernel, k),
+        (RecordKind::Initrd, &vm.initrd, i),
+        (RecordKind::Firmware, vm.firmware.as_ref().unwrap(), qboot.clone()),
+    ] {
+        let rec = file_record(&recs, kind);
+        assert_eq!(rec, sealed.measurement().unwrap(), "{kind:?}: the digest of the memfd");
+        assert_eq!(rec, FileMeasurement::of("original", &original).unwrap(), "{kind:?}");
+        assert_eq!(rec.size, sealed.len(), "{kind:?}");
+        assert_eq!(sealed.read_all(1 << 30).unwrap(), std::fs::read(&original).unwrap());
+    }
+}
