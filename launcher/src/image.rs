@@ -284,7 +284,7 @@ mod tests {
             panic!("a writable shared mapping of the sealed image was allowed");
         }
         assert_eq!(std::io::Error::last_os_error().raw_os_error(), eperm);
-        // Seals cannot be removed or changed (F_SEAL_SEAL).
+        // No seal can be added (F_SEAL_SEAL); none can ever be removed.
         assert_eq!(
             fcntl(img.file(), FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW)).unwrap_err(),
             nix::errno::Errno::EPERM
