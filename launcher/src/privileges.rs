@@ -21,9 +21,12 @@
 //!
 //! Linux keeps capabilities and `no_new_privs` per thread: a drop changes the
 //! calling thread and the threads it creates later. The launcher drops on its
-//! main thread before it starts its other long-lived threads, and the
-//! built-in VMM's threads, which exist by then, drop their own
-//! ([`drop_thread`]) before they install their seccomp filters.
+//! main thread before it starts its other long-lived threads (control socket,
+//! signal relay, console, agent channel, attestation), and the built-in VMM's
+//! threads, which exist by then, drop their own ([`drop_thread`]) before they
+//! install their seccomp filters. The QEMU backend's own threads (QMP and
+//! process waiters, started with QEMU) keep theirs; the launcher names any
+//! such thread after the drop ([`threads_with_capabilities`]).
 
 use caps::CapSet;
 use std::os::unix::fs::MetadataExt;
@@ -175,6 +178,23 @@ pub fn drop_privileges(must_stay_writable: &[&Path]) -> Result<ThreadPrivileges,
         usable_without_caps(p)?;
     }
     drop_thread()
+}
+
+/// Names of this process's threads that still hold capabilities (effective
+/// or permitted), e.g. threads a backend started before the drop. Threads
+/// whose status cannot be read (ended meanwhile) are skipped.
+pub fn threads_with_capabilities() -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else { continue };
+        let Some(p) = ThreadPrivileges::parse(&status) else { continue };
+        if p.cap_eff != 0 || p.cap_prm != 0 {
+            let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("?");
+            out.push(format!("{} ({})", name.trim(), t.file_name().to_string_lossy()));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1071,11 +1071,20 @@ fn record_stop(
 fn drop_privileges(m: &MeasureConfig) {
     let log = m.log_path();
     match crate::privileges::drop_privileges(&[&m.state_dir, &log]) {
-        Ok(before) => progress!(
-            "dropped privileges: capabilities {:#x} cleared (bounding set {:#x}), no_new_privs set",
-            before.cap_eff,
-            before.cap_bnd
-        ),
+        Ok(before) => {
+            progress!(
+                "dropped privileges: capabilities {:#x} cleared (bounding set {:#x}), no_new_privs set",
+                before.cap_eff,
+                before.cap_bnd
+            );
+            let kept = crate::privileges::threads_with_capabilities();
+            if !kept.is_empty() {
+                progress!(
+                    "note: threads started before the drop keep capabilities: {}",
+                    kept.join(", ")
+                );
+            }
+        }
         Err(e) => progress!("warning: privileges not dropped: {e}"),
     }
 }

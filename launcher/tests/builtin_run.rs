@@ -389,6 +389,7 @@ fn run_builtin_drops_privileges_then_reboots_and_records_the_stop() {
     let mut r = Run::start(Guest::payload(Variant::Ready), &["--vcpus", "2"]);
     r.wait_stderr("guest agent ready after");
     assert!(r.stderr().contains("dropped privileges: capabilities"), "{}", r.stderr());
+    assert!(!r.stderr().contains("keep capabilities"), "{}", r.stderr());
     let pid = r.child.id();
     let names = assert_dropped(pid, setpcap);
     for t in ["vcpu0", "vcpu1", "com2-input", "vmm-supervisor", "control"] {
