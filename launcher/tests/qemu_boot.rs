@@ -31,6 +31,13 @@ fn boot_and_shutdown(vcpus: u32) {
     // The console is also relayed to stdout.
     assert!(l.stdout().contains("Run /init as init process"));
     assert!(l.stderr().iter().any(|x| x.contains("VM powered off (guest-shutdown)")));
+    // Run as root, the launcher dropped its capabilities, in every thread
+    // (the QEMU backend's reader and waiter threads drop their own).
+    if nix::unistd::geteuid().is_root() {
+        let err = l.stderr();
+        assert!(err.iter().any(|x| x.contains("dropped privileges")), "{}", err.join("\n"));
+        assert!(!err.iter().any(|x| x.contains("keep capabilities")), "{}", err.join("\n"));
+    }
 }
 
 #[test]

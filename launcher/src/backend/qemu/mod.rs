@@ -437,6 +437,8 @@ fn spawn_stderr_relay(
     tail: Arc<Mutex<String>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
+        // Capabilities are per thread: this one never needs any.
+        let _ = crate::privileges::drop_thread();
         let mut r = BufReader::new(stderr);
         let mut line = Vec::new();
         while matches!(r.by_ref().take(8192).read_until(b'\n', &mut line), Ok(n) if n > 0) {
@@ -465,6 +467,9 @@ fn spawn_waiter(
     dir: tempfile::TempDir,
 ) {
     std::thread::spawn(move || {
+        // Waiting for its own child and removing its own directory need no
+        // capability.
+        let _ = crate::privileges::drop_thread();
         let status = child.wait();
         if let Some(t) = stderr_thread {
             let _ = t.join();

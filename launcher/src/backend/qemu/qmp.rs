@@ -88,9 +88,11 @@ impl QmpClient {
         }
         reader.get_ref().set_read_timeout(None)?;
         let (tx, replies) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("qmp-reader".into())
-            .spawn(move || reader_loop(reader, tx, events))?;
+        std::thread::Builder::new().name("qmp-reader".into()).spawn(move || {
+            // Reading an open socket needs no capability.
+            let _ = crate::privileges::drop_thread();
+            reader_loop(reader, tx, events)
+        })?;
         let mut c = QmpClient { writer: stream, replies };
         c.execute(QmpCommand::Capabilities)?;
         Ok(c)
