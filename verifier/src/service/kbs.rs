@@ -19,8 +19,8 @@
 
 use super::error::{ApiError, ErrorKind};
 use super::verifier::VerifyError;
-use super::{audit, db, jwe, now_ms, token, AppState};
-use crate::audit::AuditEvent;
+use super::{audit_blocking, blocking, db, jwe, now_ms, token, AppState};
+use crate::audit::{AuditEntry, AuditEvent};
 use crate::storage::{Attested, ResourcePath, Session};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -167,8 +167,8 @@ pub async fn auth(
     Ok(resp)
 }
 
-/// The live session named by the request's cookie.
-async fn session_from_headers(
+/// The live session named by the request's cookie (on the blocking pool).
+fn session_from_headers(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Session>, ApiError> {
@@ -181,7 +181,8 @@ async fn session_from_headers(
     else {
         return Ok(None);
     };
-    let session = db(state, "reading the session", move |s| s.get_session(&id)).await?;
+    let session =
+        state.store.get_session(&id).map_err(|e| ApiError::internal("reading the session", e))?;
     Ok(session.filter(|s| s.expires_at_ms > now_ms()))
 }
 
@@ -190,15 +191,25 @@ fn attest_failed(state: &AppState, e: ApiError) -> ApiError {
     e
 }
 
-/// `POST /kbs/v0/attest`.
+/// `POST /kbs/v0/attest`. Everything after reading the body runs in one
+/// hand-off to the blocking pool: the session lookup, the evidence
+/// verification, the policy, the token signature and the store writes.
 pub async fn attest(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let session = session_from_headers(&state, &headers).await?.ok_or_else(|| {
+    blocking(&state, "attesting", move |state| attest_blocking(state, &headers, body)).await
+}
+
+fn attest_blocking(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let session = session_from_headers(state, headers)?.ok_or_else(|| {
         attest_failed(
-            &state,
+            state,
             ApiError::unauthenticated(
                 "no live KBS session: send the kbs-session-id cookie from POST /kbs/v0/auth (sessions expire; start a new one)",
             ),
@@ -206,14 +217,18 @@ pub async fn attest(
     })?;
     let prefix = session.id[..8].to_owned();
     let tee = session.tee.clone();
-    match attest_session(&state, session, body).await {
+    match attest_session(state, session, body) {
         Ok(resp) => Ok(resp),
         Err(err) => {
             let detail = json!({
                 "session": prefix, "tee": tee, "kind": err.kind.as_str(), "error": err.detail,
             });
-            audit(&state, AuditEvent::AttestationRefused, format!("session:{prefix}"), detail)
-                .await?;
+            audit_blocking(
+                state,
+                AuditEvent::AttestationRefused,
+                &format!("session:{prefix}"),
+                detail,
+            )?;
             Err(err)
         }
     }
@@ -221,17 +236,16 @@ pub async fn attest(
 
 /// `POST /kbs/v0/attest` once the session is known; every refusal it
 /// returns is audited by [`attest`].
-async fn attest_session(
+fn attest_session(
     state: &AppState,
     session: Session,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let state = state.clone();
     let body = body_or_error(body)?;
     let value = parse_json(&body, "KBS Attestation")?;
     let attestation: Attestation = serde_json::from_value(value.clone()).map_err(|e| {
         attest_failed(
-            &state,
+            state,
             ApiError::bad_request(
                 ErrorKind::InvalidRequest,
                 format!("not a KBS Attestation ({e}); send {{\"runtime-data\": {{\"nonce\", \"tee-pubkey\"}}, \"tee-evidence\": {{\"primary_evidence\", \"additional_evidence\"}}}}"),
@@ -252,7 +266,7 @@ async fn attest_session(
         session.nonce.as_bytes(),
     ) {
         return Err(attest_failed(
-            &state,
+            state,
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 ErrorKind::NonceMismatch,
@@ -261,7 +275,7 @@ async fn attest_session(
         ));
     }
     jwe::check_tee_pubkey(&attestation.runtime_data.tee_pubkey).map_err(|e| {
-        attest_failed(&state, ApiError::bad_request(ErrorKind::UnsupportedTeeKey, e.to_string()))
+        attest_failed(state, ApiError::bad_request(ErrorKind::UnsupportedTeeKey, e.to_string()))
     })?;
     // The binding covers the JWK exactly as sent, not as re-serialised.
     let raw_pubkey = value
@@ -274,12 +288,12 @@ async fn attest_session(
         &attestation.tee_evidence.additional_evidence,
     )
     .map_err(|e| {
-        attest_failed(&state, ApiError::bad_request(ErrorKind::InvalidRequest, e.to_string()))
+        attest_failed(state, ApiError::bad_request(ErrorKind::InvalidRequest, e.to_string()))
     })?;
 
     let verifier = state.verifiers.get(&session.tee).cloned().ok_or_else(|| {
         attest_failed(
-            &state,
+            state,
             ApiError::bad_request(
                 ErrorKind::UnsupportedTee,
                 format!("tee {} is no longer enabled; start a new session", session.tee),
@@ -289,15 +303,12 @@ async fn attest_session(
     let tee = session.tee.clone();
     let evidence = attestation.tee_evidence.primary_evidence;
     let policies = state.policies.clone();
-    let (claims, appraisal) = tokio::task::spawn_blocking(move || {
-        let claims = verifier.verify(&tee, &evidence, &binding)?;
+    let verified = verifier.verify(&tee, &evidence, &binding).map(|claims| {
         let input = super::policy::policy_input(&tee, &claims.annotated_evidence);
         let appraisal = policies.appraise(&input, &claims.trust_vector);
-        Ok::<_, VerifyError>((claims, appraisal))
-    })
-    .await
-    .map_err(|e| ApiError::internal("verifying evidence", e))?
-    .map_err(|e| {
+        (claims, appraisal)
+    });
+    let (claims, appraisal) = verified.map_err(|e| {
         let err = match &e {
             VerifyError::NotWired { .. } => {
                 ApiError::new(StatusCode::NOT_IMPLEMENTED, ErrorKind::NotImplemented, e.to_string())
@@ -309,10 +320,10 @@ async fn attest_session(
             _ => ApiError::new(StatusCode::FORBIDDEN, ErrorKind::AttestationError, e.to_string()),
         };
         tracing::warn!(session = &session.id[..8], tee = %session.tee, error = %e, "attestation refused");
-        attest_failed(&state, err)
+        attest_failed(state, err)
     })?;
     let appraisal = appraisal.map_err(|e| {
-        attest_failed(&state, ApiError::internal("evaluating the attestation policy", e))
+        attest_failed(state, ApiError::internal("evaluating the attestation policy", e))
     })?;
     if !appraisal.reasons.is_empty() {
         for r in &appraisal.reasons {
@@ -347,8 +358,8 @@ async fn attest_session(
         .map_err(|e| ApiError::internal("storing tee-pubkey", e))?;
     let expires_at_ms = now.saturating_add(state.settings.session_lifetime.as_millis() as i64);
     let attested = Attested { token: token.clone(), tee_pubkey };
-    // Logged before the session is marked attested: no token is usable
-    // without its entry.
+    // The session is marked attested and the entry logged in one store
+    // transaction: no token is usable without its entry.
     let prefix = &session.id[..8];
     let detail = json!({
         "session": prefix,
@@ -358,12 +369,21 @@ async fn attest_session(
         "reasons": appraisal.reasons.iter().take(token::MAX_TOKEN_REASONS).collect::<Vec<_>>(),
         "token_sha256": token_digest(&token),
     });
-    audit(&state, AuditEvent::AttestationVerified, format!("session:{prefix}"), detail).await?;
-    let id = session.id.clone();
-    let found = db(&state, "recording the attestation", move |s| {
-        s.mark_attested(&id, &attested, expires_at_ms)
-    })
-    .await?;
+    let signer = state.signer.as_ref();
+    let subject = format!("session:{prefix}");
+    let found = state
+        .store
+        .mark_attested(&session.id, &attested, expires_at_ms, &|prev| {
+            AuditEntry::next(
+                prev,
+                now_ms(),
+                AuditEvent::AttestationVerified,
+                &subject,
+                detail.clone(),
+                signer,
+            )
+        })
+        .map_err(|e| ApiError::internal("recording the attestation", e))?;
     if !found {
         return Err(ApiError::unauthenticated(
             "the session ended during attestation; start again with POST /kbs/v0/auth",
@@ -449,23 +469,26 @@ pub async fn get_resource(
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (ear, requester) = requester(&state, &headers).await?;
-    let subject = format!("{repo}/{kind}/{tag}");
-    match release(&state, ear, &requester, &repo, &kind, &tag).await {
-        Ok(resp) => Ok(resp),
-        Err(err) => {
-            let mut detail = requester.clone();
-            detail["kind"] = json!(err.kind.as_str());
-            detail["error"] = json!(err.detail);
-            audit(&state, AuditEvent::ResourceDenied, subject, detail).await?;
-            Err(err)
+    blocking(&state, "releasing a resource", move |state| {
+        let (ear, requester) = requester(state, &headers)?;
+        let subject = format!("{repo}/{kind}/{tag}");
+        match release(state, ear, &requester, &repo, &kind, &tag) {
+            Ok(resp) => Ok(resp),
+            Err(err) => {
+                let mut detail = requester.clone();
+                detail["kind"] = json!(err.kind.as_str());
+                detail["error"] = json!(err.detail);
+                audit_blocking(state, AuditEvent::ResourceDenied, &subject, detail)?;
+                Err(err)
+            }
         }
-    }
+    })
+    .await
 }
 
 /// The EAR claims a resource request presents and who presented them
 /// (`{"token_sha256"}` or `{"session"}` prefix), for the audit log.
-async fn requester(
+fn requester(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<(Map<String, Value>, Value), ApiError> {
@@ -480,7 +503,7 @@ async fn requester(
         Some(Err(())) => {
             Err(ApiError::unauthenticated("the Authorization header must be `Bearer <token from /kbs/v0/attest>`"))
         }
-        None => match session_from_headers(state, headers).await? {
+        None => match session_from_headers(state, headers)? {
             // The token was signed by this verifier and read back from its
             // own store.
             Some(Session { id, attested: Some(a), .. }) => {
@@ -506,7 +529,7 @@ async fn requester(
 }
 
 /// The release itself, once the requester is known.
-async fn release(
+fn release(
     state: &AppState,
     ear: Map<String, Value>,
     requester: &Value,
@@ -522,13 +545,14 @@ async fn release(
     let tee_pubkey: TeePubKey = parse_tee_pubkey(v)?;
     let path = ResourcePath::new(repo, kind, tag)
         .map_err(|e| ApiError::bad_request(ErrorKind::InvalidRequest, e.to_string()))?;
-    let p = path.clone();
-    let stored = db(state, "reading the resource", move |s| s.get_resource(&p)).await?;
+    let stored = state
+        .store
+        .get_resource(&path)
+        .map_err(|e| ApiError::internal("reading the resource", e))?;
     let input = resource_policy_input(&ear, &path, stored.as_ref().map(|r| &r.required_labels));
-    let policies = state.policies.clone();
-    let decision = tokio::task::spawn_blocking(move || policies.decide_resource(&input))
-        .await
-        .map_err(|e| ApiError::internal("evaluating the resource policy", e))?
+    let decision = state
+        .policies
+        .decide_resource(&input)
         .map_err(|e| ApiError::internal("evaluating the resource policy", e))?;
     if !decision.allow {
         for r in &decision.reasons {
@@ -562,7 +586,7 @@ async fn release(
     let mut detail = requester.clone();
     detail["bytes"] = json!(plaintext.len());
     detail["status"] = ear_status(&ear);
-    audit(state, AuditEvent::ResourceReleased, path.to_string(), detail).await?;
+    audit_blocking(state, AuditEvent::ResourceReleased, &path.to_string(), detail)?;
     state.metrics.resources_released.fetch_add(1, Ordering::Relaxed);
     tracing::info!(resource = %path, "released");
     Ok(json_response(StatusCode::OK, &jwe))

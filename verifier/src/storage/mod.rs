@@ -164,13 +164,16 @@ pub trait Store: Send + Sync {
     fn create_session(&self, session: &Session) -> Result<(), StoreError>;
     /// The session with this id, expired or not (callers check expiry).
     fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError>;
-    /// Records a successful attestation and moves the expiry. Returns
-    /// false when no such session exists.
+    /// Records a successful attestation, moves the expiry and appends the
+    /// attestation's audit entry (`audit`, as for [`Store::append_audit`])
+    /// in one transaction: both or neither. Returns false, and stores
+    /// nothing, when no such session exists.
     fn mark_attested(
         &self,
         id: &str,
         attested: &Attested,
         expires_at_ms: i64,
+        audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
     ) -> Result<bool, StoreError>;
     /// Deletes sessions whose expiry is before `now_ms`; returns how many.
     fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError>;

@@ -231,6 +231,48 @@ fn stored_values(name: &str, text: &str) -> Result<ReferenceSet, StoreError> {
         .map_err(|e| corrupt("reference values", e))
 }
 
+/// A write transaction for an audit append. IMMEDIATE takes SQLite's write
+/// lock before the last entry is read, so another process (`tellus-verifier
+/// refs add`) appending at the same time waits instead of building on the
+/// same predecessor.
+fn begin_audit(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+/// Appends `make(last entry)` inside `tx` (see [`begin_audit`]).
+fn append_audit_in(
+    tx: &rusqlite::Transaction<'_>,
+    make: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
+) -> Result<AuditEntry, StoreError> {
+    let last = tx
+        .prepare_cached(
+            "SELECT seq, time_ms, event, subject, detail, prev_hash, kid, hash, signature
+             FROM audit_log ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([], audit_row)
+        .optional()?
+        .transpose()?;
+    let entry = make(last.as_ref())?;
+    let seq = i64::try_from(entry.seq).map_err(|_| AuditError::Full)?;
+    let detail = serde_json::to_string(&entry.detail).map_err(|e| corrupt("audit entry", e))?;
+    tx.prepare_cached(
+        "INSERT INTO audit_log (seq, time_ms, event, subject, detail, prev_hash, kid, hash, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        seq,
+        entry.time_ms,
+        entry.event,
+        entry.subject,
+        detail,
+        entry.prev_hash,
+        entry.kid,
+        entry.hash,
+        entry.signature
+    ])?;
+    Ok(entry)
+}
+
 impl Store for SqliteStore {
     fn create_session(&self, s: &Session) -> Result<(), StoreError> {
         let conn = self.lock()?;
@@ -238,11 +280,14 @@ impl Store for SqliteStore {
             Some(a) => (Some(a.token.as_str()), Some(a.tee_pubkey.as_str())),
             None => (None, None),
         };
-        let r = conn.execute(
-            "INSERT INTO sessions (id, nonce, tee, expires_at_ms, token, tee_pubkey)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![s.id, s.nonce, s.tee, s.expires_at_ms, token, pubkey],
-        );
+        let r = conn
+            .prepare_cached(
+                "INSERT INTO sessions (id, nonce, tee, expires_at_ms, token, tee_pubkey)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![s.id, s.nonce, s.tee, s.expires_at_ms, token, pubkey])
+            });
         match r {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -257,8 +302,10 @@ impl Store for SqliteStore {
     fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let conn = self.lock()?;
         let row = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT id, nonce, tee, expires_at_ms, token, tee_pubkey FROM sessions WHERE id = ?1",
+            )?
+            .query_row(
                 params![id],
                 |r| {
                     Ok((
@@ -288,13 +335,22 @@ impl Store for SqliteStore {
         id: &str,
         a: &Attested,
         expires_at_ms: i64,
+        audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
     ) -> Result<bool, StoreError> {
-        let conn = self.lock()?;
-        let n = conn.execute(
-            "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4 WHERE id = ?1",
-            params![id, a.token, a.tee_pubkey, expires_at_ms],
-        )?;
-        Ok(n == 1)
+        let mut conn = self.lock()?;
+        let tx = begin_audit(&mut conn)?;
+        let n = tx
+            .prepare_cached(
+                "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, a.token, a.tee_pubkey, expires_at_ms])?;
+        if n != 1 {
+            // Dropping `tx` rolls back: nothing is stored.
+            return Ok(false);
+        }
+        append_audit_in(&tx, audit)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError> {
@@ -325,12 +381,13 @@ impl Store for SqliteStore {
     fn get_resource(&self, p: &ResourcePath) -> Result<Option<StoredResource>, StoreError> {
         let conn = self.lock()?;
         let row = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT nonce, ciphertext, required_labels FROM resources
                  WHERE repo = ?1 AND type = ?2 AND tag = ?3",
-                params![p.repo, p.kind, p.tag],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?)),
-            )
+            )?
+            .query_row(params![p.repo, p.kind, p.tag], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, String>(2)?))
+            })
             .optional()?;
         let Some((nonce, ciphertext, labels)) = row else { return Ok(None) };
         let nonce: [u8; 12] = nonce.try_into().map_err(|n: Vec<u8>| {
@@ -426,12 +483,13 @@ impl Store for SqliteStore {
 
     fn policy_revision(&self) -> Result<(i64, i64), StoreError> {
         let conn = self.lock()?;
-        Ok(conn.query_row(
+        let mut st = conn.prepare_cached(
             "SELECT (SELECT COALESCE(MAX(version), 0) FROM policy_versions),
                     (SELECT value FROM counters WHERE name = 'reference_values')",
-            [],
-            |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0))),
-        )?)
+        )?;
+        let revision =
+            st.query_row([], |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0))))?;
+        Ok(revision)
     }
 
     fn put_host(&self, h: &HostRecord) -> Result<(), StoreError> {
@@ -451,8 +509,10 @@ impl Store for SqliteStore {
     fn get_host(&self, host_id: &str) -> Result<Option<HostRecord>, StoreError> {
         let conn = self.lock()?;
         let row = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT host_id, ek_public, ak_public, labels, activated FROM hosts WHERE host_id = ?1",
+            )?
+            .query_row(
                 params![host_id],
                 |r| {
                     Ok((
@@ -526,35 +586,8 @@ impl Store for SqliteStore {
         make: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
     ) -> Result<AuditEntry, StoreError> {
         let mut conn = self.lock()?;
-        // IMMEDIATE takes SQLite's write lock before reading the last entry,
-        // so another process (`tellus-verifier refs add`) appending at the
-        // same time waits instead of building on the same predecessor.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let last = tx
-            .query_row(
-                &format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1"),
-                [],
-                audit_row,
-            )
-            .optional()?
-            .transpose()?;
-        let entry = make(last.as_ref())?;
-        let seq = i64::try_from(entry.seq).map_err(|_| AuditError::Full)?;
-        let detail = serde_json::to_string(&entry.detail).map_err(|e| corrupt("audit entry", e))?;
-        tx.execute(
-            &format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-            params![
-                seq,
-                entry.time_ms,
-                entry.event,
-                entry.subject,
-                detail,
-                entry.prev_hash,
-                entry.kid,
-                entry.hash,
-                entry.signature
-            ],
-        )?;
+        let tx = begin_audit(&mut conn)?;
+        let entry = append_audit_in(&tx, make)?;
         tx.commit()?;
         Ok(entry)
     }
@@ -689,8 +722,25 @@ mod tests {
         assert!(matches!(s.create_session(&sess), Err(StoreError::DuplicateSession(_))));
         assert_eq!(s.get_session(&sess.id).unwrap().unwrap(), sess);
         let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
-        assert!(s.mark_attested(&sess.id, &a, 2000).unwrap());
-        assert!(!s.mark_attested("nope", &a, 2000).unwrap());
+        // The attestation and its audit entry are stored together, or not
+        // at all (no such session: the transaction rolls back).
+        let entry = |prev: Option<&AuditEntry>| {
+            Ok(AuditEntry {
+                seq: prev.map_or(0, |p| p.seq + 1),
+                time_ms: 1,
+                event: "attestation.verified".into(),
+                subject: "session:aaaaaaaa".into(),
+                detail: serde_json::json!({}),
+                prev_hash: String::new(),
+                kid: "k".into(),
+                hash: "h".into(),
+                signature: "s".into(),
+            })
+        };
+        assert!(s.mark_attested(&sess.id, &a, 2000, &entry).unwrap());
+        assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
+        assert!(!s.mark_attested("nope", &a, 2000, &entry).unwrap());
+        assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
         let got = s.get_session(&sess.id).unwrap().unwrap();
         assert_eq!(got.attested, Some(a));
         assert_eq!(got.expires_at_ms, 2000);
