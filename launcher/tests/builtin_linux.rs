@@ -6,15 +6,10 @@
 
 mod builtin_support;
 
-use builtin_support::hardware_kvm_or_skip;
-use std::io::Read;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use builtin_support::{channel_events, console_text, hardware_kvm_or_skip, start_builtin};
 use std::time::{Duration, Instant};
-use tellus_launcher::accel::Accel;
-use tellus_launcher::backend::builtin::Builtin;
-use tellus_launcher::backend::{Backend, EventSink, VmmEvent};
-use tellus_launcher::channel::{self, ChannelEvent, ChannelWriter};
+use tellus_launcher::backend::VmmEvent;
+use tellus_launcher::channel::{ChannelEvent, ChannelWriter};
 use tellus_launcher::vm_config::{MemorySize, VmConfig};
 use tellus_protocol::{GuestMessage, HostMessage};
 
@@ -35,32 +30,14 @@ fn boot_to_ready_reboot_and_stop(vcpus: u32) {
         vcpus,
     )
     .unwrap();
-    let (tx, vmm) = mpsc::channel();
-    let sink: EventSink = Arc::new(move |e| {
-        let _ = tx.send(e);
-    });
-    let started = Builtin.start(&cfg, Accel::Kvm, sink).expect("builtin start");
-    let console = Arc::new(Mutex::new(Vec::new()));
-    let c = console.clone();
-    let mut con = started.streams.console;
-    let console_done = std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = con.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            c.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let (ctx, chan) = mpsc::channel();
-    channel::spawn_reader(started.streams.channel_rx, move |e| {
-        let _ = ctx.send(e);
-    });
-    let mut writer = ChannelWriter(started.streams.channel_tx);
-    let mut power = started.power;
+    let vm = start_builtin(&cfg);
+    let chan = channel_events(vm.channel_rx);
+    let mut writer = ChannelWriter(vm.channel_tx);
+    let (vmm, console) = (vm.vmm, vm.console);
+    let mut power = vm.power;
     let t0 = Instant::now();
     power.start_vcpus().unwrap();
-    let text = || String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    let text = || console_text(&console);
     let wait_ready = || loop {
         match chan.recv_timeout(TIMEOUT) {
             Ok(ChannelEvent::Message(GuestMessage::Ready { .. })) => break,
@@ -88,7 +65,7 @@ fn boot_to_ready_reboot_and_stop(vcpus: u32) {
     assert!(
         matches!(vmm.recv_timeout(TIMEOUT), Ok(VmmEvent::Exited { status, .. }) if status.success())
     );
-    console_done.join().unwrap();
+    vm.console_done.join().unwrap();
     let log = text();
     assert!(log.contains("Linux version 6."), "{log}");
     assert!(log.contains("Run /init as init process"), "{log}");

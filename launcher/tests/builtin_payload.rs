@@ -8,15 +8,15 @@ mod builtin_support;
 
 use builtin_support::*;
 use std::io::Read;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tellus_launcher::accel::Accel;
 use tellus_launcher::backend::builtin::boot::BootError;
 use tellus_launcher::backend::builtin::kernel::KernelError;
 use tellus_launcher::backend::builtin::{Builtin, BuiltinError};
 use tellus_launcher::backend::{Backend, BackendError, EventSink, PowerControl, VmmEvent};
-use tellus_launcher::channel::{self, ChannelEvent, ChannelWriter};
+use tellus_launcher::channel::{ChannelEvent, ChannelWriter};
 use tellus_launcher::vm_config::{MemorySize, VmConfig};
 use tellus_protocol::{DropReason, GuestMessage, HostMessage};
 
@@ -53,55 +53,26 @@ struct Run {
 }
 
 fn start(g: &Guest, vcpus: u32) -> Run {
-    let (tx, vmm) = mpsc::channel();
-    let sink: EventSink = Arc::new(move |e| {
-        let _ = tx.send(e);
-    });
-    let started = Builtin.start(&config(g, vcpus, 64), Accel::Kvm, sink).expect("builtin start");
-    let console = Arc::new(Mutex::new(Vec::new()));
-    let c = console.clone();
-    let mut con = started.streams.console;
-    let console_done = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = con.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            c.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
+    let vm = start_builtin(&config(g, vcpus, 64));
     let channel_bytes = Arc::new(Mutex::new(Vec::new()));
-    let (ctx, chan) = mpsc::channel();
-    channel::spawn_reader(
-        Box::new(Tee { inner: started.streams.channel_rx, copy: channel_bytes.clone() }),
-        move |e| {
-            let _ = ctx.send(e);
-        },
-    );
-    let mut power = started.power;
+    let chan = channel_events(Box::new(Tee { inner: vm.channel_rx, copy: channel_bytes.clone() }));
+    let mut power = vm.power;
     power.start_vcpus().unwrap();
     Run {
         power,
-        writer: ChannelWriter(started.streams.channel_tx),
-        vmm,
+        writer: ChannelWriter(vm.channel_tx),
+        vmm: vm.vmm,
         chan,
-        console,
+        console: vm.console,
         channel_bytes,
-        console_done,
+        console_done: vm.console_done,
     }
 }
 
 impl Run {
-    fn console_text(&self) -> String {
-        String::from_utf8_lossy(&self.console.lock().unwrap()).into_owned()
-    }
-
     fn wait_console(&self, text: &str) {
-        let end = Instant::now() + TIMEOUT;
-        while !self.console_text().contains(text) {
-            assert!(Instant::now() < end, "no {text:?} on the console: {:?}", self.console_text());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let what = format!("no {text:?} on the console");
+        wait_console(&self.console, TIMEOUT, &what, |now| now.contains(text));
     }
 
     fn next_channel(&self) -> ChannelEvent {
@@ -306,10 +277,7 @@ fn terminate_before_start_runs_nothing() {
         return;
     }
     let g = Guest::payload(Variant::Ready);
-    let (tx, vmm) = mpsc::channel();
-    let sink: EventSink = Arc::new(move |e| {
-        let _ = tx.send(e);
-    });
+    let (sink, vmm) = event_channel();
     let started = Builtin.start(&config(&g, 1, 64), Accel::Kvm, sink).unwrap();
     let mut power = started.power;
     let mut console = started.streams.console;
@@ -410,29 +378,33 @@ impl Run {
     }
 }
 
+/// Boots the `Ready` payload on `vcpus`; after its first `Ready`, `reset`
+/// resets it (a `reason` reset: every vCPU stopped, the VM rebuilt from the
+/// same kernel/initrd), a second `Ready` arrives on the same streams, and
+/// `PowerOff` ends it. The console is `first_boot` then one whole boot, and
+/// COM2 carried the two `Ready` frames.
+fn reset_then_poweroff(vcpus: u32, reason: &str, reset: impl FnOnce(&mut Run), first_boot: &str) {
+    let g = Guest::payload(Variant::Ready);
+    let mut run = start(&g, vcpus);
+    expect_ready(run.next_channel());
+    reset(&mut run);
+    run.expect_reset(reason);
+    expect_ready(run.next_channel());
+    run.writer.send(HostMessage::PowerOff).unwrap();
+    let channel_bytes = run.channel_bytes.clone();
+    let console = run.expect_end("guest-triple-fault");
+    assert_eq!(console, first_boot.to_string() + &expected_console(Variant::Ready, CMDLINE, vcpus));
+    assert_eq!(*channel_bytes.lock().unwrap(), [ready_frame(), ready_frame()].concat());
+}
+
 #[test]
 fn payload_guest_reset_boots_it_again_then_poweroff_ends_it() {
     if !kvm_usable_or_skip("payload_guest_reset_boots_it_again_then_poweroff_ends_it") {
         return;
     }
-    // Reboot frame → the payload writes 0xFE to port 0x64 → every vCPU is
-    // stopped, the VM rebuilt from the same kernel/initrd → a second Ready
-    // on the same streams → PowerOff ends it.
-    let g = Guest::payload(Variant::Ready);
-    let mut run = start(&g, 2);
-    expect_ready(run.next_channel());
-    run.writer.send(HostMessage::Reboot).unwrap();
-    run.expect_reset("guest-reset");
-    expect_ready(run.next_channel());
-    run.writer.send(HostMessage::PowerOff).unwrap();
-    let channel_bytes = run.channel_bytes.clone();
-    let console = run.expect_end("guest-triple-fault");
-    assert_eq!(
-        console,
-        expected_rebooted(Variant::Ready, CMDLINE, 2)
-            + &expected_console(Variant::Ready, CMDLINE, 2)
-    );
-    assert_eq!(*channel_bytes.lock().unwrap(), [ready_frame(), ready_frame()].concat());
+    // Reboot frame → the payload writes 0xFE to port 0x64.
+    let reboot = |run: &mut Run| run.writer.send(HostMessage::Reboot).unwrap();
+    reset_then_poweroff(2, "guest-reset", reboot, &expected_rebooted(Variant::Ready, CMDLINE, 2));
 }
 
 #[test]
@@ -440,21 +412,12 @@ fn payload_host_reset_boots_it_again_then_poweroff_ends_it() {
     if !kvm_usable_or_skip("payload_host_reset_boots_it_again_then_poweroff_ends_it") {
         return;
     }
-    let g = Guest::payload(Variant::Ready);
-    let mut run = start(&g, 1);
-    expect_ready(run.next_channel());
-    // The boot waits for a host frame after printing this.
-    run.wait_console("ready sent\n");
-    run.power.reset().unwrap();
-    run.expect_reset("host-reset");
-    expect_ready(run.next_channel());
-    run.writer.send(HostMessage::PowerOff).unwrap();
-    let console = run.expect_end("guest-triple-fault");
-    assert_eq!(
-        console,
-        expected_until_ready(Variant::Ready, CMDLINE, 1)
-            + &expected_console(Variant::Ready, CMDLINE, 1)
-    );
+    let reset = |run: &mut Run| {
+        // The boot waits for a host frame after printing this.
+        run.wait_console("ready sent\n");
+        run.power.reset().unwrap();
+    };
+    reset_then_poweroff(1, "host-reset", reset, &expected_until_ready(Variant::Ready, CMDLINE, 1));
 }
 
 #[test]
@@ -468,11 +431,8 @@ fn payload_spinning_on_four_vcpus_is_reset_twice_then_terminated() {
     let mut run = start(&g, 4);
     let once = expected_console(Variant::Spin, CMDLINE, 4);
     for boot in 1..=3 {
-        let end = Instant::now() + TIMEOUT;
-        while run.console_text() != once.repeat(boot) {
-            assert!(Instant::now() < end, "boot {boot}: {:?}", run.console_text());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let what = format!("boot {boot}");
+        wait_console(&run.console, TIMEOUT, &what, |text| text == once.repeat(boot));
         if boot < 3 {
             run.power.reset().unwrap();
             run.expect_reset("host-reset");

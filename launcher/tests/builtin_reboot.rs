@@ -8,13 +8,8 @@ mod builtin_support;
 
 use builtin_support::*;
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tellus_launcher::accel::Accel;
-use tellus_launcher::backend::builtin::Builtin;
-use tellus_launcher::backend::{Backend, EventSink, VmmEvent};
+use std::time::Duration;
+use tellus_launcher::backend::VmmEvent;
 use tellus_launcher::vm_config::{MemorySize, VmConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,32 +42,13 @@ fn reboots_close_the_old_vm_and_reuse_the_open_dev_kvm() {
     }
     let g = Guest::payload(Variant::Spin);
     let cfg = VmConfig::stage(&g.kernel, &g.initrd, None, CMDLINE, MemorySize(64), 2).unwrap();
-    let (tx, vmm) = mpsc::channel();
-    let sink: EventSink = Arc::new(move |e| {
-        let _ = tx.send(e);
-    });
-    let started = Builtin.start(&cfg, Accel::Kvm, sink).unwrap();
-    let console = Arc::new(Mutex::new(String::new()));
-    let c = console.clone();
-    let mut con = started.streams.console;
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = con.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            c.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let mut power = started.power;
+    let vm = start_builtin(&cfg);
+    let (vmm, console) = (vm.vmm, vm.console);
+    let mut power = vm.power;
     power.start_vcpus().unwrap();
     let once = expected_console(Variant::Spin, CMDLINE, 2);
     let wait_boots = |n: usize| {
-        let end = Instant::now() + TIMEOUT;
-        while *console.lock().unwrap() != once.repeat(n) {
-            assert!(Instant::now() < end, "boot {n}: {:?}", console.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_console(&console, TIMEOUT, &format!("boot {n}"), |text| text == once.repeat(n))
     };
     wait_boots(1);
     let before = fds();
@@ -95,7 +71,7 @@ fn reboots_close_the_old_vm_and_reuse_the_open_dev_kvm() {
     assert!(
         matches!(vmm.recv_timeout(TIMEOUT).unwrap(), VmmEvent::Exited { status, .. } if status.success())
     );
-    reader.join().unwrap();
+    vm.console_done.join().unwrap();
     drop(power);
     let after = fds();
     assert!(

@@ -4,11 +4,12 @@
 //! Exact console output, agent-channel outcome and exit codes.
 
 mod builtin_support;
+mod common;
 
 use builtin_support::*;
-use std::io::{BufRead, BufReader, Read};
+use common::{collect_output, tellus};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swtpm_tests::Swtpm;
@@ -24,10 +25,6 @@ struct Run {
     stdout: Arc<Mutex<Vec<u8>>>,
     guest: Guest,
     tpm: Swtpm,
-}
-
-fn tellus() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tellus"))
 }
 
 impl Run {
@@ -56,27 +53,19 @@ impl Run {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let (e, o) = (stderr.clone(), stdout.clone());
-        let err = child.stderr.take().unwrap();
-        let mut out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[tellus] {line}");
-                e.lock().unwrap().push(line);
-            }
-        });
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                o.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let (stderr, stdout) = collect_output(&mut child);
         Run { child, stderr, stdout, guest, tpm }
+    }
+
+    /// Starts `tellus run` on payload `v` and waits for the agent's `Ready`;
+    /// `None` (after the SKIP line for `test`) where `/dev/kvm` cannot be used.
+    fn ready(test: &str, v: Variant, extra: &[&str]) -> Option<Run> {
+        if !kvm_usable_or_skip(test) {
+            return None;
+        }
+        let mut r = Run::start(Guest::payload(v), extra);
+        r.wait_stderr("guest agent ready after");
+        Some(r)
     }
 
     fn stderr(&self) -> String {
@@ -133,11 +122,13 @@ impl Drop for Run {
 
 #[test]
 fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
-    if !kvm_usable_or_skip("run_builtin_payload_ready_then_ctl_shutdown_through_the_agent") {
+    let Some(mut r) = Run::ready(
+        "run_builtin_payload_ready_then_ctl_shutdown_through_the_agent",
+        Variant::Ready,
+        &[],
+    ) else {
         return;
-    }
-    let mut r = Run::start(Guest::payload(Variant::Ready), &[]);
-    r.wait_stderr("guest agent ready after");
+    };
     assert!(r
         .stderr()
         .contains(&format!("tellus-agent {AGENT_VERSION}, guest uptime {UPTIME_MS} ms")));
@@ -162,11 +153,11 @@ fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
 
 #[test]
 fn run_builtin_payload_garbage_is_reported_then_ready() {
-    if !kvm_usable_or_skip("run_builtin_payload_garbage_is_reported_then_ready") {
+    let Some(mut r) =
+        Run::ready("run_builtin_payload_garbage_is_reported_then_ready", Variant::Garbage, &[])
+    else {
         return;
-    }
-    let mut r = Run::start(Guest::payload(Variant::Garbage), &[]);
-    r.wait_stderr("guest agent ready after");
+    };
     r.ctl("shutdown");
     assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
     assert_eq!(r.console_log(), expected_console(Variant::Garbage, CMDLINE, 1));
@@ -278,11 +269,11 @@ fn run_builtin_measures_what_predict_says() {
 
 #[test]
 fn run_builtin_ctl_reboot_through_the_agent_boots_again() {
-    if !kvm_usable_or_skip("run_builtin_ctl_reboot_through_the_agent_boots_again") {
+    let Some(mut r) =
+        Run::ready("run_builtin_ctl_reboot_through_the_agent_boots_again", Variant::Ready, &[])
+    else {
         return;
-    }
-    let mut r = Run::start(Guest::payload(Variant::Ready), &[]);
-    r.wait_stderr("guest agent ready after");
+    };
     let resp = r.ctl("reboot");
     assert_eq!(resp["message"], "reboot requested from the guest agent");
     // The payload resets through the i8042; the VMM boots a fresh VM on the

@@ -20,18 +20,18 @@
 mod builtin_support;
 mod common;
 
-use builtin_support::{expected_console, kvm_usable_or_skip, Guest, Variant, INITRD_MAGIC};
-use common::{guest, tellus, Swtpm, BOOT_TIMEOUT};
+use builtin_support::{
+    console_text, expected_console, kvm_usable_or_skip, start_builtin, wait_console, Guest,
+    Variant, INITRD_MAGIC,
+};
+use common::{assert_log_starts_as_predicted, guest, json_of, record, tellus, Swtpm, BOOT_TIMEOUT};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tellus_launcher::accel::{Accel, AccelChoice};
-use tellus_launcher::backend::builtin::Builtin;
-use tellus_launcher::backend::{Backend, BackendChoice, EventSink, VmmEvent};
+use tellus_launcher::accel::AccelChoice;
+use tellus_launcher::backend::{BackendChoice, VmmEvent};
 use tellus_launcher::run::{self, VmSpec};
 use tellus_launcher::vm_config::MemorySize;
 use tellus_measured_boot::records::{launch_records, FileMeasurement, LaunchRecord, RecordKind};
@@ -40,18 +40,8 @@ const MICROVM_ONESHOT: &str =
     "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tellus.oneshot";
 const OVMF_ONESHOT: &str = "console=ttyS0 reboot=t panic=-1 tellus.oneshot";
 
-fn json_of(cmd: &mut Command) -> Value {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn sha256_hex(path: &Path) -> String {
     FileMeasurement::of("file", path).unwrap().sha256.to_hex()
-}
-
-fn record<'a>(p: &'a Value, kind: &str) -> &'a Value {
-    p["records"].as_array().unwrap().iter().find(|r| r["kind"] == kind).unwrap()
 }
 
 /// The images of one launch, as copies the test may replace.
@@ -205,20 +195,7 @@ fn qemu_boots_the_measured_images(machine: &[&str], firmware: &Path, cmdline: &s
     let recs = shown["records"].as_array().unwrap();
     let want = before["records"].as_array().unwrap();
     assert_eq!(recs.len(), want.len() + 2, "launch records + stop + console-log");
-    for (n, w) in want.iter().enumerate() {
-        assert_eq!(recs[n]["content"]["kind"], w["kind"], "record {n}");
-        for bank in ["sha256", "sha384"] {
-            let got = recs[n]["digests"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|d| d["hashAlg"] == bank)
-                .unwrap()["digest"]
-                .as_str()
-                .unwrap();
-            assert_eq!(w["record_digests"][bank], format!("{bank}:{got}"), "record {n} {bank}");
-        }
-    }
+    assert_log_starts_as_predicted(recs, want);
     for (kind, sha) in &originals {
         let r = recs.iter().find(|r| r["content"]["kind"] == *kind).unwrap();
         assert_eq!(r["content"]["sha256"], format!("sha256:{sha}"), "{kind}");
@@ -259,36 +236,15 @@ const PAYLOAD_CMDLINE: &str = "console=ttyS0 tellus.test=sealed";
 /// Starts the built-in VMM on `vm`, waits for `until` on the console, stops
 /// the VM and returns the whole console output.
 fn builtin_console(vm: &tellus_launcher::vm_config::VmConfig, until: &str) -> String {
-    let (tx, events) = mpsc::channel();
-    let sink: EventSink = Arc::new(move |e| {
-        let _ = tx.send(e);
-    });
-    let started = Builtin.start(vm, Accel::Kvm, sink).expect("builtin start");
+    // The agent channel is not used; its ends stay open in `started`.
+    let started = start_builtin(vm);
     let mut power = started.power;
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let o = out.clone();
-    let mut con = started.streams.console;
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = con.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            o.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    // The agent channel is not used; keep its ends open until the end.
-    let _chan = (started.streams.channel_rx, started.streams.channel_tx);
     power.start_vcpus().unwrap();
-    let text = || String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !text().contains(until) {
-        assert!(Instant::now() < deadline, "no {until:?} on the console: {:?}", text());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let what = format!("no {until:?} on the console");
+    wait_console(&started.console, Duration::from_secs(30), &what, |text| text.contains(until));
     power.terminate().unwrap();
     loop {
-        match events.recv_timeout(Duration::from_secs(30)).expect("VMM event") {
+        match started.vmm.recv_timeout(Duration::from_secs(30)).expect("VMM event") {
             VmmEvent::Exited { status, .. } => {
                 assert!(status.success(), "{status}");
                 break;
@@ -296,8 +252,28 @@ fn builtin_console(vm: &tellus_launcher::vm_config::VmConfig, until: &str) -> St
             _ => continue,
         }
     }
-    reader.join().unwrap();
-    text()
+    started.console_done.join().unwrap();
+    console_text(&started.console)
+}
+
+/// What `tellus run --name vm-sealed` asks for on the built-in VMM with
+/// these images and command line (64 MiB, 1 vCPU).
+fn sealed_spec(kernel: &Path, initrd: &Path, cmdline: &str) -> VmSpec {
+    VmSpec {
+        name: "vm-sealed".into(),
+        kernel: kernel.into(),
+        initrd: initrd.into(),
+        cmdline: Some(cmdline.into()),
+        cmdline_extra: None,
+        memory: MemorySize(64),
+        vcpus: 1,
+        firmware: None,
+        backend: BackendChoice::Builtin,
+        accel: AccelChoice::Auto,
+        qemu: None,
+        machine: None,
+        sev_snp: None,
+    }
 }
 
 fn file_record(recs: &[LaunchRecord], kind: RecordKind) -> FileMeasurement {
@@ -310,21 +286,7 @@ fn builtin_boots_the_measured_payload_after_it_is_replaced_on_disk() {
         return;
     }
     let g = Guest::payload(Variant::Spin);
-    let spec = VmSpec {
-        name: "vm-sealed".into(),
-        kernel: g.kernel.clone(),
-        initrd: g.initrd.clone(),
-        cmdline: Some(PAYLOAD_CMDLINE.into()),
-        cmdline_extra: None,
-        memory: MemorySize(64),
-        vcpus: 1,
-        firmware: None,
-        backend: BackendChoice::Builtin,
-        accel: AccelChoice::Auto,
-        qemu: None,
-        machine: None,
-        sev_snp: None,
-    };
+    let spec = sealed_spec(&g.kernel, &g.initrd, PAYLOAD_CMDLINE);
     let original = (std::fs::read(&g.kernel).unwrap(), std::fs::read(&g.initrd).unwrap());
     // As `tellus run`: resolve (stages the images), then the records.
     let resolved = run::resolve(&spec).unwrap();
@@ -375,19 +337,12 @@ fn records_hash_the_sealed_copies_not_the_files_on_disk() {
     let qboot = Path::new("/usr/share/qemu/bios-microvm.bin").canonicalize().unwrap();
     let img = Images::new(&qboot);
     let spec = VmSpec {
-        name: "vm-sealed".into(),
-        kernel: img.kernel.clone(),
-        initrd: img.initrd.clone(),
-        cmdline: Some(MICROVM_ONESHOT.into()),
-        cmdline_extra: None,
         memory: MemorySize(256),
-        vcpus: 1,
         firmware: Some(img.firmware.clone()),
         backend: BackendChoice::Qemu,
         accel: AccelChoice::Tcg,
         qemu: Some(which("qemu-system-x86_64")),
-        machine: None,
-        sev_snp: None,
+        ..sealed_spec(&img.kernel, &img.initrd, MICROVM_ONESHOT)
     };
     let resolved = run::resolve(&spec).unwrap();
     // Every file changes after staging, before the records are built.

@@ -3,16 +3,10 @@
 //! from ../shared/test-vectors.
 
 mod common;
-use common::{guest, tellus};
+use common::{guest, json_of, tellus};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
-
-fn json_of(cmd: &mut Command) -> Value {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn sha256sum(path: &std::path::Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();

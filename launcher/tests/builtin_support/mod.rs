@@ -11,7 +11,17 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tellus_launcher::accel::Accel;
+use tellus_launcher::backend::builtin::Builtin;
+use tellus_launcher::backend::{Backend, EventSink, PowerControl, VmmEvent};
+use tellus_launcher::channel::{self, ChannelEvent};
+use tellus_launcher::vm_config::VmConfig;
 use tellus_protocol::{encode_frame, GuestMessage, HostMessage};
 
 pub const COM1: u16 = 0x3f8;
@@ -578,6 +588,89 @@ impl Guest {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+}
+
+/// An event sink, as `tellus run` gives a backend, that forwards every VMM
+/// event to the returned receiver.
+pub fn event_channel() -> (EventSink, Receiver<VmmEvent>) {
+    let (tx, rx) = mpsc::channel();
+    let sink: EventSink = Arc::new(move |e| {
+        let _ = tx.send(e);
+    });
+    (sink, rx)
+}
+
+/// The events of the agent channel read from `rx` through the launcher's own
+/// frame decoder (`channel::spawn_reader`, as `tellus run` reads it).
+pub fn channel_events(rx: Box<dyn Read + Send>) -> Receiver<ChannelEvent> {
+    let (tx, events) = mpsc::channel();
+    channel::spawn_reader(rx, move |e| {
+        let _ = tx.send(e);
+    });
+    events
+}
+
+/// A VM the built-in VMM started on KVM through the `Backend` interface: its
+/// VMM events arrive on `vmm` and a thread copies its console into
+/// `console`. Its vCPUs are not started yet.
+pub struct BuiltinVm {
+    pub power: Box<dyn PowerControl>,
+    pub vmm: Receiver<VmmEvent>,
+    /// Everything the console stream delivered so far.
+    pub console: Arc<Mutex<Vec<u8>>>,
+    /// The console copier; it ends with the console stream.
+    pub console_done: JoinHandle<()>,
+    /// Agent channel, guest → host.
+    pub channel_rx: Box<dyn Read + Send>,
+    /// Agent channel, host → guest.
+    pub channel_tx: Box<dyn Write + Send>,
+}
+
+/// Starts `cfg` on the built-in VMM (KVM) with its console copied; panics
+/// if it does not start.
+pub fn start_builtin(cfg: &VmConfig) -> BuiltinVm {
+    let (sink, vmm) = event_channel();
+    let started = Builtin.start(cfg, Accel::Kvm, sink).expect("builtin start");
+    let console = Arc::new(Mutex::new(Vec::new()));
+    let copy = console.clone();
+    let mut con = started.streams.console;
+    let console_done = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = con.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            copy.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    BuiltinVm {
+        power: started.power,
+        vmm,
+        console,
+        console_done,
+        channel_rx: started.streams.channel_rx,
+        channel_tx: started.streams.channel_tx,
+    }
+}
+
+/// The console output in `console` so far (lossy UTF-8).
+pub fn console_text(console: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&console.lock().unwrap()).into_owned()
+}
+
+/// Waits up to `timeout` until `done` holds for the console output so far;
+/// panics with `what` and the output otherwise.
+pub fn wait_console(
+    console: &Mutex<Vec<u8>>,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) {
+    let end = Instant::now() + timeout;
+    while !done(&console_text(console)) {
+        assert!(Instant::now() < end, "{what}: {:?}", console_text(console));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

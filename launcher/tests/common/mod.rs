@@ -20,6 +20,38 @@ pub fn tellus() -> Command {
 
 pub use swtpm_tests::Swtpm;
 
+/// Lines a reader thread collects.
+pub type SharedLines = Arc<Mutex<Vec<String>>>;
+/// Bytes a reader thread collects.
+pub type SharedBytes = Arc<Mutex<Vec<u8>>>;
+
+/// Collects what `child` (spawned with piped stdout and stderr) writes, each
+/// stream by its own thread: stderr line by line, echoed as `[tellus] …`,
+/// and stdout as bytes.
+pub fn collect_output(child: &mut Child) -> (SharedLines, SharedBytes) {
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let (e, o) = (stderr.clone(), stdout.clone());
+    let err = child.stderr.take().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("[tellus] {line}");
+            e.lock().unwrap().push(line);
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            o.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    (stderr, stdout)
+}
+
 /// A running `tellus run` whose stderr is collected line by line.
 pub struct Launch {
     pub child: Child,
@@ -65,26 +97,7 @@ impl Launch {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn tellus");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let (e, o) = (stderr.clone(), stdout.clone());
-        let err = child.stderr.take().unwrap();
-        let mut out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[tellus] {line}");
-                e.lock().unwrap().push(line);
-            }
-        });
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                o.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let (stderr, stdout) = collect_output(&mut child);
         Launch { child, stderr, stdout, dir, tpm: None }
     }
 
@@ -179,6 +192,39 @@ pub fn write_exe(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Runs `cmd`, which must succeed, and parses its stdout as JSON.
+pub fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The record of `kind` in `tellus measure predict --output json`'s output.
+pub fn record<'a>(p: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    p["records"].as_array().unwrap().iter().find(|r| r["kind"] == kind).unwrap()
+}
+
+/// Checks that a host log (the `records` of `tellus eventlog show --output
+/// json`) begins with the predicted launch records (the `records` of `tellus
+/// measure predict --output json --banks sha256,sha384`), in order, each of
+/// the predicted kind with the predicted digest in both banks.
+pub fn assert_log_starts_as_predicted(log: &[serde_json::Value], predicted: &[serde_json::Value]) {
+    for (n, want) in predicted.iter().enumerate() {
+        assert_eq!(log[n]["content"]["kind"], want["kind"], "record {n}");
+        for bank in ["sha256", "sha384"] {
+            let got = log[n]["digests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["hashAlg"] == bank)
+                .unwrap()["digest"]
+                .as_str()
+                .unwrap();
+            assert_eq!(want["record_digests"][bank], format!("{bank}:{got}"), "record {n} {bank}");
+        }
+    }
 }
 
 /// Lossy UTF-8 of a command's output.

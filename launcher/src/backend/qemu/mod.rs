@@ -183,6 +183,37 @@ struct Sockets {
     qmp: PathBuf,
 }
 
+/// No default devices and no configuration files: QEMU's guest has exactly
+/// what the command line names (the first arguments of every guest).
+const CLOSED: [&str; 2] = ["-nodefaults", "-no-user-config"];
+
+/// `-machine` of a q35 guest: the chipset with `props` (SEV-SNP's
+/// confidential-guest support), without the VMware backdoor port (on by
+/// default under TCG).
+fn q35_machine(props: &[&str]) -> String {
+    [&["q35"], props, &["vmport=off"]].concat().join(",")
+}
+
+/// What QEMU loads, the same on every machine: `-bios`, `-kernel`,
+/// `-initrd` and `-append`, each where given, in this order.
+fn image_args(
+    bios: Option<&Path>,
+    kernel: Option<&Path>,
+    initrd: Option<&Path>,
+    append: Option<&str>,
+) -> Vec<OsString> {
+    let files = [("-bios", bios), ("-kernel", kernel), ("-initrd", initrd)];
+    let mut a: Vec<OsString> = files
+        .into_iter()
+        .filter_map(|(flag, p)| Some([flag.into(), p?.into()]))
+        .flatten()
+        .collect();
+    if let Some(c) = append {
+        a.extend(["-append".into(), c.into()]);
+    }
+    a
+}
+
 /// QEMU's command line for `cfg` on `machine` (SNP when `snp` is given).
 /// Kept free of I/O so tests can inspect it.
 fn args(
@@ -195,8 +226,7 @@ fn args(
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |x: &str| a.push(x.into());
     if snp.is_none() {
-        push("-nodefaults");
-        push("-no-user-config");
+        CLOSED.into_iter().for_each(&mut push);
     }
     push("-S");
     push("-display");
@@ -253,10 +283,9 @@ fn args(
         return Ok(a);
     }
     push("-machine");
-    push(match machine {
-        Machine::Microvm => MACHINE,
-        // No VMware backdoor port (on by default under TCG).
-        Machine::Q35 => "q35,vmport=off",
+    push(&match machine {
+        Machine::Microvm => MACHINE.into(),
+        Machine::Q35 => q35_machine(&[]),
     });
     push("-accel");
     push(match accel {
@@ -273,12 +302,9 @@ fn args(
     push(&format!("{}M", cfg.memory.0));
     push("-smp");
     push(&cfg.vcpus.to_string());
-    if let Some(fw) = &cfg.firmware {
-        a.extend(["-bios".into(), fw.fd_path().into_os_string()]);
-    }
-    a.extend(["-kernel".into(), cfg.kernel.fd_path().into_os_string()]);
-    a.extend(["-initrd".into(), cfg.initrd.fd_path().into_os_string()]);
-    a.extend(["-append".into(), cfg.cmdline.clone().into()]);
+    let bios = cfg.firmware.as_ref().map(|fw| fw.fd_path());
+    let (kernel, initrd) = (cfg.kernel.fd_path(), cfg.initrd.fd_path());
+    a.extend(image_args(bios.as_deref(), Some(&kernel), Some(&initrd), Some(&cfg.cmdline)));
     Ok(a)
 }
 

@@ -15,6 +15,7 @@
 //! `-bios`, not pflash: SNP guests' firmware is measured as one ROM image,
 //! the image tellus predicts the launch digest from.
 
+use super::{image_args, q35_machine, CLOSED};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -219,35 +220,18 @@ pub fn snp_qemu_args(c: &SnpQemuConfig) -> Result<Vec<OsString>, SnpQemuError> {
         guest.push_str(",host-data=");
         guest.push_str(&base64::engine::general_purpose::STANDARD.encode(h));
     }
-    let mut a: Vec<OsString> = [
-        "-nodefaults",
-        "-no-user-config",
-        "-accel",
-        "kvm",
-        "-machine",
-        "q35,confidential-guest-support=sev0,memory-backend=ram0,vmport=off",
-        "-object",
-    ]
-    .into_iter()
-    .map(arg)
-    .collect();
-    a.push(arg(format!(
-        "memory-backend-memfd,id=ram0,size={}M,share=true,prealloc=false",
-        c.memory_mib
-    )));
-    a.push(arg("-object"));
-    a.push(arg(guest));
+    // The q35 machine and images of every QEMU guest; SNP adds its guest
+    // object and guest memory in a memfd (the backend of its private memory).
+    let machine = q35_machine(&["confidential-guest-support=sev0", "memory-backend=ram0"]);
+    let memory =
+        format!("memory-backend-memfd,id=ram0,size={}M,share=true,prealloc=false", c.memory_mib);
+    let mut a: Vec<OsString> = CLOSED.into_iter().map(arg).collect();
+    a.extend([arg("-accel"), arg("kvm"), arg("-machine"), arg(machine)]);
+    a.extend([arg("-object"), arg(memory), arg("-object"), arg(guest)]);
     a.extend([arg("-cpu"), arg(&c.cpu_model), arg("-smp"), arg(c.vcpus.to_string())]);
-    a.extend([arg("-m"), arg(format!("{}M", c.memory_mib)), arg("-bios"), arg(&c.ovmf)]);
-    if let Some(k) = &c.kernel {
-        a.extend([arg("-kernel"), arg(k)]);
-    }
-    if let Some(i) = &c.initrd {
-        a.extend([arg("-initrd"), arg(i)]);
-    }
-    if let Some(s) = &c.append {
-        a.extend([arg("-append"), arg(s)]);
-    }
+    a.extend([arg("-m"), arg(format!("{}M", c.memory_mib))]);
+    let (kernel, initrd, append) = (c.kernel.as_deref(), c.initrd.as_deref(), c.append.as_deref());
+    a.extend(image_args(Some(&c.ovmf), kernel, initrd, append));
     Ok(a)
 }
 
