@@ -10,7 +10,6 @@
 //! Exit status: 0 verified, 1 not verified (the reason is printed), 2 the
 //! inputs could not be read or the arguments are wrong.
 
-
 /// mimalloc instead of glibc's malloc: the service allocates and frees many
 /// small JSON, policy and HTTP objects per request on several threads, where
 /// glibc's arena bookkeeping (`malloc_consolidate`, `_int_free`) cost ~17 %
