@@ -17,8 +17,10 @@
 //! (JWE to its tee key). Every pool entry is attested exactly once (a
 //! repeated attest would return the cached token), so the run stops at
 //! `--seconds` or when the pool is used up, whichever comes first. Quoting
-//! runs at ~20 quotes/s on the swtpm, so the default pool of 2,000 takes
-//! ~100 s of (untimed) setup and the timed phase lasts ~2 s.
+//! with the AK context-saved once runs at ~120–160 quotes/s on the swtpm, so
+//! a pool of 6,000 takes ~45 s of (untimed) setup for a timed phase of a
+//! few seconds. Besides the rate, the bench prints the process's CPU time
+//! per round trip, which does not depend on what else the machine runs.
 
 /// The verifier binary's allocator (src/main.rs), so the in-process server
 /// runs as `tellus-verifier serve` does.
