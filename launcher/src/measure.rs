@@ -13,14 +13,15 @@ use tellus_measured_boot::records::{
 };
 use tellus_measured_boot::snp::{self, cmdline_hash, SevHashes, SevMode, SnpMeasureError, VmmType};
 
+/// The running launcher's executable, as the kernel holds it.
+const SELF_EXE: &str = "/proc/self/exe";
+
 /// Default PCR for launch records (UAPI registry: OS range, not resettable).
 pub const DEFAULT_PCR: u32 = 13;
 
 /// Errors of building the measurement inputs.
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
-    #[error("cannot locate the running launcher executable: {0}")]
-    SelfExe(std::io::Error),
     #[error(
         "--pcr {0}: launch records go into PCR 8..=15 (never 16 or 23: resettable from locality 0)"
     )]
@@ -53,7 +54,10 @@ pub fn launch_inputs(
     pcr: u32,
     launch_ticket: Option<String>,
 ) -> Result<LaunchInputs, MeasureError> {
-    let launcher: PathBuf = std::env::current_exe().map_err(MeasureError::SelfExe)?;
+    // The image this process runs, through the magic link: it opens the
+    // executed inode itself, so a binary replaced (or deleted) on disk after
+    // the launcher started cannot stand in for the one that runs.
+    let launcher = PathBuf::from(SELF_EXE);
     let snp = match r.qemu.as_ref().and_then(|q| q.snp()) {
         Some(s) => Some(snp_launch(s, r)?),
         None => None,
