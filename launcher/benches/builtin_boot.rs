@@ -17,15 +17,19 @@
 //! `/dev/kvm` is not hardware-backed the command refuses (exit status 2) and
 //! measures nothing.
 
+#[path = "../tests/builtin_support/mod.rs"]
+mod builtin_support;
+mod support;
+
+use builtin_support::{channel_events, event_channel};
 use std::io::Read;
-use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::arg;
 use tellus_launcher::accel::{self, Accel, KvmKind};
 use tellus_launcher::backend::builtin::Builtin;
 use tellus_launcher::backend::qemu::Qemu;
-use tellus_launcher::backend::{Backend, EventSink, VmmEvent};
-use tellus_launcher::channel::{self, ChannelEvent};
+use tellus_launcher::backend::{Backend, VmmEvent};
+use tellus_launcher::channel::ChannelEvent;
 use tellus_launcher::vm_config::{MemorySize, VmConfig};
 use tellus_protocol::GuestMessage;
 
@@ -34,22 +38,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// PCI and no i8042 either; the VM is stopped from the host after `Ready`).
 const CMDLINE: &str = tellus_launcher::backend::builtin::DEFAULT_CMDLINE;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .map(|w| w[1].parse().unwrap_or_else(|_| panic!("{name} takes a number")))
-        .unwrap_or(default)
-}
-
 use swtpm_tests::test_guest as guest;
 
 /// One boot to `Ready`; returns the time it took.
 fn boot(backend: &dyn Backend, cfg: &VmConfig) -> Duration {
-    let (tx, vmm) = mpsc::channel();
-    let sink: EventSink = Arc::new(move |e| {
-        let _ = tx.send(e);
-    });
+    let (sink, vmm) = event_channel();
     let t0 = Instant::now();
     let started = backend.start(cfg, Accel::Kvm, sink).expect("VMM start");
     // Drain the console so the guest never waits on it.
@@ -58,10 +51,7 @@ fn boot(backend: &dyn Backend, cfg: &VmConfig) -> Duration {
         let mut buf = [0u8; 8192];
         while matches!(con.read(&mut buf), Ok(n) if n > 0) {}
     });
-    let (ctx, chan) = mpsc::channel();
-    channel::spawn_reader(started.streams.channel_rx, move |e| {
-        let _ = ctx.send(e);
-    });
+    let chan = channel_events(started.streams.channel_rx);
     let mut power = started.power;
     power.start_vcpus().expect("start vCPUs");
     let took = loop {

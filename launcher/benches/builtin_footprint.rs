@@ -20,24 +20,18 @@
 
 #[path = "../tests/builtin_support/mod.rs"]
 mod builtin_support;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::arg;
 use swtpm_tests::Swtpm;
 use tellus_launcher::accel::{self, KvmKind};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .map(|w| w[1].parse().unwrap_or_else(|_| panic!("{name} takes a number")))
-        .unwrap_or(default)
-}
 
 use swtpm_tests::test_guest as linux_guest;
 

@@ -50,10 +50,14 @@ struct Run {
     console: Arc<Mutex<Vec<u8>>>,
     channel_bytes: Arc<Mutex<Vec<u8>>>,
     console_done: std::thread::JoinHandle<()>,
+    /// The payload's files, kept while it runs.
+    _guest: Guest,
 }
 
-fn start(g: &Guest, vcpus: u32) -> Run {
-    let vm = start_builtin(&config(g, vcpus, 64));
+/// Starts payload `v` on `vcpus` (64 MiB) and its vCPUs.
+fn start(v: Variant, vcpus: u32) -> Run {
+    let guest = Guest::payload(v);
+    let vm = start_builtin(&config(&guest, vcpus, 64));
     let channel_bytes = Arc::new(Mutex::new(Vec::new()));
     let chan = channel_events(Box::new(Tee { inner: vm.channel_rx, copy: channel_bytes.clone() }));
     let mut power = vm.power;
@@ -66,6 +70,7 @@ fn start(g: &Guest, vcpus: u32) -> Run {
         console: vm.console,
         channel_bytes,
         console_done: vm.console_done,
+        _guest: guest,
     }
 }
 
@@ -121,8 +126,7 @@ fn expect_ready(e: ChannelEvent) {
 /// Runs a variant that sends `Ready` and answers `PowerOff`; `before` are
 /// the bytes it sends ahead of its `Ready` frame.
 fn ready_and_poweroff(v: Variant, vcpus: u32, before: &[u8]) -> Vec<ChannelEvent> {
-    let g = Guest::payload(v);
-    let mut run = start(&g, vcpus);
+    let mut run = start(v, vcpus);
     let mut dropped = Vec::new();
     loop {
         match run.next_channel() {
@@ -142,6 +146,17 @@ fn ready_and_poweroff(v: Variant, vcpus: u32, before: &[u8]) -> Vec<ChannelEvent
     sent.extend_from_slice(&ready_frame());
     assert_eq!(*channel_bytes.lock().unwrap(), sent, "bytes on COM2");
     dropped
+}
+
+/// How many bytes the `Dropped` events among `events` dropped in all.
+fn dropped_bytes(events: &[ChannelEvent]) -> usize {
+    events
+        .iter()
+        .map(|e| match e {
+            ChannelEvent::Dropped { bytes, .. } => *bytes,
+            _ => 0,
+        })
+        .sum()
 }
 
 #[test]
@@ -170,13 +185,7 @@ fn payload_garbage_is_dropped_then_ready() {
         return;
     }
     let dropped = ready_and_poweroff(Variant::Garbage, 1, GARBAGE);
-    let total: usize = dropped
-        .iter()
-        .map(|e| match e {
-            ChannelEvent::Dropped { bytes, .. } => *bytes,
-            _ => 0,
-        })
-        .sum();
+    let total = dropped_bytes(&dropped);
     assert_eq!(total, GARBAGE.len(), "{dropped:?}");
 }
 
@@ -186,13 +195,7 @@ fn payload_oversized_frame_is_dropped_then_ready() {
         return;
     }
     let dropped = ready_and_poweroff(Variant::Oversized, 1, OVERSIZED);
-    let total: usize = dropped
-        .iter()
-        .map(|e| match e {
-            ChannelEvent::Dropped { bytes, .. } => *bytes,
-            _ => 0,
-        })
-        .sum();
+    let total = dropped_bytes(&dropped);
     assert_eq!(total, OVERSIZED.len(), "{dropped:?}");
     assert!(
         matches!(
@@ -203,6 +206,13 @@ fn payload_oversized_frame_is_dropped_then_ready() {
     );
 }
 
+/// Runs payload `v` on `vcpus` until it ends itself (a triple fault, the
+/// one power-off a built-in VM offers) and checks its whole console output.
+fn runs_to_its_end(v: Variant, vcpus: u32) {
+    let console = start(v, vcpus).expect_end("guest-triple-fault");
+    assert_eq!(console, expected_console(v, CMDLINE, vcpus));
+}
+
 #[test]
 fn payload_starts_an_application_processor() {
     if !kvm_usable_or_skip("payload_starts_an_application_processor") {
@@ -210,10 +220,7 @@ fn payload_starts_an_application_processor() {
     }
     // INIT + SIPI through KVM's in-kernel LAPIC (x2APIC ICR): vCPU 1's
     // thread, in KVM_RUN since start, runs real-mode code at 0x8000.
-    let g = Guest::payload(Variant::Smp);
-    let run = start(&g, 2);
-    let console = run.expect_end("guest-triple-fault");
-    assert_eq!(console, expected_console(Variant::Smp, CMDLINE, 2));
+    runs_to_its_end(Variant::Smp, 2);
 }
 
 #[test]
@@ -223,10 +230,7 @@ fn payload_takes_a_uart_interrupt() {
     }
     // COM1's irqfd (GSI 4) through KVM's in-kernel PIC to LINT0 of the boot
     // vCPU, as Linux's 8250 driver relies on.
-    let g = Guest::payload(Variant::Interrupt);
-    let run = start(&g, 1);
-    let console = run.expect_end("guest-triple-fault");
-    assert_eq!(console, expected_console(Variant::Interrupt, CMDLINE, 1));
+    runs_to_its_end(Variant::Interrupt, 1);
 }
 
 #[test]
@@ -234,10 +238,7 @@ fn payload_triple_fault_ends_the_vm() {
     if !kvm_usable_or_skip("payload_triple_fault_ends_the_vm") {
         return;
     }
-    let g = Guest::payload(Variant::TripleFault);
-    let run = start(&g, 1);
-    let console = run.expect_end("guest-triple-fault");
-    assert_eq!(console, expected_console(Variant::TripleFault, CMDLINE, 1));
+    runs_to_its_end(Variant::TripleFault, 1);
 }
 
 #[test]
@@ -245,8 +246,7 @@ fn payload_spinning_forever_is_stopped_by_terminate() {
     if !kvm_usable_or_skip("payload_spinning_forever_is_stopped_by_terminate") {
         return;
     }
-    let g = Guest::payload(Variant::Spin);
-    let mut run = start(&g, 2);
+    let mut run = start(Variant::Spin, 2);
     run.wait_console("spinning\n");
     // No ACPI: the power button is refused with its reason, the VM runs on.
     let e = run.power.power_button().unwrap_err();
@@ -264,8 +264,7 @@ fn payload_on_eight_vcpus_is_stopped_by_terminate() {
     }
     // The most vCPUs the MP table is built for; seven of them wait for
     // INIT/SIPI inside KVM_RUN and must be kicked out.
-    let g = Guest::payload(Variant::Spin);
-    let mut run = start(&g, 8);
+    let mut run = start(Variant::Spin, 8);
     run.wait_console("spinning\n");
     run.power.terminate().unwrap();
     assert_eq!(run.expect_end("host-terminate"), expected_console(Variant::Spin, CMDLINE, 8));
@@ -384,8 +383,7 @@ impl Run {
 /// `PowerOff` ends it. The console is `first_boot` then one whole boot, and
 /// COM2 carried the two `Ready` frames.
 fn reset_then_poweroff(vcpus: u32, reason: &str, reset: impl FnOnce(&mut Run), first_boot: &str) {
-    let g = Guest::payload(Variant::Ready);
-    let mut run = start(&g, vcpus);
+    let mut run = start(Variant::Ready, vcpus);
     expect_ready(run.next_channel());
     reset(&mut run);
     run.expect_reset(reason);
@@ -427,8 +425,7 @@ fn payload_spinning_on_four_vcpus_is_reset_twice_then_terminated() {
     }
     // Three vCPUs sit in KVM_RUN waiting for INIT/SIPI, one spins: a reset
     // must stop them all each time.
-    let g = Guest::payload(Variant::Spin);
-    let mut run = start(&g, 4);
+    let mut run = start(Variant::Spin, 4);
     let once = expected_console(Variant::Spin, CMDLINE, 4);
     for boot in 1..=3 {
         let what = format!("boot {boot}");

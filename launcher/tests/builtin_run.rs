@@ -7,7 +7,7 @@ mod builtin_support;
 mod common;
 
 use builtin_support::*;
-use common::{collect_output, tellus};
+use common::{collect_output, tellus, tellus_run};
 use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -30,14 +30,9 @@ struct Run {
 impl Run {
     fn start(guest: Guest, extra: &[&str]) -> Run {
         let tpm = Swtpm::start();
-        let mut cmd = tellus();
-        cmd.arg("run")
-            .arg("--backend")
+        let mut cmd = tellus_run(&tpm.addr(), &tpm.dir.path().join("state"));
+        cmd.arg("--backend")
             .arg("builtin")
-            .arg("--tpm")
-            .arg(tpm.addr())
-            .arg("--state-dir")
-            .arg(tpm.dir.path().join("state"))
             .arg("--kernel")
             .arg(&guest.kernel)
             .arg("--initrd")
@@ -57,15 +52,11 @@ impl Run {
         Run { child, stderr, stdout, guest, tpm }
     }
 
-    /// Starts `tellus run` on payload `v` and waits for the agent's `Ready`;
-    /// `None` (after the SKIP line for `test`) where `/dev/kvm` cannot be used.
-    fn ready(test: &str, v: Variant, extra: &[&str]) -> Option<Run> {
-        if !kvm_usable_or_skip(test) {
-            return None;
-        }
+    /// Starts `tellus run` on payload `v` and waits for the agent's `Ready`.
+    fn ready(v: Variant, extra: &[&str]) -> Run {
         let mut r = Run::start(Guest::payload(v), extra);
         r.wait_stderr("guest agent ready after");
-        Some(r)
+        r
     }
 
     fn stderr(&self) -> String {
@@ -122,13 +113,10 @@ impl Drop for Run {
 
 #[test]
 fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
-    let Some(mut r) = Run::ready(
-        "run_builtin_payload_ready_then_ctl_shutdown_through_the_agent",
-        Variant::Ready,
-        &[],
-    ) else {
+    if !kvm_usable_or_skip("run_builtin_payload_ready_then_ctl_shutdown_through_the_agent") {
         return;
-    };
+    }
+    let mut r = Run::ready(Variant::Ready, &[]);
     assert!(r
         .stderr()
         .contains(&format!("tellus-agent {AGENT_VERSION}, guest uptime {UPTIME_MS} ms")));
@@ -153,11 +141,10 @@ fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
 
 #[test]
 fn run_builtin_payload_garbage_is_reported_then_ready() {
-    let Some(mut r) =
-        Run::ready("run_builtin_payload_garbage_is_reported_then_ready", Variant::Garbage, &[])
-    else {
+    if !kvm_usable_or_skip("run_builtin_payload_garbage_is_reported_then_ready") {
         return;
-    };
+    }
+    let mut r = Run::ready(Variant::Garbage, &[]);
     r.ctl("shutdown");
     assert_eq!(r.wait_exit().code(), Some(0), "{}", r.stderr());
     assert_eq!(r.console_log(), expected_console(Variant::Garbage, CMDLINE, 1));
@@ -269,11 +256,10 @@ fn run_builtin_measures_what_predict_says() {
 
 #[test]
 fn run_builtin_ctl_reboot_through_the_agent_boots_again() {
-    let Some(mut r) =
-        Run::ready("run_builtin_ctl_reboot_through_the_agent_boots_again", Variant::Ready, &[])
-    else {
+    if !kvm_usable_or_skip("run_builtin_ctl_reboot_through_the_agent_boots_again") {
         return;
-    };
+    }
+    let mut r = Run::ready(Variant::Ready, &[]);
     let resp = r.ctl("reboot");
     assert_eq!(resp["message"], "reboot requested from the guest agent");
     // The payload resets through the i8042; the VMM boots a fresh VM on the
@@ -377,8 +363,7 @@ fn run_builtin_drops_privileges_then_reboots_and_records_the_stop() {
         return;
     }
     let setpcap = me.cap_eff & (1 << 8) != 0;
-    let mut r = Run::start(Guest::payload(Variant::Ready), &["--vcpus", "2"]);
-    r.wait_stderr("guest agent ready after");
+    let mut r = Run::ready(Variant::Ready, &["--vcpus", "2"]);
     assert!(r.stderr().contains("dropped privileges: capabilities"), "{}", r.stderr());
     assert!(!r.stderr().contains("keep capabilities"), "{}", r.stderr());
     let pid = r.child.id();

@@ -24,7 +24,9 @@ use builtin_support::{
     console_text, expected_console, kvm_usable_or_skip, start_builtin, wait_console, Guest,
     Variant, INITRD_MAGIC,
 };
-use common::{assert_log_starts_as_predicted, guest, json_of, record, tellus, Swtpm, BOOT_TIMEOUT};
+use common::{
+    assert_log_starts_as_predicted, guest, json_of, record, tellus, tellus_run, Swtpm, BOOT_TIMEOUT,
+};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -120,12 +122,7 @@ fn which(name: &str) -> PathBuf {
 /// `tellus run` to its end; returns (success, stderr, console log).
 fn run_to_end(tpm: &Swtpm, img: &Images, extra: &[&str]) -> (bool, String, String) {
     let console = img.dir.path().join("console.log");
-    let mut child = tellus()
-        .arg("run")
-        .arg("--tpm")
-        .arg(tpm.addr())
-        .arg("--state-dir")
-        .arg(tpm.dir.path().join("state"))
+    let mut child = tellus_run(&tpm.addr(), &tpm.dir.path().join("state"))
         .arg("--console-log")
         .arg(&console)
         .args(img.flags(extra))

@@ -3,7 +3,7 @@
 //! from ../shared/test-vectors.
 
 mod common;
-use common::{guest, json_of, tellus};
+use common::{guest, json_of, kinds, predict_guest, tellus};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,19 +19,13 @@ fn predict_names_every_record_and_replays_to_its_pcr() {
     let dir = tempfile::tempdir().unwrap();
     let cel_path = dir.path().join("predicted.cel");
     let p = json_of(
-        tellus()
-            .args(["measure", "predict", "--vcpus", "2", "--name", "vm-a", "--output", "json"])
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd)
+        predict_guest()
+            .args(["--vcpus", "2", "--name", "vm-a", "--output", "json"])
             .arg("--cel-log")
             .arg(&cel_path),
     );
-    let kinds: Vec<&str> =
-        p["records"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(
-        kinds,
+        kinds(&p),
         [
             "launcher-binary",
             "vmm-binary",
@@ -78,39 +72,17 @@ fn predict_names_every_record_and_replays_to_its_pcr() {
     assert_eq!(shown["digest_mismatches"].as_array().unwrap().len(), 0);
 
     // A different vCPU count changes the launch config and the PCR; the kernel record does not change.
-    let q = json_of(
-        tellus()
-            .args(["measure", "predict", "--vcpus", "1", "--name", "vm-a", "--output", "json"])
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd),
-    );
+    let q = json_of(predict_guest().args(["--vcpus", "1", "--name", "vm-a", "--output", "json"]));
     assert_ne!(q["pcr_values"]["sha256"], p["pcr_values"]["sha256"]);
     assert_eq!(q["records"][6]["record_digests"], p["records"][6]["record_digests"]);
 }
 
 #[test]
 fn predict_rejects_bad_input_like_run() {
-    let (kernel, initrd) = guest();
-    let out = tellus()
-        .args(["measure", "predict", "--vcpus", "0"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .output()
-        .unwrap();
+    let out = predict_guest().args(["--vcpus", "0"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--vcpus 0"));
-    let out = tellus()
-        .args(["measure", "predict", "--pcr", "16"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .output()
-        .unwrap();
+    let out = predict_guest().args(["--pcr", "16"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("never 16 or 23"));
 }

@@ -4,7 +4,7 @@
 //! stops the launch before the guest runs.
 
 mod common;
-use common::{guest, tellus, Launch, Swtpm};
+use common::{predict_json, tellus, Launch, Swtpm};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,21 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 const ONESHOT: &str = "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tellus.oneshot";
-
-fn predict(extra: &[&str]) -> Value {
-    let (kernel, initrd) = guest();
-    let out = tellus()
-        .args(["measure", "predict", "--output", "json", "--banks", "sha256,sha384"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn replay(log: &Path) -> Value {
     let out = tellus().args(["eventlog", "show", "--output", "json"]).arg(log).output().unwrap();
@@ -49,7 +34,7 @@ fn pcr13_during_a_run_equals_predict_and_the_log_replays_to_it() {
     let mut l = Launch::start(&extra);
     l.wait_for("guest agent ready after", 1);
     let tpm = l.tpm.take().unwrap();
-    let predicted = predict(&extra);
+    let predicted = predict_json(&extra);
     for bank in ["sha256", "sha384"] {
         let in_tpm = tpm.pcrread(bank, 13);
         assert_eq!(predicted["pcr_values"][bank], format!("{bank}:{in_tpm}"), "{bank}");

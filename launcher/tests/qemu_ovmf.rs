@@ -8,30 +8,15 @@
 //! record).
 
 mod common;
-use common::{assert_log_starts_as_predicted, guest, json_of, record, tellus, Launch, Swtpm};
-use serde_json::Value;
+use common::{
+    assert_log_starts_as_predicted, guest, json_of, kinds, predict_guest, predict_json, record,
+    tellus, tellus_run, Launch, Swtpm,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 const OVMF_ONESHOT: &str = "console=ttyS0 reboot=t panic=-1 tellus.oneshot";
-
-fn predict(extra: &[&str]) -> Value {
-    let (kernel, initrd) = guest();
-    json_of(
-        tellus()
-            .args(["measure", "predict", "--output", "json", "--banks", "sha256,sha384"])
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd)
-            .args(extra),
-    )
-}
-
-fn kinds(p: &Value) -> Vec<String> {
-    p["records"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap().into()).collect()
-}
 
 fn sha256sum(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
@@ -83,7 +68,7 @@ fn ovmf_q35_boots_to_ready_measured_as_predicted_and_powers_off() {
     // PCR 13 after the launch records (before the stop records) is the
     // predicted value.
     let tpm = l.tpm.take().unwrap();
-    let p = predict(&extra);
+    let p = predict_json(&extra);
     assert_eq!(
         kinds(&p),
         [
@@ -123,7 +108,7 @@ fn ovmf_q35_pcr13_while_running_equals_predict() {
     let mut l = Launch::start(&extra);
     l.wait_for("guest agent ready after", 1);
     let tpm = l.tpm.take().unwrap();
-    let p = predict(&extra);
+    let p = predict_json(&extra);
     for bank in ["sha256", "sha384"] {
         let in_tpm = tpm.pcrread(bank, 13);
         assert_eq!(p["pcr_values"][bank], format!("{bank}:{in_tpm}"), "{bank}");
@@ -149,13 +134,8 @@ fn sev_snp_is_refused_here_before_anything_is_measured() {
     let (kernel, initrd) = guest();
     let tpm = Swtpm::start();
     let state = tpm.dir.path().join("tellus-state");
-    let out = tellus()
-        .arg("run")
+    let out = tellus_run(&tpm.addr(), &state)
         .arg("--sev-snp")
-        .arg("--tpm")
-        .arg(tpm.addr())
-        .arg("--state-dir")
-        .arg(&state)
         .arg("--kernel")
         .arg(&kernel)
         .arg("--initrd")
@@ -182,29 +162,14 @@ fn sev_snp_is_refused_here_before_anything_is_measured() {
         (&["--sev-snp", "--snp-policy", "0x70000"][..], "migration agent"),
         (&["--sev-snp", "--snp-vcpu-type", "EPYC,+x"][..], "not a plain model name"),
     ] {
-        let out = tellus()
-            .args(["measure", "predict"])
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = predict_guest().args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
     // Debian's OVMF (OvmfPkgX64) has no kernel-hashes table: an SNP
     // prediction with it says which build to use.
-    let out = tellus()
-        .args(["measure", "predict", "--sev-snp"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .output()
-        .unwrap();
+    let out = predict_guest().arg("--sev-snp").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("SNP_KERNEL_HASHES") && err.contains("AmdSev"), "{err}");
@@ -215,7 +180,7 @@ fn sev_snp_prediction_records_measurement_and_host_data() {
     let (kernel, initrd) = guest();
     let fw = amdsev_fixture();
     let cmdline = "console=ttyS0 reboot=t panic=-1 tellus.channel=ttyS1";
-    let p = predict(&[
+    let p = predict_json(&[
         "--sev-snp",
         "--firmware",
         fw.to_str().unwrap(),
@@ -274,7 +239,7 @@ fn sev_snp_prediction_records_measurement_and_host_data() {
     let lc_digest = lc["record_digests"]["sha256"].as_str().unwrap();
     assert_eq!(format!("sha256:{}", snp["host_data"].as_str().unwrap()), lc_digest);
     // A different vCPU count changes MEASUREMENT and HOST_DATA.
-    let q = predict(&["--sev-snp", "--firmware", fw.to_str().unwrap(), "--cmdline", cmdline]);
+    let q = predict_json(&["--sev-snp", "--firmware", fw.to_str().unwrap(), "--cmdline", cmdline]);
     assert_ne!(record(&q, "snp-launch-digest")["measurement"], snp["measurement"]);
     assert_ne!(record(&q, "snp-launch-digest")["host_data"], snp["host_data"]);
 }

@@ -20,6 +20,14 @@ pub fn tellus() -> Command {
 
 pub use swtpm_tests::Swtpm;
 
+/// `tellus run` measuring into the TPM at `tpm` (`host:port`) with its state
+/// (host log, keys) in `state_dir`; the caller adds the rest.
+pub fn tellus_run(tpm: &str, state_dir: &Path) -> Command {
+    let mut cmd = tellus();
+    cmd.arg("run").arg("--tpm").arg(tpm).arg("--state-dir").arg(state_dir);
+    cmd
+}
+
 /// Lines a reader thread collects.
 pub type SharedLines = Arc<Mutex<Vec<String>>>;
 /// Bytes a reader thread collects.
@@ -78,13 +86,8 @@ impl Launch {
     pub fn start_with(tpm: &str, state_dir: &Path, extra: &[&str]) -> Launch {
         let (kernel, initrd) = guest();
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = tellus();
-        cmd.arg("run")
-            .arg("--tpm")
-            .arg(tpm)
-            .arg("--state-dir")
-            .arg(state_dir)
-            .arg("--kernel")
+        let mut cmd = tellus_run(tpm, state_dir);
+        cmd.arg("--kernel")
             .arg(&kernel)
             .arg("--initrd")
             .arg(&initrd)
@@ -192,6 +195,25 @@ pub fn write_exe(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `tellus measure predict` for the test guest's kernel and initrd; the
+/// caller adds the other flags.
+pub fn predict_guest() -> Command {
+    let (kernel, initrd) = guest();
+    let mut cmd = tellus();
+    cmd.args(["measure", "predict"]).arg("--kernel").arg(kernel).arg("--initrd").arg(initrd);
+    cmd
+}
+
+/// The prediction, in JSON with both banks, for the test guest and `extra`.
+pub fn predict_json(extra: &[&str]) -> serde_json::Value {
+    json_of(predict_guest().args(["--output", "json", "--banks", "sha256,sha384"]).args(extra))
+}
+
+/// The kinds of a prediction's records, in order.
+pub fn kinds(p: &serde_json::Value) -> Vec<String> {
+    p["records"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap().into()).collect()
 }
 
 /// Runs `cmd`, which must succeed, and parses its stdout as JSON.

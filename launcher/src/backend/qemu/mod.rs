@@ -457,14 +457,33 @@ impl Backend for Qemu {
     }
 }
 
+/// Starts `f` on a thread named `name` that first drops its own
+/// capabilities (capabilities are per thread, and these threads only read,
+/// wait for or remove what is already theirs), and returns once it has: the
+/// launcher's check after its own drop never finds it still holding any.
+fn spawn_unprivileged<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let (dropped, wait) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = crate::privileges::drop_thread();
+            let _ = dropped.send(());
+            f()
+        })
+        .expect("failed to spawn thread");
+    let _ = wait.recv();
+    handle
+}
+
 /// Relays QEMU's stderr to ours (prefixed) and keeps its tail for errors.
 fn spawn_stderr_relay(
     stderr: std::process::ChildStderr,
     tail: Arc<Mutex<String>>,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        // Capabilities are per thread: this one never needs any.
-        let _ = crate::privileges::drop_thread();
+    spawn_unprivileged("qemu-stderr", move || {
         let mut r = BufReader::new(stderr);
         let mut line = Vec::new();
         while matches!(r.by_ref().take(8192).read_until(b'\n', &mut line), Ok(n) if n > 0) {
@@ -492,10 +511,7 @@ fn spawn_waiter(
     events: EventSink,
     dir: tempfile::TempDir,
 ) {
-    std::thread::spawn(move || {
-        // Waiting for its own child and removing its own directory need no
-        // capability.
-        let _ = crate::privileges::drop_thread();
+    spawn_unprivileged("qemu-waiter", move || {
         let status = child.wait();
         if let Some(t) = stderr_thread {
             let _ = t.join();
