@@ -93,6 +93,13 @@ pub struct Config {
     /// the default policy denies a host that lacks one). Per-resource
     /// requirements are set at upload (`?required-labels=`).
     pub required_host_labels: std::collections::BTreeMap<String, String>,
+    /// How far, in milliseconds, a quote's TPM clock may lag behind the
+    /// newest clock recorded for its host (same resetCount and
+    /// restartCount) before the attestation is refused as a TPM rollback
+    /// (see `service::tpm_verifier`). Concurrent attestations of one host
+    /// may arrive out of order by a few milliseconds; a TPM state restored
+    /// from a snapshot older than this is caught. 0: no lag at all.
+    pub tpm_clock_tolerance_ms: u64,
 }
 
 impl Default for Config {
@@ -113,6 +120,7 @@ impl Default for Config {
             allow_uncertified_ek: false,
             enrollment_ttl_secs: 300,
             required_host_labels: std::collections::BTreeMap::new(),
+            tpm_clock_tolerance_ms: crate::service::tpm_verifier::DEFAULT_CLOCK_TOLERANCE_MS,
         }
     }
 }
@@ -226,6 +234,12 @@ allow_uncertified_ek = {uncertified}
 # How long an enrollment challenge stays valid, in seconds.
 enrollment_ttl_secs = {enroll_ttl}
 
+# TPM rollback check: how far (milliseconds) a quote's TPM clock may lag behind the
+# newest clock of an accepted attestation of the same host (same resetCount and
+# restartCount) before it is refused as a TPM restored from a snapshot. Covers
+# concurrent attestations of one host arriving out of order; 0 allows no lag.
+tpm_clock_tolerance_ms = {clock_tolerance}
+
 # Host labels every attesting host must carry (data.requirements.host_labels of the
 # attestation policy). Per-resource requirements are set at upload (?required-labels=).
 # A table must come last in TOML, so this is the last field.
@@ -242,6 +256,7 @@ enrollment_ttl_secs = {enroll_ttl}
             sample = d.enable_sample_tee,
             uncertified = d.allow_uncertified_ek,
             enroll_ttl = d.enrollment_ttl_secs,
+            clock_tolerance = d.tpm_clock_tolerance_ms,
         )
     }
 }
@@ -279,5 +294,8 @@ mod tests {
         let k = "00".repeat(32);
         let c = Config::from_toml(&format!("resource_key = \"{k}\""), Path::new("c")).unwrap();
         assert_eq!(c.resource_key.as_deref(), Some(k.as_str()));
+        assert_eq!(Config::default().tpm_clock_tolerance_ms, 60_000);
+        let c = Config::from_toml("tpm_clock_tolerance_ms = 1000", Path::new("c")).unwrap();
+        assert_eq!(c.tpm_clock_tolerance_ms, 1000);
     }
 }

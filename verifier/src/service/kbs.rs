@@ -358,8 +358,10 @@ fn attest_session(
         .map_err(|e| ApiError::internal("storing tee-pubkey", e))?;
     let expires_at_ms = now.saturating_add(state.settings.session_lifetime.as_millis() as i64);
     let attested = Attested { token: token.clone(), tee_pubkey };
-    // The session is marked attested and the entry logged in one store
-    // transaction: no token is usable without its entry.
+    // The session is marked attested, the TPM's clock state recorded as its
+    // host's newest (tee `tpm`; a max-update, see `tpm_verifier`) and the
+    // entry logged in one store transaction: no token is usable without its
+    // entry, and no accepted quote goes unrecorded for the rollback check.
     let prefix = &session.id[..8];
     let detail = json!({
         "session": prefix,
@@ -373,7 +375,7 @@ fn attest_session(
     let subject = format!("session:{prefix}");
     let found = state
         .store
-        .mark_attested(&session.id, &attested, expires_at_ms, &|prev| {
+        .mark_attested(&session.id, &attested, expires_at_ms, claims.tpm_clock.as_ref(), &|prev| {
             AuditEntry::next(
                 prev,
                 now_ms(),

@@ -130,7 +130,10 @@ impl AppState {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(&config.state_dir)?);
         let signer = token::TokenSigner::from_pkcs8(&secrets.signing_key_pkcs8)?;
         let mut verifiers: BTreeMap<String, Arc<dyn EvidenceVerifier>> = BTreeMap::new();
-        verifiers.insert("tpm".into(), Arc::new(TpmVerifier::new(store.clone())));
+        verifiers.insert(
+            "tpm".into(),
+            Arc::new(TpmVerifier::new(store.clone(), config.tpm_clock_tolerance_ms)),
+        );
         verifiers.insert(
             "snp".into(),
             Arc::new(snp_verifier::SnpVerifier::for_state_dir(&config.state_dir)),

@@ -96,6 +96,7 @@ impl EvidenceVerifier for SnpVerifier {
             trust_vector,
             annotated_evidence: json!({ "snp": v.claims() }),
             policy_id: POLICY_ID.into(),
+            tpm_clock: None,
         })
     }
 }

@@ -457,6 +457,7 @@ mod tests {
             trust_vector: Map::new(),
             annotated_evidence: json!({"tpm": {"host": {"id": "h1"}, "clock": 7}}),
             policy_id: "tellus:tpm".into(),
+            tpm_clock: None,
         }
     }
 

@@ -10,9 +10,10 @@
 //!    the CEL launch log replays to the quoted PCRs;
 //! 3. the host is in the store, activated, and enrolled with this very AK
 //!    (TPM Name when both sides have the public area, else the key);
-//! 4. the quote covers the launch PCR (sha256:13) and the log vouches for it,
+//! 4. the TPM did not go back in time (rollback, below);
+//! 5. the quote covers the launch PCR (sha256:13) and the log vouches for it,
 //!    and every tellus record of the log decodes;
-//! 5. the launch the evidence speaks for: the group of tellus records that
+//! 6. the launch the evidence speaks for: the group of tellus records that
 //!    starts at `launch_recnum` (a `launcher-binary` record; absent: the last
 //!    group in the log) and runs to the next `launcher-binary` record. It
 //!    must contain its `separator` (the launch completed) and no record kind
@@ -30,13 +31,55 @@
 //! default policy checks it all the same, so a replaced policy cannot
 //! weaken this by omission.
 //!
+//! # Rollback (monotonicity)
+//!
+//! A TPM's `TPMS_CLOCK_INFO` only moves forward: `resetCount` grows with
+//! every TPM Reset (power cycle: TPM2_Startup(CLEAR) without a saved state),
+//! `restartCount` with every Restart or Resume since the last reset (and
+//! drops to 0 at a reset), and `clock` counts the milliseconds the TPM was
+//! powered. A TPM whose state (swtpm/vTPM state files, a VM snapshot) was
+//! put back to an earlier copy reports older values than it already has,
+//! and can replay whatever that copy holds. The quote's clock info is
+//! signed by the AK with the rest of the quote, so the host cannot alter
+//! it. The rules, per host ([`clock_rollback`]):
+//!
+//! - the store keeps the newest [`TpmClock`] (in (`reset_count`,
+//!   `restart_count`, `clock`) order) of the host's accepted attestations;
+//!   none is kept before the first one, which is therefore accepted;
+//! - the quote is refused ([`VerifyError::TpmRollback`], 403
+//!   `AttestationError`, audited like every refusal, before any policy)
+//!   when, compared with it: `reset_count` is lower; or `reset_count` is
+//!   equal and `restart_count` lower; or both are equal and `clock` is lower
+//!   than the stored clock minus `tpm_clock_tolerance_ms` (configuration;
+//!   default [`DEFAULT_CLOCK_TOLERANCE_MS`]): concurrent attestations of
+//!   one host may reach the store out of order by a few milliseconds, a
+//!   snapshot older than the tolerance is caught;
+//! - a higher `reset_count` is accepted whatever `clock` does: a TPM saves
+//!   its clock to NV only now and then, so after a power loss it resumes
+//!   from the last saved value (`safe` = no), below what it reported
+//!   before; the same holds for a higher `restart_count` at an equal
+//!   `reset_count`;
+//! - an accepted attestation's clock state goes into the store by a
+//!   monotone max-update (never lowered) in the same transaction as the
+//!   attestation and its audit entry ([`Store::mark_attested`]): both or
+//!   neither, and no commit of its own. A refused one records nothing.
+//!
+//! What it cannot see: a copy restored and then reset more often than the
+//! live TPM was since the copy was taken starts out "newer" (its
+//! `resetCount` passes the stored one), and a rollback between two
+//! attestations of the host is caught only at the next one. The stored
+//! state outlives a re-enrollment of the same EK on purpose (a restored
+//! copy has that EK and could enroll itself again); a TPM2_Clear resets
+//! both counts, so a cleared TPM is refused too, until the host is enrolled
+//! with a fresh TPM state (new EK, new host id).
+//!
 //! Trust vector: only `instance-identity` = 2 (affirming), because the quote
 //! was made by the AK of an enrolled host whose AK credential activation was
 //! proven. The attestation policy replaces it with its own (executables,
 //! configuration, hardware as it checked them).
 
 use super::verifier::{Claims, EvidenceVerifier, VerifyError};
-use crate::storage::Store;
+use crate::storage::{HostClock, Store, TpmClock};
 use crate::tpm::attest::AkPublic;
 use crate::tpm::evidence::{verify_evidence, EvidenceError, TpmEvidence};
 use crate::tpm::verify::{EventLog, VerifiedQuote, VerifyError as QuoteError};
@@ -68,15 +111,69 @@ const MAX_PCR_VALUES: usize = 96;
 /// Longest `launch_ticket`.
 const MAX_TICKET_LEN: usize = 4 << 10;
 
+/// Default of the configuration's `tpm_clock_tolerance_ms`: how far a
+/// quote's clock may lag behind the newest one of its host.
+pub const DEFAULT_CLOCK_TOLERANCE_MS: u64 = 60_000;
+
 /// Verifies tee `tpm` evidence against the hosts in `store`.
 #[derive(Clone)]
 pub struct TpmVerifier {
     store: Arc<dyn Store>,
+    clock_tolerance_ms: u64,
 }
 
 impl TpmVerifier {
-    pub fn new(store: Arc<dyn Store>) -> TpmVerifier {
-        TpmVerifier { store }
+    /// A verifier on `store` whose rollback check lets a quote's clock lag
+    /// up to `clock_tolerance_ms` behind the newest one of its host.
+    pub fn new(store: Arc<dyn Store>, clock_tolerance_ms: u64) -> TpmVerifier {
+        TpmVerifier { store, clock_tolerance_ms }
+    }
+}
+
+/// How a quote's clock state went back compared with the newest one
+/// recorded for its host; [`clock_rollback`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClockRollback {
+    #[error("its resetCount is {quoted}, {} below the {newest} of an earlier accepted quote (a power cycle only ever raises it)", .newest - .quoted)]
+    ResetCount { newest: u32, quoted: u32 },
+    #[error("at resetCount {reset_count}, its restartCount is {quoted}, {} below the {newest} of an earlier accepted quote", .newest - .quoted)]
+    RestartCount { reset_count: u32, newest: u32, quoted: u32 },
+    #[error("at resetCount {reset_count} and restartCount {restart_count}, its clock is {quoted} ms, {} ms behind the {newest} ms of an earlier accepted quote (more than the tolerance of {tolerance_ms} ms)", .newest - .quoted)]
+    Clock { reset_count: u32, restart_count: u32, newest: u64, quoted: u64, tolerance_ms: u64 },
+}
+
+/// Whether `quoted` went back in time compared with `newest`, the newest
+/// clock state recorded for the host (the rules are in the module doc):
+/// `Some` says what went back and by how much.
+pub fn clock_rollback(
+    newest: &TpmClock,
+    quoted: &TpmClock,
+    tolerance_ms: u64,
+) -> Option<ClockRollback> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    match (
+        quoted.reset_count.cmp(&newest.reset_count),
+        quoted.restart_count.cmp(&newest.restart_count),
+    ) {
+        (Less, _) => Some(ClockRollback::ResetCount {
+            newest: newest.reset_count,
+            quoted: quoted.reset_count,
+        }),
+        (Equal, Less) => Some(ClockRollback::RestartCount {
+            reset_count: quoted.reset_count,
+            newest: newest.restart_count,
+            quoted: quoted.restart_count,
+        }),
+        (Equal, Equal) if quoted.clock.saturating_add(tolerance_ms) < newest.clock => {
+            Some(ClockRollback::Clock {
+                reset_count: quoted.reset_count,
+                restart_count: quoted.restart_count,
+                newest: newest.clock,
+                quoted: quoted.clock,
+                tolerance_ms,
+            })
+        }
+        (Equal, Equal | Greater) | (Greater, _) => None,
     }
 }
 
@@ -214,6 +311,33 @@ impl EvidenceVerifier for TpmVerifier {
             return Err(VerifyError::HostNotActivated { host_id });
         }
 
+        // Rollback. Check-then-record is not atomic: two concurrent
+        // attestations of one host may both pass this check before either
+        // records its clock. That is harmless: the record is a monotone
+        // max-update, so the store ends at the newer of the two whatever
+        // order they commit in, and each was checked against a state no
+        // newer than the one it leaves behind.
+        let c = &quote.clock_info;
+        let quoted_clock =
+            TpmClock { reset_count: c.reset_count, restart_count: c.restart_count, clock: c.clock };
+        if i64::try_from(quoted_clock.clock).is_err() {
+            return Err(VerifyError::QuoteInvalid {
+                detail: format!(
+                    "the quote's TPM clock {} ms is beyond 2^63 ms (292 million years); no working TPM reports it",
+                    quoted_clock.clock
+                ),
+            });
+        }
+        let newest = self.store.tpm_clock(&host.host_id).map_err(|e| VerifyError::Store {
+            host_id: host_id.clone(),
+            detail: format!("reading its newest TPM clock: {e}"),
+        })?;
+        if let Some(went_back) =
+            newest.and_then(|n| clock_rollback(&n, &quoted_clock, self.clock_tolerance_ms))
+        {
+            return Err(VerifyError::TpmRollback { host_id, went_back: went_back.to_string() });
+        }
+
         let launch_quoted = quote
             .selection
             .iter()
@@ -238,6 +362,7 @@ impl EvidenceVerifier for TpmVerifier {
             trust_vector,
             annotated_evidence: json!({ "tpm": serde_json::to_value(&claims).unwrap_or(Value::Null) }),
             policy_id: POLICY_ID.into(),
+            tpm_clock: Some(HostClock { host_id: host.host_id, clock: quoted_clock }),
         })
     }
 }
@@ -377,7 +502,89 @@ mod tests {
     fn verifier() -> (tempfile::TempDir, TpmVerifier) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_in(dir.path()).unwrap();
-        (dir, TpmVerifier::new(Arc::new(store)))
+        (dir, TpmVerifier::new(Arc::new(store), DEFAULT_CLOCK_TOLERANCE_MS))
+    }
+
+    fn clock(reset_count: u32, restart_count: u32, clock: u64) -> TpmClock {
+        TpmClock { reset_count, restart_count, clock }
+    }
+
+    #[test]
+    fn clock_rollback_rules() {
+        let newest = clock(5, 2, 100_000);
+        let tol = 1_000;
+        // (case, quoted, what went back (None: accepted), fragment of the message)
+        let cases: [(&str, TpmClock, Option<ClockRollback>, &str); 13] = [
+            ("equal", newest, None, ""),
+            ("clock ahead", clock(5, 2, 100_001), None, ""),
+            ("clock behind, within the tolerance", clock(5, 2, 99_500), None, ""),
+            ("clock behind by exactly the tolerance", clock(5, 2, 99_000), None, ""),
+            (
+                "clock behind by the tolerance + 1 ms",
+                clock(5, 2, 98_999),
+                Some(ClockRollback::Clock {
+                    reset_count: 5,
+                    restart_count: 2,
+                    newest: 100_000,
+                    quoted: 98_999,
+                    tolerance_ms: tol,
+                }),
+                "its clock is 98999 ms, 1001 ms behind the 100000 ms",
+            ),
+            (
+                "clock at zero",
+                clock(5, 2, 0),
+                Some(ClockRollback::Clock {
+                    reset_count: 5,
+                    restart_count: 2,
+                    newest: 100_000,
+                    quoted: 0,
+                    tolerance_ms: tol,
+                }),
+                "100000 ms behind",
+            ),
+            ("reset increase, clock lower (power loss)", clock(6, 0, 10), None, ""),
+            ("reset increase, clock far lower", clock(6, 9, 0), None, ""),
+            ("restart increase, clock lower", clock(5, 3, 5), None, ""),
+            (
+                "restart decrease, clock higher",
+                clock(5, 1, 200_000),
+                Some(ClockRollback::RestartCount { reset_count: 5, newest: 2, quoted: 1 }),
+                "at resetCount 5, its restartCount is 1, 1 below the 2",
+            ),
+            (
+                "reset decrease, restart and clock higher",
+                clock(4, 9, u64::MAX),
+                Some(ClockRollback::ResetCount { newest: 5, quoted: 4 }),
+                "its resetCount is 4, 1 below the 5",
+            ),
+            (
+                "reset far lower",
+                clock(0, 0, 0),
+                Some(ClockRollback::ResetCount { newest: 5, quoted: 0 }),
+                "5 below",
+            ),
+            ("clock near u64::MAX does not overflow", clock(5, 2, u64::MAX), None, ""),
+        ];
+        for (case, quoted, want, text) in cases {
+            let got = clock_rollback(&newest, &quoted, tol);
+            assert_eq!(got, want, "{case}");
+            if let Some(r) = got {
+                assert!(r.to_string().contains(text), "{case}: {r}");
+            }
+        }
+        // Tolerance 0: any lag is a rollback; a huge tolerance saturates.
+        assert!(clock_rollback(&newest, &clock(5, 2, 99_999), 0).is_some());
+        assert!(clock_rollback(&newest, &clock(5, 2, 0), u64::MAX).is_none());
+        // The error names the host, the change and the remedy.
+        let e = VerifyError::TpmRollback {
+            host_id: "ab12".into(),
+            went_back: clock_rollback(&newest, &clock(4, 0, 0), tol).unwrap().to_string(),
+        };
+        let m = e.to_string();
+        for want in ["host ab12 went back in time", "resetCount is 4", "snapshot", "enroll"] {
+            assert!(m.contains(want), "{want:?} in {m}");
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub struct Claims {
     pub annotated_evidence: Value,
     /// `ear.appraisal-policy-id`.
     pub policy_id: String,
+    /// The attested TPM's clock state, to be recorded as its host's newest
+    /// in the same store transaction as the attestation (the rollback
+    /// check of [`super::tpm_verifier`]); `None` for tees without one.
+    pub tpm_clock: Option<crate::storage::HostClock>,
 }
 
 /// Why evidence was refused.
@@ -53,6 +57,8 @@ pub enum VerifyError {
     NotALaunch { recnum: u64, kind: &'static str },
     #[error("the launch starting at record {recnum} is incomplete: the log has no separator for it (its vCPUs never started, or the log was cut); attest a launch that has started")]
     LaunchIncomplete { recnum: u64 },
+    #[error("TPM rollback: the TPM of host {host_id} went back in time: {went_back}. Its state was restored from a snapshot or copied (swtpm/vTPM state), so its PCRs and keys may be replayed; nothing is released to it. Re-provision the host's TPM (fresh state, new EK) and enroll the host again")]
+    TpmRollback { host_id: String, went_back: String },
     #[error("cannot read the enrollment of host {host_id}: {detail}")]
     Store { host_id: String, detail: String },
     #[error("the SEV-SNP evidence does not verify: {0}")]
@@ -110,6 +116,7 @@ impl EvidenceVerifier for SampleVerifier {
             trust_vector: Map::new(),
             annotated_evidence: json!({"sample": {"svn": svn, "report_data": report_data}}),
             policy_id: "tellus:sample-binding-only".into(),
+            tpm_clock: None,
         })
     }
 }

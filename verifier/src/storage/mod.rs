@@ -154,6 +154,35 @@ pub struct HostRecord {
     pub activated: bool,
 }
 
+/// A TPM's clock state as a quote's `TPMS_CLOCK_INFO` reports it: resets
+/// (power cycles, TPM2_Startup(CLEAR)) since the TPM was cleared, restarts
+/// and resumes since the last reset, and milliseconds of powered time.
+///
+/// The derived order is the order in time of one TPM that is never rolled
+/// back: lexicographic over (`reset_count`, `restart_count`, `clock`), the
+/// field order. [`Store::mark_attested`] keeps the greatest one seen per
+/// host; the TPM verifier refuses a quote that is older (see
+/// `crate::service::tpm_verifier`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TpmClock {
+    /// `resetCount`.
+    pub reset_count: u32,
+    /// `restartCount`.
+    pub restart_count: u32,
+    /// `clock`, in milliseconds.
+    pub clock: u64,
+}
+
+/// The clock state of an accepted quote, to be recorded as its host's
+/// newest (if it is newer than the one stored).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostClock {
+    /// The enrolled host whose TPM made the quote.
+    pub host_id: String,
+    /// The quote's clock state.
+    pub clock: TpmClock,
+}
+
 /// The verifier's state.
 ///
 /// Implementations must be safe to call from several threads at once;
@@ -164,17 +193,25 @@ pub trait Store: Send + Sync {
     fn create_session(&self, session: &Session) -> Result<(), StoreError>;
     /// The session with this id, expired or not (callers check expiry).
     fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError>;
-    /// Records a successful attestation, moves the expiry and appends the
-    /// attestation's audit entry (`audit`, as for [`Store::append_audit`])
-    /// in one transaction: both or neither. Returns false, and stores
+    /// Records a successful attestation, moves the expiry, records
+    /// `host_clock` (the attested TPM's clock state, if the tee has one) as
+    /// its host's newest and appends the attestation's audit entry (`audit`,
+    /// as for [`Store::append_audit`]) in one transaction: all or nothing.
+    /// The clock is a monotone max-update: the stored one is replaced only
+    /// by a greater [`TpmClock`], never lowered. Returns false, and stores
     /// nothing, when no such session exists.
     fn mark_attested(
         &self,
         id: &str,
         attested: &Attested,
         expires_at_ms: i64,
+        host_clock: Option<&HostClock>,
         audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
     ) -> Result<bool, StoreError>;
+    /// The newest TPM clock state recorded for `host_id` by
+    /// [`Store::mark_attested`]; `None` before its first accepted
+    /// attestation.
+    fn tpm_clock(&self, host_id: &str) -> Result<Option<TpmClock>, StoreError>;
     /// Deletes sessions whose expiry is before `now_ms`; returns how many.
     fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError>;
 

@@ -13,8 +13,8 @@
 //! database newer than this code.
 
 use super::{
-    Attested, AuditEntry, AuditError, HostRecord, PendingEnrollment, PolicyKind, ResourcePath,
-    SealedResource, Session, Store, StoreError, StoredResource,
+    Attested, AuditEntry, AuditError, HostClock, HostRecord, PendingEnrollment, PolicyKind,
+    ResourcePath, SealedResource, Session, Store, StoreError, StoredResource, TpmClock,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
@@ -109,6 +109,20 @@ pub const MIGRATIONS: &[&str] = &[
         kid       TEXT NOT NULL,
         hash      TEXT NOT NULL,
         signature TEXT NOT NULL
+    );
+    "#,
+    // 5: per host, the newest TPM clock state (resetCount, restartCount,
+    // clock) of an accepted attestation, the reference of the TPM verifier's
+    // rollback check. No foreign key to `hosts`: the row outlives a
+    // re-enrollment of the same EK on purpose (a TPM state restored from a
+    // snapshot carries the same EK and could enroll itself again).
+    r#"
+    CREATE TABLE tpm_clocks (
+        host_id       TEXT PRIMARY KEY,
+        reset_count   INTEGER NOT NULL,
+        restart_count INTEGER NOT NULL,
+        clock         INTEGER NOT NULL,
+        updated_ms    INTEGER NOT NULL
     );
     "#,
 ];
@@ -335,6 +349,7 @@ impl Store for SqliteStore {
         id: &str,
         a: &Attested,
         expires_at_ms: i64,
+        host_clock: Option<&HostClock>,
         audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
     ) -> Result<bool, StoreError> {
         let mut conn = self.lock()?;
@@ -348,9 +363,53 @@ impl Store for SqliteStore {
             // Dropping `tx` rolls back: nothing is stored.
             return Ok(false);
         }
+        if let Some(h) = host_clock {
+            // Max-update: the row changes only when the new state is greater
+            // in (reset_count, restart_count, clock) order, the order of
+            // `TpmClock` (row-value comparison, in PostgreSQL too).
+            // `clock` is a u64 of milliseconds; one beyond i64::MAX (292
+            // million years) is refused by the verifier before it gets here,
+            // and saturating keeps the order should one arrive all the same.
+            let c = &h.clock;
+            tx.prepare_cached(
+                "INSERT INTO tpm_clocks (host_id, reset_count, restart_count, clock, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (host_id) DO UPDATE SET reset_count = excluded.reset_count,
+                    restart_count = excluded.restart_count, clock = excluded.clock,
+                    updated_ms = excluded.updated_ms
+                 WHERE (excluded.reset_count, excluded.restart_count, excluded.clock)
+                     > (tpm_clocks.reset_count, tpm_clocks.restart_count, tpm_clocks.clock)",
+            )?
+            .execute(params![
+                h.host_id,
+                c.reset_count,
+                c.restart_count,
+                i64::try_from(c.clock).unwrap_or(i64::MAX),
+                now_ms()
+            ])?;
+        }
         append_audit_in(&tx, audit)?;
         tx.commit()?;
         Ok(true)
+    }
+
+    fn tpm_clock(&self, host_id: &str) -> Result<Option<TpmClock>, StoreError> {
+        let conn = self.lock()?;
+        let row = conn
+            .prepare_cached(
+                "SELECT reset_count, restart_count, clock FROM tpm_clocks WHERE host_id = ?1",
+            )?
+            .query_row(params![host_id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .optional()?;
+        let Some((reset, restart, clock)) = row else { return Ok(None) };
+        let bad = |e: std::num::TryFromIntError| corrupt("TPM clock", format!("{host_id}: {e}"));
+        Ok(Some(TpmClock {
+            reset_count: u32::try_from(reset).map_err(bad)?,
+            restart_count: u32::try_from(restart).map_err(bad)?,
+            clock: u64::try_from(clock).map_err(bad)?,
+        }))
     }
 
     fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError> {
@@ -665,9 +724,11 @@ mod tests {
             .unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
-        // Migrations 3 and 4 applied; the audit log starts empty.
-        assert_eq!(s.schema_version().unwrap(), 4);
+        // Migrations 3 to 5 applied; the audit log and the TPM clocks
+        // start empty.
+        assert_eq!(s.schema_version().unwrap(), 5);
         assert!(s.audit_entries(0, 10).unwrap().is_empty());
+        assert_eq!(s.tpm_clock("any-host").unwrap(), None);
         let history = s.policy_history(PolicyKind::Resource, "default").unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].1, "package policy");
@@ -737,9 +798,9 @@ mod tests {
                 signature: "s".into(),
             })
         };
-        assert!(s.mark_attested(&sess.id, &a, 2000, &entry).unwrap());
+        assert!(s.mark_attested(&sess.id, &a, 2000, None, &entry).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
-        assert!(!s.mark_attested("nope", &a, 2000, &entry).unwrap());
+        assert!(!s.mark_attested("nope", &a, 2000, None, &entry).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
         let got = s.get_session(&sess.id).unwrap().unwrap();
         assert_eq!(got.attested, Some(a));
@@ -789,6 +850,136 @@ mod tests {
         assert!(s.set_host_labels("host-1", &labels).unwrap());
         assert!(!s.set_host_labels("host-2", &labels).unwrap());
         assert_eq!(s.get_host("host-1").unwrap().unwrap().labels, labels);
+    }
+
+    /// An `attestation.verified` entry after `prev` (unsigned: the store
+    /// does not check entries).
+    fn test_entry(prev: Option<&AuditEntry>) -> Result<AuditEntry, AuditError> {
+        Ok(AuditEntry {
+            seq: prev.map_or(0, |p| p.seq + 1),
+            time_ms: 1,
+            event: "attestation.verified".into(),
+            subject: "session:aaaaaaaa".into(),
+            detail: serde_json::json!({}),
+            prev_hash: String::new(),
+            kid: "k".into(),
+            hash: "h".into(),
+            signature: "s".into(),
+        })
+    }
+
+    #[test]
+    fn tpm_clocks_only_grow_and_are_stored_with_the_attestation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let sess = Session {
+            id: "b".repeat(32),
+            nonce: "n".into(),
+            tee: "tpm".into(),
+            expires_at_ms: 1000,
+            attested: None,
+        };
+        s.create_session(&sess).unwrap();
+        let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
+        let clock =
+            |reset_count, restart_count, clock| TpmClock { reset_count, restart_count, clock };
+        let at = |host: &str, c: TpmClock| HostClock { host_id: host.into(), clock: c };
+        assert_eq!(s.tpm_clock("h1").unwrap(), None);
+
+        // (case, recorded for h1, stored for h1 afterwards)
+        let cases = [
+            ("first", clock(2, 0, 5000), clock(2, 0, 5000)),
+            ("clock lower: kept", clock(2, 0, 4000), clock(2, 0, 5000)),
+            ("equal: kept", clock(2, 0, 5000), clock(2, 0, 5000)),
+            ("clock higher", clock(2, 0, 7000), clock(2, 0, 7000)),
+            ("restart higher, clock lower", clock(2, 1, 100), clock(2, 1, 100)),
+            ("restart lower, clock higher: kept", clock(2, 0, 9999), clock(2, 1, 100)),
+            ("reset higher, clock lower", clock(3, 0, 10), clock(3, 0, 10)),
+            ("reset lower: kept", clock(1, 5, u64::MAX), clock(3, 0, 10)),
+        ];
+        for (case, recorded, stored) in cases {
+            assert!(s
+                .mark_attested(&sess.id, &a, 2000, Some(&at("h1", recorded)), &test_entry)
+                .unwrap());
+            assert_eq!(s.tpm_clock("h1").unwrap(), Some(stored), "{case}");
+        }
+        // Hosts are independent; no clock (tee `sample`) changes none.
+        assert!(s
+            .mark_attested(&sess.id, &a, 2000, Some(&at("h2", clock(0, 0, 1))), &test_entry)
+            .unwrap());
+        assert!(s.mark_attested(&sess.id, &a, 2000, None, &test_entry).unwrap());
+        assert_eq!(s.tpm_clock("h2").unwrap(), Some(clock(0, 0, 1)));
+        assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
+        let entries = s.audit_entries(0, 100).unwrap().len();
+        assert_eq!(entries, cases.len() + 2);
+
+        // All or nothing: no session, or an audit entry that cannot be
+        // made, and the clock is not recorded either.
+        let newer = at("h1", clock(4, 0, 0));
+        assert!(!s.mark_attested("nope", &a, 2000, Some(&newer), &test_entry).unwrap());
+        let e = s.mark_attested(&sess.id, &a, 3000, Some(&newer), &|_| Err(AuditError::Full));
+        assert!(matches!(e, Err(StoreError::Audit(AuditError::Full))), "{e:?}");
+        assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
+        assert_eq!(s.get_session(&sess.id).unwrap().unwrap().expires_at_ms, 2000);
+        assert_eq!(s.audit_entries(0, 100).unwrap().len(), entries);
+
+        // Survives reopening; a value no TPM reports saturates, in order.
+        assert!(s
+            .mark_attested(&sess.id, &a, 2000, Some(&at("h3", clock(1, 0, u64::MAX))), &test_entry)
+            .unwrap());
+        drop(s);
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
+        assert_eq!(s.tpm_clock("h3").unwrap(), Some(clock(1, 0, i64::MAX as u64)));
+    }
+
+    #[test]
+    fn migration_5_adds_tpm_clocks_to_a_version_4_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            // A database as a verifier with migrations 1 to 4 left it, with
+            // an attested session and its audit entry.
+            let mut conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+            )
+            .unwrap();
+            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
+                let tx = conn.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.execute("INSERT INTO schema_version VALUES (?1, 0)", params![i as i64 + 1])
+                    .unwrap();
+                tx.commit().unwrap();
+            }
+            conn.execute("INSERT INTO sessions VALUES ('s1', 'n', 'tpm', 9, 'token', '{}')", [])
+                .unwrap();
+            conn.execute(
+                "INSERT INTO audit_log VALUES (0, 1, 'attestation.verified', 's', '{}', '', 'k', 'h', 'x')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 5);
+        assert_eq!(MIGRATIONS.len(), 5);
+        assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
+        assert!(s.get_session("s1").unwrap().unwrap().attested.is_some());
+        assert_eq!(s.tpm_clock("h").unwrap(), None);
+        let c = HostClock {
+            host_id: "h".into(),
+            clock: TpmClock { reset_count: 1, restart_count: 0, clock: 42 },
+        };
+        assert!(s
+            .mark_attested(
+                "s1",
+                &Attested { token: "t".into(), tee_pubkey: "{}".into() },
+                9,
+                Some(&c),
+                &test_entry
+            )
+            .unwrap());
+        assert_eq!(s.tpm_clock("h").unwrap(), Some(c.clock));
     }
 
     #[test]
