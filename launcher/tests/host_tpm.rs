@@ -24,6 +24,22 @@ fn tellus_on(tpm: &str, state: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// Runs `host init` and `quote` (evidence to `state/ev.json`) against the
+/// TPM at `tpm` on `state`: each must exit 1, and `check` gets its arguments
+/// and stderr; no evidence is written.
+fn init_and_quote_refused(tpm: &str, state: &Path, check: impl Fn(&[&str], &str)) {
+    let ev_file = state.join("ev.json");
+    for args in [
+        vec!["host", "init"],
+        vec!["quote", "--nonce", "00", "--output", ev_file.to_str().unwrap()],
+    ] {
+        let out = tellus_on(tpm, state, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        check(&args, &text(&out.stderr));
+    }
+    assert!(!ev_file.exists());
+}
+
 fn host_init(tpm: &Swtpm, state: &Path) -> Value {
     let out = tellus_on(&tpm.addr(), state, &["host", "init", "--output", "json"]);
     assert!(out.status.success(), "host init failed:\n{}", text(&out.stderr));
@@ -508,21 +524,13 @@ fn a_tpm_that_is_not_running_is_a_clear_error() {
     host_init(&tpm, state.path());
     let addr = tpm.addr();
     tpm.kill();
-    let ev_file = state.path().join("ev.json");
-    for args in [
-        vec!["quote", "--nonce", "00", "--output", ev_file.to_str().unwrap()],
-        vec!["host", "init"],
-    ] {
-        let out = tellus_on(&addr, state.path(), &args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = text(&out.stderr);
+    init_and_quote_refused(&addr, state.path(), |args, err| {
         assert!(
             err.contains(&format!("cannot reach the TPM at '{addr}'"))
                 && err.contains("is the TPM (or swtpm) running?"),
             "{args:?}: {err}"
         );
-    }
-    assert!(!ev_file.exists());
+    });
 }
 
 #[test]
@@ -531,22 +539,14 @@ fn another_tpm_is_not_taken_for_this_host() {
     let b = Swtpm::start();
     let state = tempfile::tempdir().unwrap();
     let id = host_init(&a, state.path());
-    let ev_file = state.path().join("ev.json");
-    for args in [
-        vec!["host", "init"],
-        vec!["quote", "--nonce", "00", "--output", ev_file.to_str().unwrap()],
-    ] {
-        let out = tellus_on(&b.addr(), state.path(), &args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = text(&out.stderr);
+    init_and_quote_refused(&b.addr(), state.path(), |args, err| {
         assert!(
             err.contains("endorsement key no longer matches")
                 && err.contains(id["host_id"].as_str().unwrap()),
             "{args:?}: {err}"
         );
         assert_no_transient_objects(&b);
-    }
-    assert!(!ev_file.exists());
+    });
     // The saved identity is untouched and still works with its own TPM.
     assert_eq!(host_init(&a, state.path())["host_id"], id["host_id"]);
 }
@@ -567,16 +567,9 @@ fn host_init_recovers_from_an_interrupted_run_and_refuses_a_damaged_state() {
 
     // Without ak.priv the AK is lost: say so, change nothing.
     std::fs::remove_file(hd.join("ak.priv")).unwrap();
-    let ev_file = state.path().join("ev.json");
-    for args in [
-        vec!["host", "init"],
-        vec!["quote", "--nonce", "00", "--output", ev_file.to_str().unwrap()],
-    ] {
-        let out = tellus_on(&tpm.addr(), state.path(), &args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let err = text(&out.stderr);
+    init_and_quote_refused(&tpm.addr(), state.path(), |_, err| {
         assert!(err.contains("has ak.pub but not ak.priv") && err.contains("move"), "{err}");
-    }
+    });
     // A damaged blob is named as such.
     std::fs::write(hd.join("ak.priv"), b"\x00\x05abc").unwrap();
     let out = tellus_on(&tpm.addr(), state.path(), &["host", "init"]);
@@ -585,6 +578,6 @@ fn host_init_recovers_from_an_interrupted_run_and_refuses_a_damaged_state() {
         "{}",
         text(&out.stderr)
     );
-    assert!(!ev_file.exists());
+    assert!(!state.path().join("ev.json").exists());
     assert_no_transient_objects(&tpm);
 }

@@ -50,10 +50,12 @@ fn stdout_ok(out: &Output) -> String {
 }
 
 const AMDSEV: &str = "ovmf_AmdSev_suffix.bin";
+/// An SNP guest with one EPYC-v4 vCPU (the OVMF image and the rest follow).
+const SNP_ONE_VCPU: [&str; 6] = ["--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4"];
 
 #[test]
 fn snp_digests_match_sev_snp_measure() {
-    let base = ["--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--ovmf", AMDSEV];
+    let base = [&SNP_ONE_VCPU[..], &["--ovmf", AMDSEV]].concat();
     let kernel = ["--kernel", "/dev/null", "--initrd", "/dev/null"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -171,18 +173,7 @@ fn dump_vmsa_writes_one_page_per_vcpu() {
 #[test]
 fn errors_have_their_messages_and_exit_codes() {
     let ovmfx64 = "ovmf_OvmfX64_suffix.bin";
-    let out = tellus(&[
-        "--mode",
-        "snp",
-        "--vcpus",
-        "1",
-        "--vcpu-type",
-        "EPYC-v4",
-        "--ovmf",
-        ovmfx64,
-        "--kernel",
-        "/dev/null",
-    ]);
+    let out = tellus(&[&SNP_ONE_VCPU[..], &["--ovmf", ovmfx64, "--kernel", "/dev/null"]].concat());
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -201,32 +192,12 @@ fn errors_have_their_messages_and_exit_codes() {
         vec!["--mode", "snp", "--vcpu-type", "EPYC-v4", "--ovmf", AMDSEV],
         vec!["--mode", "snp", "--vcpus", "1", "--ovmf", AMDSEV],
         vec!["--mode", "snp", "--vcpus", "1", "--vcpu-type", "Skylake", "--ovmf", AMDSEV],
-        vec![
-            "--mode",
-            "snp",
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC-v4",
-            "--ovmf",
-            AMDSEV,
-            "--append",
-            "x",
-        ],
+        [&SNP_ONE_VCPU[..], &["--ovmf", AMDSEV, "--append", "x"]].concat(),
     ] {
         assert_eq!(tellus(&args).status.code(), Some(2), "{args:?}");
     }
     // Not an OVMF image: an error, no panic.
-    let out = tellus(&[
-        "--mode",
-        "snp",
-        "--vcpus",
-        "1",
-        "--vcpu-type",
-        "EPYC-v4",
-        "--ovmf",
-        "expected.json",
-    ]);
+    let out = tellus(&[&SNP_ONE_VCPU[..], &["--ovmf", "expected.json"]].concat());
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
