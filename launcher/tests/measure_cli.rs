@@ -3,7 +3,7 @@
 //! from ../shared/test-vectors.
 
 mod common;
-use common::{guest, json_of, kinds, predict_guest, tellus};
+use common::{guest, json_of, kinds, predict_guest, tellus, QEMU_RECORD_KINDS};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,21 +24,7 @@ fn predict_names_every_record_and_replays_to_its_pcr() {
             .arg("--cel-log")
             .arg(&cel_path),
     );
-    assert_eq!(
-        kinds(&p),
-        [
-            "launcher-binary",
-            "vmm-binary",
-            "launcher-config",
-            "vm-identity",
-            "launch-config",
-            "firmware",
-            "kernel",
-            "initrd",
-            "cmdline",
-            "separator"
-        ]
-    );
+    assert_eq!(kinds(&p), QEMU_RECORD_KINDS);
     let rec =
         |k: &str| p["records"].as_array().unwrap().iter().find(|r| r["kind"] == k).unwrap().clone();
     // File digests agree with coreutils on the same files.

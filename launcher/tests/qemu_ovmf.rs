@@ -10,7 +10,7 @@
 mod common;
 use common::{
     assert_log_starts_as_predicted, guest, json_of, kinds, predict_guest, predict_json, record,
-    tellus, tellus_run, Launch, Swtpm,
+    tellus, tellus_run, Launch, Swtpm, QEMU_RECORD_KINDS,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,21 +69,7 @@ fn ovmf_q35_boots_to_ready_measured_as_predicted_and_powers_off() {
     // predicted value.
     let tpm = l.tpm.take().unwrap();
     let p = predict_json(&extra);
-    assert_eq!(
-        kinds(&p),
-        [
-            "launcher-binary",
-            "vmm-binary",
-            "launcher-config",
-            "vm-identity",
-            "launch-config",
-            "firmware",
-            "kernel",
-            "initrd",
-            "cmdline",
-            "separator"
-        ]
-    );
+    assert_eq!(kinds(&p), QEMU_RECORD_KINDS);
     assert_eq!(record(&p, "launch-config")["machine"], "q35");
     assert_eq!(record(&p, "firmware")["sha256"], format!("sha256:{}", sha256sum(&ovmf())));
     let log = tpm.dir.path().join("tellus-state/launch-log.cel");

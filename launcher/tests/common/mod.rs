@@ -211,6 +211,20 @@ pub fn predict_json(extra: &[&str]) -> serde_json::Value {
     json_of(predict_guest().args(["--output", "json", "--banks", "sha256,sha384"]).args(extra))
 }
 
+/// The launch records of a QEMU guest with firmware, in log order.
+pub const QEMU_RECORD_KINDS: [&str; 10] = [
+    "launcher-binary",
+    "vmm-binary",
+    "launcher-config",
+    "vm-identity",
+    "launch-config",
+    "firmware",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "separator",
+];
+
 /// The kinds of a prediction's records, in order.
 pub fn kinds(p: &serde_json::Value) -> Vec<String> {
     p["records"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap().into()).collect()
