@@ -226,6 +226,31 @@ impl Swtpm {
             .unwrap_or_else(|| panic!("no PCR {pcr} in: {text}"))
     }
 
+    /// swtpm's state directory (`dir/tpm`): the TPM's NV state, which a
+    /// copy taken after [`Swtpm::shutdown`] captures whole (a snapshot).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("tpm")
+    }
+
+    /// An orderly power-down: TPM2_Shutdown(CLEAR), which saves the TPM's
+    /// clock to NV, then swtpm stops. Without it ([`Swtpm::kill`]) the clock
+    /// falls back to its last saved value at the next start, as after a
+    /// power loss.
+    pub fn shutdown(&mut self) {
+        self.run("tpm2_shutdown", &["--clear"]);
+        self.kill();
+    }
+
+    /// Starts swtpm again on the same state (after [`Swtpm::shutdown`] or
+    /// [`Swtpm::kill`]; a running one is killed first): TPM2_Startup(CLEAR),
+    /// a TPM Reset (resetCount + 1, PCRs cleared), on a new port pair
+    /// ([`Swtpm::addr`] changes).
+    pub fn restart(&mut self) {
+        self.kill();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        *self = Swtpm::start_in(dir);
+    }
+
     /// Stops swtpm (the directory stays until the value is dropped).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -344,5 +369,29 @@ mod tests {
         let dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
         let t2 = Swtpm::start_in(dir);
         assert_eq!(t2.pcrread("sha256", 13), "0".repeat(64), "a restart is a TPM reset");
+    }
+
+    /// `tpm2_readclock`: (reset_count, clock).
+    fn readclock(t: &Swtpm) -> (u64, u64) {
+        let out = String::from_utf8_lossy(&t.run("tpm2_readclock", &[]).stdout).to_string();
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {out}"))
+        };
+        (field("reset_count:"), field("clock:"))
+    }
+
+    #[test]
+    fn shutdown_keeps_the_clock_and_restart_is_a_reset() {
+        let mut t = Swtpm::start();
+        std::thread::sleep(Duration::from_millis(300));
+        let (reset, clock) = readclock(&t);
+        t.shutdown();
+        assert!(t.state_dir().join("tpm2-00.permall").is_file());
+        t.restart();
+        let (reset2, clock2) = readclock(&t);
+        assert_eq!(reset2, reset + 1);
+        assert!(clock2 >= clock, "the clock saved at shutdown goes on: {clock} -> {clock2}");
     }
 }
