@@ -64,14 +64,19 @@
 //!   attestation and its audit entry ([`Store::mark_attested`]): both or
 //!   neither, and no commit of its own. A refused one records nothing.
 //!
-//! What it cannot see: a copy restored and then reset more often than the
-//! live TPM was since the copy was taken starts out "newer" (its
-//! `resetCount` passes the stored one), and a rollback between two
-//! attestations of the host is caught only at the next one. The stored
-//! state outlives a re-enrollment of the same EK on purpose (a restored
-//! copy has that EK and could enroll itself again); a TPM2_Clear resets
-//! both counts, so a cleared TPM is refused too, until the host is enrolled
-//! with a fresh TPM state (new EK, new host id).
+//! What it cannot see: it catches a state put back as it was saved, a
+//! tripwire rather than a proof. A copy restored and then reset more often
+//! than the live TPM was since the copy was taken starts out "newer" (its
+//! `resetCount` passes the stored one); whoever controls a software TPM can
+//! do that at will, as it can advance the clock (TPM2_ClockSet, with the
+//! owner or platform authorization a swtpm's owner holds). A rollback
+//! between two attestations of the host is caught only at the next one.
+//! The stored state outlives a re-enrollment of the same EK on purpose (a
+//! restored copy has that EK and could enroll itself again); a TPM2_Clear
+//! resets both counts, so a cleared TPM is refused too, until the host is
+//! enrolled with a fresh TPM state (new EK, new host id). The offline
+//! commands (`verify-evidence`, `policy test --evidence`) have no history
+//! and make no such check.
 //!
 //! Trust vector: only `instance-identity` = 2 (affirming), because the quote
 //! was made by the AK of an enrolled host whose AK credential activation was
