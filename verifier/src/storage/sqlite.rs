@@ -694,24 +694,30 @@ mod tests {
         assert_eq!(n, MIGRATIONS.len() as i64);
     }
 
+    /// A database at `path` as a verifier with the first `n` migrations
+    /// left it.
+    fn database_at_version(path: &Path, n: usize) -> Connection {
+        let mut conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for (i, sql) in MIGRATIONS[..n].iter().enumerate() {
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(sql).unwrap();
+            tx.execute("INSERT INTO schema_version VALUES (?1, 0)", params![i as i64 + 1]).unwrap();
+            tx.commit().unwrap();
+        }
+        conn
+    }
+
     #[test]
     fn migration_3_keeps_policies_and_resources_of_a_version_2_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
         {
             // A database as a verifier with migrations 1 and 2 left it.
-            let mut conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            )
-            .unwrap();
-            for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
-                let tx = conn.transaction().unwrap();
-                tx.execute_batch(sql).unwrap();
-                tx.execute("INSERT INTO schema_version VALUES (?1, 0)", params![i as i64 + 1])
-                    .unwrap();
-                tx.commit().unwrap();
-            }
+            let conn = database_at_version(&path, 2);
             conn.execute(
                 "INSERT INTO policies VALUES ('resource', 'default', 'package policy', 5)",
                 [],
@@ -940,18 +946,7 @@ mod tests {
         {
             // A database as a verifier with migrations 1 to 4 left it, with
             // an attested session and its audit entry.
-            let mut conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
-            )
-            .unwrap();
-            for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
-                let tx = conn.transaction().unwrap();
-                tx.execute_batch(sql).unwrap();
-                tx.execute("INSERT INTO schema_version VALUES (?1, 0)", params![i as i64 + 1])
-                    .unwrap();
-                tx.commit().unwrap();
-            }
+            let conn = database_at_version(&path, 4);
             conn.execute("INSERT INTO sessions VALUES ('s1', 'n', 'tpm', 9, 'token', '{}')", [])
                 .unwrap();
             conn.execute(
