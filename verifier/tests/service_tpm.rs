@@ -182,16 +182,6 @@ async fn secret_released(app: &App, cookie: &str, key: TeeKey) {
     assert_eq!(key.decrypt(&jwe), SECRET);
 }
 
-/// `GET` the disk resource with `cookie`.
-async fn get_disk(app: &App, cookie: &str) -> (StatusCode, Value) {
-    let req = with_cookie(
-        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
-        cookie,
-    );
-    let (s, _, v) = app.json(req).await;
-    (s, v)
-}
-
 #[tokio::test]
 async fn real_tpm_evidence_releases_the_resource() {
     let host = Host::new();

@@ -208,16 +208,6 @@ async fn attest(app: &App, host: &Host) -> (StatusCode, Value, String, TeeKey) {
     (s, v, cookie, key)
 }
 
-/// `GET` the resource with `cookie`.
-async fn get_disk(app: &App, cookie: &str) -> (StatusCode, Value) {
-    let req = with_cookie(
-        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
-        cookie,
-    );
-    let (s, _, v) = app.json(req).await;
-    (s, v)
-}
-
 /// An accepted attestation (case `case`): affirming, the secret released;
 /// returns the quote's clock state as the token's claims carry it, and
 /// checks that the store now holds it as the host's newest.

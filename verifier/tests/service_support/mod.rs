@@ -108,6 +108,16 @@ impl App {
     }
 }
 
+/// `GET /kbs/v0/resource/default/key/disk` with `cookie`.
+pub async fn get_disk(app: &App, cookie: &str) -> (StatusCode, Value) {
+    let req = with_cookie(
+        Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
+        cookie,
+    );
+    let (s, _, v) = app.json(req).await;
+    (s, v)
+}
+
 pub fn auth_body(tee: &str) -> Value {
     json!({"version": "0.4.0", "tee": tee, "extra-params": {"supported-hash-algorithms": ["sha384"]}})
 }
