@@ -41,6 +41,15 @@ fn admin_get(uri: &str, token: Option<&str>) -> Request<Body> {
     r.body(Body::empty()).unwrap()
 }
 
+/// `DELETE {host uri}/tpm-clock` with `token`.
+fn forget_clock(host_uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut r = Request::delete(format!("{host_uri}/tpm-clock"));
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    r.body(Body::empty()).unwrap()
+}
+
 async fn metric(app: &App, name: &str) -> u64 {
     let (_, _, body) = app.call(admin_get("/metrics", None)).await;
     let text = String::from_utf8(body.to_vec()).unwrap();
@@ -124,9 +133,16 @@ async fn enroll_activate_and_admin_routes() {
         assert_eq!((s, error_kind(&v)), (StatusCode::UNAUTHORIZED, "UnAuthenticated"), "{v}");
         let (s, _, v) = app.json(put(token, &json!({"a": "b"}))).await;
         assert_eq!((s, error_kind(&v)), (StatusCode::UNAUTHORIZED, "UnAuthenticated"), "{v}");
+        let (s, _, v) = app.json(forget_clock(&uri, token)).await;
+        assert_eq!((s, error_kind(&v)), (StatusCode::UNAUTHORIZED, "UnAuthenticated"), "{v}");
     }
-    let (s, _, v) =
-        app.json(admin_get(&format!("/tellus/v1/hosts/{}", "0".repeat(64)), Some(ADMIN))).await;
+    // Forgetting the TPM clock history of a host with none: 200, null.
+    let (s, _, v) = app.json(forget_clock(&uri, Some(ADMIN))).await;
+    assert_eq!((s, &v["forgotten"]), (StatusCode::OK, &Value::Null), "{v}");
+    let unknown = format!("/tellus/v1/hosts/{}", "0".repeat(64));
+    let (s, _, v) = app.json(forget_clock(&unknown, Some(ADMIN))).await;
+    assert_eq!((s, error_kind(&v)), (StatusCode::NOT_FOUND, "HostNotFound"));
+    let (s, _, v) = app.json(admin_get(&unknown, Some(ADMIN))).await;
     assert_eq!((s, error_kind(&v)), (StatusCode::NOT_FOUND, "HostNotFound"));
     let (s, _, v) = app.json(admin_get("/tellus/v1/hosts/nothex", Some(ADMIN))).await;
     assert_eq!((s, error_kind(&v)), (StatusCode::BAD_REQUEST, "InvalidRequest"));

@@ -353,6 +353,35 @@ async fn a_tpm_state_put_back_is_refused_and_genuine_restarts_are_not() {
     )
     .await;
 
+    // An administrator forgets the host's TPM clock history (the remedy for
+    // a hardware TPM after TPM2_Clear): only with the admin token and
+    // audited; the next quote is then compared with nothing, so the state
+    // now running is accepted and becomes the host's newest.
+    let uri = format!("/tellus/v1/hosts/{}/tpm-clock", host.host_id());
+    let forget = |auth: Option<String>| {
+        let mut r = Request::delete(&uri);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    for auth in [None, Some("Bearer wrong-token".to_owned())] {
+        let (s, _, v) = app.json(forget(auth.clone())).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}: {v}");
+    }
+    assert_eq!(app.state.store.tpm_clock(&host.host_id()).unwrap(), Some(after_loss));
+    let (s, _, v) = app.json(forget(Some(format!("Bearer {ADMIN}")))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["forgotten"]["reset_count"], after_loss.reset_count);
+    assert_eq!(v["forgotten"]["clock"], after_loss.clock);
+    assert_eq!(app.state.store.tpm_clock(&host.host_id()).unwrap(), None);
+    let last = app.state.store.audit_entries(0, 10_000).unwrap().pop().unwrap();
+    assert_eq!(
+        (last.event.as_str(), &last.detail["tpm_clock"]),
+        ("host.changed", &json!("forgotten"))
+    );
+    accepted("after an administrator forgot the history", &app, &host).await;
+
     // Every step is in the audit log, and the chain verifies.
     let entries = app.state.store.audit_entries(0, 10_000).unwrap();
     let events: Vec<&str> = entries
@@ -370,6 +399,7 @@ async fn a_tpm_state_put_back_is_refused_and_genuine_restarts_are_not() {
             "attestation.verified",
             "attestation.verified",
             "attestation.refused",
+            "attestation.verified",
         ]
     );
     let keys = tellus_verifier::audit::AuditKeys::from_jwks(&app.state.signer.jwks());

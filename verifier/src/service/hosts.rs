@@ -358,3 +358,38 @@ pub async fn put_labels(
         None => Err(host_not_found(&host_id)),
     }
 }
+
+/// `DELETE /tellus/v1/hosts/{host_id}/tpm-clock` (admin): forgets the newest
+/// TPM clock state recorded for the host (see [`super::tpm_verifier`]), so
+/// its next quote is compared with nothing. For a hardware TPM after
+/// TPM2_Clear, which keeps the EK but sets resetCount back to zero; never
+/// for a host whose TPM state may have been restored. Audited before it
+/// takes effect; answers what was forgotten (`null` when nothing was
+/// recorded).
+pub async fn forget_tpm_clock(
+    State(state): State<AppState>,
+    Path(host_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    check_host_id(&host_id)?;
+    let id = host_id.to_ascii_lowercase();
+    let key = id.clone();
+    let (host, was) =
+        db(&state, "reading the host", move |s| Ok((s.get_host(&key)?, s.tpm_clock(&key)?)))
+            .await?;
+    if host.is_none() {
+        return Err(host_not_found(&host_id));
+    }
+    let was = was.map(|c| {
+        json!({"reset_count": c.reset_count, "restart_count": c.restart_count, "clock": c.clock})
+    });
+    let detail = json!({"tpm_clock": "forgotten", "was": was});
+    audit(&state, AuditEvent::HostChanged, &id, detail).await?;
+    let key = id.clone();
+    db(&state, "forgetting the TPM clock", move |s| s.forget_tpm_clock(&key)).await?;
+    tracing::warn!(host_id = %id, "TPM clock history forgotten by an administrator");
+    let body = json!({"host_id": id, "forgotten": was});
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+        .into_response())
+}

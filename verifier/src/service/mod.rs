@@ -16,6 +16,7 @@
 //! | `POST /tellus/v1/hosts/activate` | — | activation proof → enrolled host |
 //! | `GET /tellus/v1/hosts/{host_id}` | admin | the host record |
 //! | `PUT /tellus/v1/hosts/{host_id}/labels` | admin | replace the host's labels |
+//! | `DELETE /tellus/v1/hosts/{host_id}/tpm-clock` | admin | forget the host's TPM clock history (after TPM2_Clear) |
 //!
 //! Modules: [`kbs`] (client routes), [`admin`], [`policy`] (attestation and
 //! resource policies, prepared and cached), [`verifier`] (the
@@ -294,6 +295,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tellus/v1/hosts/activate", post(hosts::activate))
         .route("/tellus/v1/hosts/{host_id}", get(hosts::get_host))
         .route("/tellus/v1/hosts/{host_id}/labels", axum::routing::put(hosts::put_labels))
+        .route(
+            "/tellus/v1/hosts/{host_id}/tpm-clock",
+            axum::routing::delete(hosts::forget_tpm_clock),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

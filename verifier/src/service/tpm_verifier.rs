@@ -73,8 +73,10 @@
 //! between two attestations of the host is caught only at the next one.
 //! The stored state outlives a re-enrollment of the same EK on purpose (a
 //! restored copy has that EK and could enroll itself again); a TPM2_Clear
-//! resets both counts, so a cleared TPM is refused too, until the host is
-//! enrolled with a fresh TPM state (new EK, new host id). The offline
+//! resets both counts, so a cleared TPM is refused too, until an
+//! administrator forgets the host's history (`DELETE
+//! /tellus/v1/hosts/{host_id}/tpm-clock`, audited) or the host is enrolled
+//! with a fresh TPM state (new EK, new host id). The offline
 //! commands (`verify-evidence`, `policy test --evidence`) have no history
 //! and make no such check.
 //!

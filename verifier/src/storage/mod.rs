@@ -212,6 +212,9 @@ pub trait Store: Send + Sync {
     /// [`Store::mark_attested`]; `None` before its first accepted
     /// attestation.
     fn tpm_clock(&self, host_id: &str) -> Result<Option<TpmClock>, StoreError>;
+    /// Forgets the TPM clock state recorded for `host_id` (an
+    /// administrator's decision); returns whether there was one.
+    fn forget_tpm_clock(&self, host_id: &str) -> Result<bool, StoreError>;
     /// Deletes sessions whose expiry is before `now_ms`; returns how many.
     fn delete_expired_sessions(&self, now_ms: i64) -> Result<usize, StoreError>;
 

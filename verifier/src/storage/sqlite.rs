@@ -393,6 +393,11 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    fn forget_tpm_clock(&self, host_id: &str) -> Result<bool, StoreError> {
+        let conn = self.lock()?;
+        Ok(conn.execute("DELETE FROM tpm_clocks WHERE host_id = ?1", params![host_id])? == 1)
+    }
+
     fn tpm_clock(&self, host_id: &str) -> Result<Option<TpmClock>, StoreError> {
         let conn = self.lock()?;
         let row = conn
