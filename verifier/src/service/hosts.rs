@@ -293,15 +293,21 @@ fn host_not_found(id: &str) -> ApiError {
     )
 }
 
+/// The host id of an admin route, lowercase, once the caller is an admin
+/// and the id is well-formed.
+fn admin_host_id(state: &AppState, headers: &HeaderMap, host_id: &str) -> Result<String, ApiError> {
+    require_admin(state, headers)?;
+    check_host_id(host_id)?;
+    Ok(host_id.to_ascii_lowercase())
+}
+
 /// `GET /tellus/v1/hosts/{host_id}` (admin).
 pub async fn get_host(
     State(state): State<AppState>,
     Path(host_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    check_host_id(&host_id)?;
-    let id = host_id.to_ascii_lowercase();
+    let id = admin_host_id(&state, &headers, &host_id)?;
     match db(&state, "reading the host", move |s| s.get_host(&id)).await? {
         Some(h) => Ok(host_view(&h)),
         None => Err(host_not_found(&host_id)),
@@ -315,8 +321,7 @@ pub async fn put_labels(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    check_host_id(&host_id)?;
+    let id = admin_host_id(&state, &headers, &host_id)?;
     let body = body_or_error(body)?;
     let labels: BTreeMap<String, String> = serde_json::from_value(parse_json(&body, "label map")?)
         .map_err(|e| {
@@ -340,7 +345,6 @@ pub async fn put_labels(
             )));
         }
     }
-    let id = host_id.to_ascii_lowercase();
     let detail = json!({"labels": labels});
     let host = db(&state, "storing the host labels", move |s| {
         if !s.set_host_labels(&id, &labels)? {
@@ -371,9 +375,7 @@ pub async fn forget_tpm_clock(
     Path(host_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    check_host_id(&host_id)?;
-    let id = host_id.to_ascii_lowercase();
+    let id = admin_host_id(&state, &headers, &host_id)?;
     let key = id.clone();
     let (host, was) =
         db(&state, "reading the host", move |s| Ok((s.get_host(&key)?, s.tpm_clock(&key)?)))

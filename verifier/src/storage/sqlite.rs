@@ -796,22 +796,9 @@ mod tests {
         let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
         // The attestation and its audit entry are stored together, or not
         // at all (no such session: the transaction rolls back).
-        let entry = |prev: Option<&AuditEntry>| {
-            Ok(AuditEntry {
-                seq: prev.map_or(0, |p| p.seq + 1),
-                time_ms: 1,
-                event: "attestation.verified".into(),
-                subject: "session:aaaaaaaa".into(),
-                detail: serde_json::json!({}),
-                prev_hash: String::new(),
-                kid: "k".into(),
-                hash: "h".into(),
-                signature: "s".into(),
-            })
-        };
-        assert!(s.mark_attested(&sess.id, &a, 2000, None, &entry).unwrap());
+        assert!(s.mark_attested(&sess.id, &a, 2000, None, &test_entry).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
-        assert!(!s.mark_attested("nope", &a, 2000, None, &entry).unwrap());
+        assert!(!s.mark_attested("nope", &a, 2000, None, &test_entry).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
         let got = s.get_session(&sess.id).unwrap().unwrap();
         assert_eq!(got.attested, Some(a));
