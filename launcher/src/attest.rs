@@ -274,6 +274,20 @@ pub fn fetch(
     Ok(out)
 }
 
+/// Checks a guest's request before anything is sent: every resource it
+/// names must be configured for this launch. Returns its key as the JWK
+/// value the binding covers.
+pub fn checked_request(
+    cfg: &AttestConfig,
+    resources: &[String],
+    tee_pubkey: &TeePubKey,
+) -> Result<Value, AttestError> {
+    if let Some(r) = resources.iter().find(|r| !cfg.resources.contains(r)) {
+        return Err(AttestError::NotConfigured { resource: r.clone() });
+    }
+    serde_json::to_value(tee_pubkey).map_err(|e| AttestError::Binding(e.to_string()))
+}
+
 /// The whole exchange for one `AttestRequest`.
 pub fn relay(
     cfg: &AttestConfig,
@@ -281,10 +295,7 @@ pub fn relay(
     resources: &[String],
     tee_pubkey: &TeePubKey,
 ) -> Result<Released, AttestError> {
-    if let Some(r) = resources.iter().find(|r| !cfg.resources.contains(r)) {
-        return Err(AttestError::NotConfigured { resource: r.clone() });
-    }
-    let jwk = serde_json::to_value(tee_pubkey).map_err(|e| AttestError::Binding(e.to_string()))?;
+    let jwk = checked_request(cfg, resources, tee_pubkey)?;
     let mut t = StepTimings::default();
     let t0 = Instant::now();
     let session = auth(&cfg.client)?;

@@ -56,10 +56,7 @@ pub fn challenge(
     resources: &[String],
     tee_pubkey: &TeePubKey,
 ) -> Result<Challenge, AttestError> {
-    if let Some(r) = resources.iter().find(|r| !cfg.resources.contains(r)) {
-        return Err(AttestError::NotConfigured { resource: r.clone() });
-    }
-    let jwk = serde_json::to_value(tee_pubkey).map_err(|e| AttestError::Binding(e.to_string()))?;
+    let jwk = attest::checked_request(cfg, resources, tee_pubkey)?;
     let mut timings = StepTimings::default();
     let t0 = Instant::now();
     let session = attest::auth_as(&cfg.client, TEE_SNP)?;
