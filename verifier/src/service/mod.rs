@@ -193,11 +193,8 @@ where
     T: Send + 'static,
     F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
+    blocking(state, what, move |st| f(st.store.as_ref()).map_err(|e| ApiError::internal(what, e)))
         .await
-        .map_err(|e| ApiError::internal(what, e))?
-        .map_err(|e| ApiError::internal(what, e))
 }
 
 /// Runs a request's blocking part (store, evidence verification, policy,
