@@ -102,6 +102,8 @@ fn main() {
     let (kernel, initrd) = guest();
     let qemu = Qemu::locate(None).expect("qemu-system-x86_64");
     let firmware = qemu.default_firmware().expect("microvm firmware");
+    let builtin = Builtin::locate(Some(std::path::Path::new(env!("CARGO_BIN_EXE_tellus-vmm"))))
+        .expect("stage tellus-vmm");
     let builtin_cfg =
         VmConfig::stage(&kernel, &initrd, None, CMDLINE, memory, vcpus).expect("guest files");
     let qemu_cfg = VmConfig::stage(&kernel, &initrd, Some(&firmware), CMDLINE, memory, vcpus)
@@ -112,16 +114,16 @@ fn main() {
         initrd.display()
     );
     // One untimed boot each: page cache and KVM module state warm for both.
-    boot(&Builtin, &builtin_cfg);
+    boot(&builtin, &builtin_cfg);
     boot(&qemu, &qemu_cfg);
     let (mut b, mut q) = (Vec::new(), Vec::new());
     for i in 0..runs {
         if i % 2 == 0 {
-            b.push(boot(&Builtin, &builtin_cfg));
+            b.push(boot(&builtin, &builtin_cfg));
             q.push(boot(&qemu, &qemu_cfg));
         } else {
             q.push(boot(&qemu, &qemu_cfg));
-            b.push(boot(&Builtin, &builtin_cfg));
+            b.push(boot(&builtin, &builtin_cfg));
         }
         println!(
             "run {i}: builtin {:.1} ms, qemu {:.1} ms",

@@ -46,6 +46,8 @@ pub enum ImageError {
     NotAFile { what: &'static str, path: PathBuf },
     #[error("{what} {path} is larger than {MAX_IMAGE} bytes; pass a kernel, initrd or firmware image, not a disk image")]
     TooLarge { what: &'static str, path: PathBuf },
+    #[error("{what} {path} is not sealed against change (seals {seals:#x}); it must come from the launcher's sealed copy")]
+    NotSealed { what: &'static str, path: PathBuf, seals: i32 },
     #[error("cannot make a sealed in-memory copy of {what} {path}: {source}; tellus needs memfd_create(2) with sealing (Linux 3.17 or later) and memory for the copy")]
     Seal { what: &'static str, path: PathBuf, source: std::io::Error },
 }
@@ -89,6 +91,22 @@ impl SealedImage {
             ))));
         }
         Ok(SealedImage { what, path: path.to_path_buf(), file: memfd, len })
+    }
+
+    /// An image this process inherited as descriptor `fd` (`tellus-vmm`
+    /// gets the kernel and initrd so from the launcher). It is accepted only
+    /// if it carries every seal [`SealedImage::stage`] sets: then its
+    /// contents are the ones the launcher measured.
+    pub fn inherited(what: &'static str, fd: OwnedFd) -> Result<SealedImage, ImageError> {
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let seal = |source| ImageError::Seal { what, path: path.clone(), source };
+        let have = fcntl(&fd, FcntlArg::F_GET_SEALS).map_err(|e| seal(e.into()))?;
+        if !SealFlag::from_bits_truncate(have).contains(SEALS) {
+            return Err(ImageError::NotSealed { what, path, seals: have });
+        }
+        let file = File::from(fd);
+        let len = file.metadata().map_err(seal)?.len();
+        Ok(SealedImage { what, path, file, len })
     }
 
     /// What the image is (`kernel`, `initrd`, `firmware`).

@@ -11,7 +11,7 @@
 //! cmdline = "console=ttyS0 reboot=t panic=-1 tellus.oneshot"   # default as `tellus run`
 //! memory = "256M"                     # default 256M
 //! vcpus = 1                           # default 1
-//! # firmware, backend ("auto"|"qemu"|"builtin"), accel ("auto"|"kvm"|"tcg"), qemu
+//! # firmware, backend ("auto"|"qemu"|"builtin"), accel ("auto"|"kvm"|"tcg"), qemu, tellus_vmm
 //! # machine ("microvm"|"q35"); sev_snp = true (+ snp_policy = 0x30000, snp_vcpu_type = "EPYC-v4"):
 //! # an SEV-SNP guest that produces its own report (see `attest_snp`)
 //! tpm = "swtpm:host=127.0.0.1,port=2321"   # default $TELLUS_TPM, else device:/dev/tpmrm0
@@ -119,6 +119,8 @@ pub struct LaunchConfig {
     #[serde(default)]
     pub accel: Option<String>,
     pub qemu: Option<PathBuf>,
+    /// The built-in VMM's executable (default: `tellus-vmm` next to `tellus`).
+    pub tellus_vmm: Option<PathBuf>,
     /// QEMU machine, `microvm` or `q35`.
     pub machine: Option<String>,
     /// An SEV-SNP guest.
@@ -183,6 +185,7 @@ impl LaunchConfig {
         for p in [
             &mut cfg.firmware,
             &mut cfg.qemu,
+            &mut cfg.tellus_vmm,
             &mut cfg.state_dir,
             &mut cfg.console_log,
             &mut cfg.control_socket,
@@ -282,6 +285,7 @@ impl LaunchConfig {
             backend,
             accel,
             qemu: self.qemu,
+            vmm: self.tellus_vmm.or_else(|| std::env::var_os("TELLUS_VMM").map(PathBuf::from)),
             machine,
             sev_snp,
         };

@@ -206,6 +206,9 @@ struct VmArgs {
     /// QEMU executable [default: qemu-system-x86_64 from PATH].
     #[arg(long, value_name = "PATH", env = "TELLUS_QEMU")]
     qemu: Option<PathBuf>,
+    /// The built-in VMM's executable [default: tellus-vmm next to tellus].
+    #[arg(long = "tellus-vmm", value_name = "PATH", env = "TELLUS_VMM")]
+    vmm: Option<PathBuf>,
     /// QEMU machine: microvm (qboot) or q35 (OVMF, UEFI) [default: microvm; q35 with --sev-snp].
     #[arg(long, value_enum, value_name = "MACHINE")]
     machine: Option<backend::qemu::Machine>,
@@ -240,6 +243,7 @@ impl VmArgs {
             backend: self.backend,
             accel: self.accel,
             qemu: self.qemu,
+            vmm: self.vmm,
             machine: self.machine,
             sev_snp: self.sev_snp.then(|| {
                 let d = backend::qemu::snp::SnpSpec::default();

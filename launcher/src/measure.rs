@@ -64,8 +64,12 @@ pub fn launch_inputs(
     };
     Ok(LaunchInputs {
         launcher,
-        // The built-in VMM is the launcher itself (measured as `launcher`).
-        vmm: r.qemu.as_ref().map(|q| q.program().to_path_buf()),
+        // QEMU by its path; the built-in VMM's sealed copy, which is what
+        // is executed.
+        vmm: match (&r.qemu, &r.builtin) {
+            (Some(q), _) => Some(q.program().to_path_buf()),
+            (None, b) => b.as_ref().map(|b| b.executable().fd_path()),
+        },
         launcher_config: LauncherConfig { pcr: check_pcr(pcr)? },
         name: spec.name.clone(),
         launch_ticket,

@@ -4,7 +4,7 @@
 use crate::accel::{self, Accel, AccelChoice, NoHardwareKvm};
 use crate::attest::{self, AttestConfig, AttestError, StepTimings};
 use crate::attest_snp;
-use crate::backend::builtin;
+use crate::backend::builtin::{self, Builtin};
 use crate::backend::qemu::snp::{self as qemu_snp, SnpError, SnpSpec};
 use crate::backend::qemu::{Machine, Qemu};
 use crate::backend::{Backend, BackendChoice, BackendError, EventSink, PowerControl, VmmEvent};
@@ -60,6 +60,9 @@ pub struct VmSpec {
     pub backend: BackendChoice,
     pub accel: AccelChoice,
     pub qemu: Option<PathBuf>,
+    /// The built-in VMM's executable; `None`: `tellus-vmm` next to the
+    /// running executable.
+    pub vmm: Option<PathBuf>,
     /// QEMU machine; `None`: microvm, or q35 for SEV-SNP.
     pub machine: Option<Machine>,
     /// Launch as an SEV-SNP guest (QEMU, q35, KVM on an SNP host).
@@ -73,8 +76,11 @@ pub struct Resolved {
     pub accel: Accel,
     /// Why this accelerator (printed).
     pub accel_reason: String,
-    /// `None`: the built-in VMM.
+    /// QEMU, located (`None`: the built-in VMM).
     pub qemu: Option<Qemu>,
+    /// The built-in VMM, its executable staged (`None`: QEMU). Exactly one
+    /// of `qemu` and `builtin` is set.
+    pub builtin: Option<Builtin>,
 }
 
 /// Resolves and validates `spec`: the kernel, initrd and firmware are
@@ -139,10 +145,14 @@ pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
         spec.vcpus,
     )?;
     vm.validate()?;
-    if qemu.is_none() {
-        builtin::preflight(&vm)?;
-    }
-    Ok(Resolved { vm, accel, accel_reason, qemu })
+    let builtin = match qemu {
+        Some(_) => None,
+        None => {
+            builtin::preflight(&vm)?;
+            Some(Builtin::locate(spec.vmm.as_deref()).map_err(BackendError::from)?)
+        }
+    };
+    Ok(Resolved { vm, accel, accel_reason, qemu, builtin })
 }
 
 /// What `tellus launch` does when the verifier denies the attestation (or
@@ -340,7 +350,7 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
     let resolved = resolve(&opts.spec)?;
     let inputs = measure::launch_inputs(&opts.spec, &resolved, opts.measure.pcr, None)?;
     let launch = records::launch_records(&inputs)?;
-    let Resolved { vm, accel, accel_reason, mut qemu } = resolved;
+    let Resolved { vm, accel, accel_reason, mut qemu, builtin } = resolved;
     if let Some(q) = qemu.as_mut() {
         q.bind_launch(&launch);
     }
@@ -374,9 +384,10 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
     if accel == Accel::Tcg && !vm.cmdline.contains("tsc_early_khz=") {
         progress!("warning: under TCG the guest may hang in TSC calibration without tsc_early_khz=2000000 on its command line");
     }
-    let backend: Box<dyn Backend> = match qemu {
-        Some(q) => Box::new(q),
-        None => Box::new(builtin::Builtin),
+    let backend: Box<dyn Backend> = match (qemu, builtin) {
+        (Some(q), _) => Box::new(q),
+        (None, Some(b)) => Box::new(b),
+        (None, None) => unreachable!("resolve() sets one of qemu and builtin"),
     };
     let log = opts
         .console_log

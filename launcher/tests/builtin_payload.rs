@@ -14,7 +14,7 @@ use std::time::Duration;
 use tellus_launcher::accel::Accel;
 use tellus_launcher::backend::builtin::boot::BootError;
 use tellus_launcher::backend::builtin::kernel::KernelError;
-use tellus_launcher::backend::builtin::{Builtin, BuiltinError};
+use tellus_launcher::backend::builtin::BuiltinError;
 use tellus_launcher::backend::{Backend, BackendError, EventSink, PowerControl, VmmEvent};
 use tellus_launcher::channel::{ChannelEvent, ChannelWriter};
 use tellus_launcher::vm_config::{MemorySize, VmConfig};
@@ -277,7 +277,7 @@ fn terminate_before_start_runs_nothing() {
     }
     let g = Guest::payload(Variant::Ready);
     let (sink, vmm) = event_channel();
-    let started = Builtin.start(&config(&g, 1, 64), Accel::Kvm, sink).unwrap();
+    let started = builtin().start(&config(&g, 1, 64), Accel::Kvm, sink).unwrap();
     let mut power = started.power;
     let mut console = started.streams.console;
     power.terminate().unwrap();
@@ -295,7 +295,7 @@ fn terminate_before_start_runs_nothing() {
 fn start_err(image: &[u8], mib: u64) -> BootError {
     let g = Guest::new(image);
     let sink: EventSink = Arc::new(|_| {});
-    match Builtin.start(&config(&g, 1, mib), Accel::Kvm, sink) {
+    match builtin().start(&config(&g, 1, mib), Accel::Kvm, sink) {
         Ok(_) => panic!("started"),
         Err(BackendError::Builtin(BuiltinError::Boot(e))) => e,
         Err(e) => panic!("unexpected error {e}"),
@@ -357,13 +357,13 @@ fn memory_too_small_for_kernel_and_initrd() {
     let mut cfg = config(&g, 9, 64);
     let sink: EventSink = Arc::new(|_| {});
     assert!(matches!(
-        Builtin.start(&cfg, Accel::Kvm, sink.clone()),
+        builtin().start(&cfg, Accel::Kvm, sink.clone()),
         Err(BackendError::Builtin(BuiltinError::Boot(BootError::Vcpus(9))))
     ));
     cfg.vcpus = 1;
     cfg.memory = MemorySize(1);
     assert!(matches!(
-        Builtin.start(&cfg, Accel::Kvm, sink),
+        builtin().start(&cfg, Accel::Kvm, sink),
         Err(BackendError::Builtin(BuiltinError::Boot(BootError::MemoryTooSmall { mib: 1, .. })))
     ));
 }

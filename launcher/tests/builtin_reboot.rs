@@ -1,7 +1,8 @@
 //! A reboot of a built-in VM replaces the VM and keeps nothing of it: the
-//! process's file descriptors after each reboot are the same kinds and
+//! VMM process's file descriptors after each reboot are the same kinds and
 //! numbers as before (the old VM, vCPU and interrupt fds are closed), and
 //! `/dev/kvm` stays the one fd opened at start (a reboot opens nothing).
+//! The launcher's process holds no KVM descriptor at any time.
 //! One test in its own binary, so no other test's fds interfere.
 
 mod builtin_support;
@@ -15,12 +16,12 @@ use tellus_launcher::vm_config::{MemorySize, VmConfig};
 const TIMEOUT: Duration = Duration::from_secs(30);
 const CMDLINE: &str = "console=ttyS0 tellus.test=reboot";
 
-/// This process's open fds, counted by what they point at (`/dev/kvm`,
+/// The open fds of process `pid` (`self`: this one), counted by what they point at (`/dev/kvm`,
 /// `anon_inode:kvm-vm`, `anon_inode:kvm-vcpu:0`, `anon_inode:[eventfd]`, …;
 /// sockets, pipes and files by kind only).
-fn fds() -> BTreeMap<String, usize> {
+fn fds(pid: &str) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
-    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
         let Ok(target) = std::fs::read_link(e.path()) else { continue };
         let t = target.to_string_lossy().into_owned();
         let key = if t.starts_with("socket:") || t.starts_with("pipe:") {
@@ -51,7 +52,13 @@ fn reboots_close_the_old_vm_and_reuse_the_open_dev_kvm() {
         wait_console(&console, TIMEOUT, &format!("boot {n}"), |text| text == once.repeat(n))
     };
     wait_boots(1);
-    let before = fds();
+    let pid = power.vmm_pid().expect("the built-in VMM runs as a process").to_string();
+    let no_kvm_here = || {
+        let mine = fds("self");
+        assert!(!mine.keys().any(|k| k == "/dev/kvm" || k.contains("kvm-")), "{mine:?}");
+    };
+    no_kvm_here();
+    let before = fds(&pid);
     assert_eq!(before.get("/dev/kvm"), Some(&1), "{before:?}");
     assert_eq!(before.get("anon_inode:kvm-vm"), Some(&1), "{before:?}");
     assert_eq!(before.get("anon_inode:kvm-vcpu:1"), Some(&1), "{before:?}");
@@ -62,7 +69,8 @@ fn reboots_close_the_old_vm_and_reuse_the_open_dev_kvm() {
             other => panic!("{other:?}"),
         }
         wait_boots(boot);
-        assert_eq!(fds(), before, "after reboot {}", boot - 1);
+        assert_eq!(fds(&pid), before, "after reboot {}", boot - 1);
+        no_kvm_here();
     }
     power.terminate().unwrap();
     assert!(
@@ -73,9 +81,10 @@ fn reboots_close_the_old_vm_and_reuse_the_open_dev_kvm() {
     );
     vm.console_done.join().unwrap();
     drop(power);
-    let after = fds();
+    // The VMM has exited and been reaped: its VM went with it.
     assert!(
-        !after.contains_key("/dev/kvm") && !after.contains_key("anon_inode:kvm-vm"),
-        "{after:?}"
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "tellus-vmm {pid} still there"
     );
+    no_kvm_here();
 }

@@ -124,7 +124,14 @@ fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
     assert_eq!(status["status"]["backend"], "builtin");
     assert_eq!(status["status"]["accel"], "kvm");
     assert_eq!(status["status"]["agent_ready"], true);
-    assert_eq!(status["status"]["vmm_pid"], serde_json::Value::Null);
+    // The VMM is a process of its own, named for what it is.
+    let vmm = status["status"]["vmm_pid"].as_u64().expect("vmm_pid");
+    assert_ne!(vmm, u64::from(r.child.id()));
+    let comm = std::fs::read_to_string(format!("/proc/{vmm}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "tellus-vmm");
+    let ppid = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap();
+    let ppid = ppid.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap().to_string();
+    assert_eq!(ppid, r.child.id().to_string(), "tellus-vmm is tellus's child");
     let resp = r.ctl("shutdown");
     assert_eq!(resp["message"], "power-off requested from the guest agent");
     let st = r.wait_exit();
@@ -233,12 +240,16 @@ fn run_builtin_measures_what_predict_says() {
         config["devices"],
         serde_json::json!(["com1:console", "com2:agent-channel", "i8042:reset"])
     );
-    // No firmware record (the built-in VMM runs none) and no separate VMM
-    // binary (the launcher binary, record 0, is the VMM).
+    // No firmware record (the built-in VMM runs none); the VMM binary is
+    // tellus-vmm, measured after the launcher.
     let kinds: Vec<&str> =
         p["records"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    assert!(!kinds.contains(&"firmware") && !kinds.contains(&"vmm-binary"), "{kinds:?}");
-    assert_eq!(kinds[0], "launcher-binary");
+    assert!(!kinds.contains(&"firmware"), "{kinds:?}");
+    assert_eq!(kinds[..2], ["launcher-binary", "vmm-binary"]);
+    let vmm = &p["records"][1];
+    let file = std::fs::read(env!("CARGO_BIN_EXE_tellus-vmm")).unwrap();
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &file));
+    assert_eq!(vmm["sha256"], format!("sha256:{sha}"), "{vmm}");
     let sha256 = p["pcr_values"]["sha256"].as_str().unwrap().to_string();
 
     // A fresh swtpm starts PCR 13 at zero, so after the launch it holds
@@ -367,17 +378,23 @@ fn run_builtin_drops_privileges_then_reboots_and_records_the_stop() {
     assert!(r.stderr().contains("dropped privileges: capabilities"), "{}", r.stderr());
     assert!(!r.stderr().contains("keep capabilities"), "{}", r.stderr());
     let pid = r.child.id();
+    let vmm = r.ctl("status")["status"]["vmm_pid"].as_u64().expect("vmm_pid") as u32;
     let names = assert_dropped(pid, setpcap);
-    for t in ["vcpu0", "vcpu1", "com2-input", "vmm-supervisor", "control"] {
+    assert!(names.iter().any(|n| n == "control"), "no control thread in {names:?}");
+    // The VMM's threads, in its own process: none keeps a capability either.
+    let names = assert_dropped(vmm, setpcap);
+    for t in ["vcpu0", "vcpu1", "com2-input", "vmm-supervisor", "vmm-control"] {
         assert!(names.iter().any(|n| n == t), "no thread {t} in {names:?}");
     }
-    assert_eq!(dev_kvm_fds(pid), 1);
+    // Only the VMM holds /dev/kvm.
+    assert_eq!((dev_kvm_fds(pid), dev_kvm_fds(vmm)), (0, 1));
 
     // A reboot after the drop: a fresh VM on the /dev/kvm fd opened before.
     assert_eq!(r.ctl("reboot")["message"], "reboot requested from the guest agent");
     r.wait_stderr("guest agent ready again after");
     assert_dropped(pid, setpcap);
-    assert_eq!(dev_kvm_fds(pid), 1);
+    assert_dropped(vmm, setpcap);
+    assert_eq!((dev_kvm_fds(pid), dev_kvm_fds(vmm)), (0, 1));
     assert_eq!(r.ctl("status")["status"]["boots"], 2);
 
     // A clean shutdown still extends the TPM and appends to the root-owned

@@ -268,6 +268,7 @@ fn sealed_spec(kernel: &Path, initrd: &Path, cmdline: &str) -> VmSpec {
         backend: BackendChoice::Builtin,
         accel: AccelChoice::Auto,
         qemu: None,
+        vmm: Some(PathBuf::from(env!("CARGO_BIN_EXE_tellus-vmm"))),
         machine: None,
         sev_snp: None,
     }
@@ -339,6 +340,7 @@ fn records_hash_the_sealed_copies_not_the_files_on_disk() {
         backend: BackendChoice::Qemu,
         accel: AccelChoice::Tcg,
         qemu: Some(which("qemu-system-x86_64")),
+        vmm: None,
         ..sealed_spec(&img.kernel, &img.initrd, MICROVM_ONESHOT)
     };
     let resolved = run::resolve(&spec).unwrap();

@@ -31,6 +31,7 @@ fn agent_answers_a_challenge_without_sev_guest_device_with_its_reason() {
         backend: tellus_launcher::backend::BackendChoice::Auto,
         accel: tellus_launcher::accel::AccelChoice::Auto,
         qemu: None,
+        vmm: None,
         machine: None,
         sev_snp: None,
     };

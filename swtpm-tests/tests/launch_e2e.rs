@@ -232,6 +232,7 @@ fn the_agent_rejects_an_exec_like_frame() {
         backend: tellus_launcher::backend::BackendChoice::Auto,
         accel: tellus_launcher::accel::AccelChoice::Auto,
         qemu: None,
+        vmm: None,
         machine: None,
         sev_snp: None,
     };

@@ -9,6 +9,7 @@
 //! can ask for one.
 
 pub mod builtin;
+mod process;
 pub mod qemu;
 
 use crate::accel::Accel;

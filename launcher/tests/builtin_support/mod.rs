@@ -627,11 +627,16 @@ pub struct BuiltinVm {
     pub channel_tx: Box<dyn Write + Send>,
 }
 
+/// The built-in backend with this package's `tellus-vmm`.
+pub fn builtin() -> Builtin {
+    Builtin::locate(Some(Path::new(env!("CARGO_BIN_EXE_tellus-vmm")))).expect("stage tellus-vmm")
+}
+
 /// Starts `cfg` on the built-in VMM (KVM) with its console copied; panics
 /// if it does not start.
 pub fn start_builtin(cfg: &VmConfig) -> BuiltinVm {
     let (sink, vmm) = event_channel();
-    let started = Builtin.start(cfg, Accel::Kvm, sink).expect("builtin start");
+    let started = builtin().start(cfg, Accel::Kvm, sink).expect("builtin start");
     let console = Arc::new(Mutex::new(Vec::new()));
     let copy = console.clone();
     let mut con = started.streams.console;

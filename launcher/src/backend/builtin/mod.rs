@@ -45,6 +45,8 @@ pub mod cpu;
 pub mod devices;
 /// Bounded bzImage header checks.
 pub mod kernel;
+/// `tellus-vmm`: the VMM's own process and the launcher's side of it.
+pub mod process;
 /// Sealed guest RAM.
 pub mod ram;
 /// seccomp allow-lists of the VMM threads.
@@ -52,7 +54,7 @@ pub mod seccomp;
 /// vCPU threads, start gate and stop kick.
 pub mod vcpu;
 
-use super::{Backend, BackendError, EventSink, GuestStreams, PowerControl, StartedVm, VmmEvent};
+use super::{BackendError, EventSink, VmmEvent};
 use crate::accel::{Accel, AccelChoice, KvmKind};
 use crate::vm_config::VmConfig;
 use boot::BootSpec;
@@ -71,11 +73,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use vcpu::{Gate, GateState, StopRequest};
 
+pub use process::{Builtin, VMM_BINARY};
 use vm_superio::{I8042Device, Serial};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Host-side timeout for one write to the agent channel (as for QEMU).
-const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a stopping vCPU is kicked until its thread has ended.
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 /// KVM's TSS and identity-map pages (Intel needs them below 4 GiB, outside RAM).
@@ -139,6 +140,23 @@ pub enum BuiltinError {
     NeedsKvm(String),
     #[error("the built-in VMM boots the kernel directly and runs no firmware; drop --firmware or use --backend qemu")]
     NoFirmware,
+    #[error("the built-in VMM's executable {path} cannot be used ({why}); build it (cargo build --bins) next to tellus, or pass --tellus-vmm PATH")]
+    VmmNotFound { path: std::path::PathBuf, why: String },
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error("tellus-vmm failed to start the VM ({status}){}", said(.stderr))]
+    VmmStart { status: ExitStatus, stderr: String },
+    #[error("tellus-vmm did not report the VM built within {secs} s; it was stopped{}", said(.stderr))]
+    VmmStartTimeout { secs: u64, stderr: String },
+    #[error("tellus-vmm broke its control protocol ({0:?}); it was stopped")]
+    VmmProtocol(String),
+}
+
+fn said(stderr: &str) -> String {
+    match stderr.trim() {
+        "" => String::new(),
+        t => format!(": {t}"),
+    }
 }
 
 impl From<&VmConfig> for BootSpec {
@@ -157,25 +175,6 @@ impl From<&VmConfig> for BootSpec {
 /// vCPUs, command line) without starting anything.
 pub fn preflight(cfg: &VmConfig) -> Result<(), BackendError> {
     Ok(boot::preflight(&BootSpec::from(cfg)).map_err(BuiltinError::from)?)
-}
-
-/// The built-in backend.
-#[derive(Debug, Default)]
-pub struct Builtin;
-
-impl Backend for Builtin {
-    fn name(&self) -> &'static str {
-        "builtin"
-    }
-
-    fn start(
-        &self,
-        cfg: &VmConfig,
-        _accel: Accel,
-        events: EventSink,
-    ) -> Result<StartedVm, BackendError> {
-        Ok(start(&BootSpec::from(cfg), events)?)
-    }
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuiltinError {
@@ -339,21 +338,31 @@ impl Host {
     }
 }
 
-/// Builds the VM with its vCPUs held at the gate.
-pub fn start(spec: &BootSpec, events: EventSink) -> Result<StartedVm, BuiltinError> {
+/// The device ends of a built-in VM's console and agent-channel streams
+/// (their host ends are the launcher's). Both outlive every reboot.
+pub struct DeviceStreams {
+    /// COM1's output goes here.
+    pub console: UnixStream,
+    /// COM2: guest output goes here, host input is read from here.
+    pub channel: UnixStream,
+}
+
+/// Builds the VM with its vCPUs held at the gate, on a `/dev/kvm` opened
+/// here, and returns its power handle. This is the VMM itself: `tellus-vmm`
+/// ([`process`]) runs it in a process of its own.
+pub fn start(
+    spec: &BootSpec,
+    streams: DeviceStreams,
+    events: EventSink,
+) -> Result<Vm, BuiltinError> {
     // /dev/kvm is opened once per VM: reboots build their VMs on this fd.
     let kvm = Kvm::new().map_err(BuiltinError::Kvm)?;
     let supported =
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report its CPUID"))?;
     vcpu::install_kick_handler().map_err(io("vCPU kick signal"))?;
 
-    // Streams: (host end, device end) pairs; both outlive every reboot.
-    let (console_host, console_dev) = UnixStream::pair().map_err(io("console stream"))?;
-    let (chan_host, chan_dev) = UnixStream::pair().map_err(io("agent channel"))?;
-    chan_host.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)).map_err(io("agent channel"))?;
-    let chan_rx = chan_host.try_clone().map_err(io("agent channel"))?;
+    let DeviceStreams { console: console_dev, channel: chan_dev } = streams;
     let chan_dev_in = chan_dev.try_clone().map_err(io("agent channel"))?;
-
     let (msgs, msg_rx) = mpsc::channel::<Msg>();
     let host =
         Host { kvm, spec: spec.clone(), supported, console_dev, chan_dev, msgs: msgs.clone() };
@@ -374,10 +383,6 @@ pub fn start(spec: &BootSpec, events: EventSink) -> Result<StartedVm, BuiltinErr
         events,
         msg_rx,
     };
-    let description = format!(
-        "built-in VMM (KVM, {} vCPU, {}M, COM1 console, COM2 agent channel)",
-        spec.vcpus, spec.memory_mib
-    );
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("vmm-supervisor".into())
@@ -392,19 +397,10 @@ pub fn start(spec: &BootSpec, events: EventSink) -> Result<StartedVm, BuiltinErr
         })
         .map_err(|e| BuiltinError::Thread(format!("supervisor thread: {e}")))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(BuiltinError::Thread(e)),
-        Err(_) => return Err(BuiltinError::Thread("the supervisor ended early".into())),
+        Ok(Ok(())) => Ok(Vm { msgs }),
+        Ok(Err(e)) => Err(BuiltinError::Thread(e)),
+        Err(_) => Err(BuiltinError::Thread("the supervisor ended early".into())),
     }
-    Ok(StartedVm {
-        streams: GuestStreams {
-            console: Box::new(console_host),
-            channel_rx: Box::new(chan_rx),
-            channel_tx: Box::new(chan_host),
-        },
-        power: Box::new(BuiltinPower { msgs }),
-        description,
-    })
 }
 
 /// Moves bytes from the host into COM2's receive FIFO as the guest drains it.
@@ -543,38 +539,32 @@ impl Supervisor {
     }
 }
 
-/// The power functions of a built-in VM.
-struct BuiltinPower {
+/// The power functions of a running built-in VM, in the VMM's process.
+pub struct Vm {
     msgs: Sender<Msg>,
 }
 
-impl BuiltinPower {
-    fn send(&self, m: Msg) -> Result<(), BackendError> {
-        self.msgs.send(m).map_err(|_| BuiltinError::Stopped.into())
+impl Vm {
+    fn send(&self, m: Msg) -> Result<(), BuiltinError> {
+        self.msgs.send(m).map_err(|_| BuiltinError::Stopped)
     }
-}
-
-impl PowerControl for BuiltinPower {
-    fn start_vcpus(&mut self) -> Result<(), BackendError> {
+    /// Lets the vCPUs of this boot, and of every later boot, run.
+    pub fn start_vcpus(&self) -> Result<(), BuiltinError> {
         self.send(Msg::Start)
-    }
-    fn power_button(&mut self) -> Result<(), BackendError> {
-        Err(BuiltinError::NoPowerButton.into())
     }
     /// Stops every vCPU, drops the VM and its RAM and boots the same spec
     /// again; [`VmmEvent::Reset`] `host-reset` follows.
-    fn reset(&mut self) -> Result<(), BackendError> {
+    pub fn reset(&self) -> Result<(), BuiltinError> {
         self.send(Msg::Host(StopRequest::HostReset))
     }
-    fn terminate(&mut self) -> Result<(), BackendError> {
+    /// Stops the VM at once; [`VmmEvent::Shutdown`] `host-terminate` and
+    /// [`VmmEvent::Exited`] follow.
+    pub fn terminate(&self) -> Result<(), BuiltinError> {
         self.send(Msg::Host(StopRequest::Terminate))
-    }
-    fn vmm_pid(&self) -> Option<u32> {
-        None
     }
 }
 
-impl Drop for BuiltinPower {
+impl Drop for Vm {
     fn drop(&mut self) {
         // No VM outlives the handle that controls it.
         let _ = self.msgs.send(Msg::Host(StopRequest::Terminate));

@@ -20,26 +20,23 @@ pub mod snp;
 
 pub use qmp::{QmpClient, QmpCommand, QmpError};
 
-use super::{Backend, BackendError, EventSink, GuestStreams, PowerControl, StartedVm, VmmEvent};
+use super::{process, Backend, BackendError, EventSink, GuestStreams, PowerControl, StartedVm};
 use crate::accel::Accel;
 use crate::vm_config::VmConfig;
 use snp::{SnpError, SnpQemuConfig, SnpSpec};
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::io::ErrorKind;
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tellus_measured_boot::records::{self, LaunchRecord};
 
 /// How long QEMU may take to connect its sockets.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How much of QEMU's stderr is kept for error messages.
-const STDERR_TAIL: usize = 4096;
 /// Host-side timeout for one write to the agent channel.
 const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -346,48 +343,24 @@ impl Backend for Qemu {
         cmd.args(args(cfg, accel, self.machine, snp, &s)?)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // Own process group: a terminal's Ctrl-C reaches the launcher,
-            // which shuts the guest down in order, not QEMU directly.
-            .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls prctl(2), which is async-signal-safe; it touches no memory of
-        // the parent. It makes QEMU die with the launcher, so no VM outlives
-        // the process that accounts for it.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+            .stderr(Stdio::piped());
         // The sealed images reach QEMU as inherited descriptors it opens as
-        // /proc/self/fd/N (see `args`). They stay close-on-exec in the
-        // launcher, so no other child ever gets them.
+        // /proc/self/fd/N (see `args`).
         let image_fds: Vec<RawFd> = [Some(&cfg.kernel), Some(&cfg.initrd), cfg.firmware.as_ref()]
             .into_iter()
             .flatten()
             .map(|i| i.raw_fd())
             .collect();
-        // SAFETY: the closure runs in the forked child before exec; it only
-        // reads the vector allocated before the fork and calls fcntl(2),
-        // which is async-signal-safe, on descriptors the child inherited
-        // (each at least 3, so not replaced by the child's standard streams).
-        unsafe {
-            cmd.pre_exec(move || {
-                for &fd in &image_fds {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        process::vmm_command(&mut cmd, image_fds);
         let mut child = cmd.spawn().map_err(|source| BackendError::Spawn {
             program: self.program.display().to_string(),
             source,
         })?;
         let stderr_tail = Arc::new(Mutex::new(String::new()));
-        let stderr_thread = child.stderr.take().map(|e| spawn_stderr_relay(e, stderr_tail.clone()));
+        let stderr_thread = child
+            .stderr
+            .take()
+            .map(|e| process::spawn_stderr_relay("qemu", e, stderr_tail.clone()));
         let tail = || stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
 
         // Accept the three connections, or notice QEMU dying / hanging.
@@ -436,7 +409,14 @@ impl Backend for Qemu {
             }
         };
         let pid = child.id();
-        spawn_waiter(child, stderr_thread, stderr_tail, events, dir);
+        process::spawn_waiter(
+            "qemu",
+            child,
+            stderr_thread.into_iter().collect(),
+            stderr_tail,
+            events,
+            dir,
+        );
         let channel_rx = agent.try_clone().map_err(sock_err)?;
         Ok(StartedVm {
             streams: GuestStreams {
@@ -455,74 +435,6 @@ impl Backend for Qemu {
             ),
         })
     }
-}
-
-/// Starts `f` on a thread named `name` that first drops its own
-/// capabilities (capabilities are per thread, and these threads only read,
-/// wait for or remove what is already theirs), and returns once it has: the
-/// launcher's check after its own drop never finds it still holding any.
-fn spawn_unprivileged<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let (dropped, wait) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            let _ = crate::privileges::drop_thread();
-            let _ = dropped.send(());
-            f()
-        })
-        .expect("failed to spawn thread");
-    let _ = wait.recv();
-    handle
-}
-
-/// Relays QEMU's stderr to ours (prefixed) and keeps its tail for errors.
-fn spawn_stderr_relay(
-    stderr: std::process::ChildStderr,
-    tail: Arc<Mutex<String>>,
-) -> std::thread::JoinHandle<()> {
-    spawn_unprivileged("qemu-stderr", move || {
-        let mut r = BufReader::new(stderr);
-        let mut line = Vec::new();
-        while matches!(r.by_ref().take(8192).read_until(b'\n', &mut line), Ok(n) if n > 0) {
-            let text = String::from_utf8_lossy(&line);
-            eprint!("qemu: {text}");
-            if let Ok(mut t) = tail.lock() {
-                t.push_str(&text);
-                if t.len() > STDERR_TAIL {
-                    let cut = t.len() - STDERR_TAIL;
-                    let cut = (cut..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(0);
-                    t.drain(..cut);
-                }
-            }
-            line.clear();
-        }
-    })
-}
-
-/// Waits for QEMU to exit and reports it; owns the socket directory so it
-/// lives exactly as long as QEMU.
-fn spawn_waiter(
-    mut child: Child,
-    stderr_thread: Option<std::thread::JoinHandle<()>>,
-    tail: Arc<Mutex<String>>,
-    events: EventSink,
-    dir: tempfile::TempDir,
-) {
-    spawn_unprivileged("qemu-waiter", move || {
-        let status = child.wait();
-        if let Some(t) = stderr_thread {
-            let _ = t.join();
-        }
-        drop(dir);
-        let stderr_tail = tail.lock().map(|t| t.clone()).unwrap_or_default();
-        match status {
-            Ok(status) => events(VmmEvent::Exited { status, stderr_tail }),
-            Err(e) => eprintln!("tellus: cannot wait for QEMU: {e}"),
-        }
-    });
 }
 
 struct QemuPower {
@@ -663,6 +575,7 @@ mod snp_golden {
             backend: BackendChoice::Qemu,
             accel: AccelChoice::Auto,
             qemu: Some(qemu.clone()),
+            vmm: None,
             machine: None,
             sev_snp: Some(SnpSpec::default()),
         };
@@ -676,6 +589,7 @@ mod snp_golden {
             accel: Accel::Kvm,
             accel_reason: String::new(),
             qemu: Some(q),
+            builtin: None,
         };
         let inputs = crate::measure::launch_inputs(&spec, &r, 13, None).unwrap();
         let recs = launch_records(&inputs).unwrap();
