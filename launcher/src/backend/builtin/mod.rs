@@ -1,8 +1,10 @@
 //! The built-in VMM: KVM through kvm-ioctls, memory through vm-memory, the
 //! kernel through linux-loader, two UARTs and the i8042 reset line through
-//! vm-superio, seccomp through seccompiler. It runs in the launcher process,
-//! one thread per vCPU, and offers exactly what the [`Backend`] interface
-//! asks for: console and agent-channel streams and the power functions.
+//! vm-superio, seccomp through seccompiler. It runs in a process of its own,
+//! `tellus-vmm` ([`process`]: what it gets from the launcher and how they
+//! talk), one thread per vCPU, and offers exactly what the
+//! [`Backend`](super::Backend) interface asks for: console and
+//! agent-channel streams and the power functions.
 //!
 //! What it cannot do, by construction:
 //! - read or write guest memory after loading: [`boot::load`] is the only
@@ -14,16 +16,18 @@
 //!   (see [`seccomp`]);
 //! - use capabilities: every VMM thread drops its own as its first action
 //!   ([`crate::privileges::drop_thread`]; capabilities are per thread), so a
-//!   root launcher's VMM threads run with none and `no_new_privs`.
+//!   root launcher's VMM threads run with none and `no_new_privs`;
+//! - reach the TPM, the launcher's state directory or its event log: they
+//!   are in the launcher's process, not in `tellus-vmm`'s.
 //!
 //! Power semantics (no ACPI, as close to QEMU's as that allows):
 //! - **Reset** — the guest writes 0xFE to port 0x64 (Linux: `reboot=k`) or
-//!   the host calls [`PowerControl::reset`] (`tellus ctl reboot` without a
-//!   ready agent): the supervisor stops and joins every vCPU thread, drops
+//!   the host calls [`Vm::reset`] (`tellus ctl reboot` without a ready
+//!   agent): the supervisor stops and joins every vCPU thread, drops
 //!   the VM and its sealed RAM, and builds a fresh VM from the same
 //!   [`BootSpec`] — a fresh [`boot::load`], new vCPU threads with their
 //!   seccomp filters installed before they run — on the `/dev/kvm` opened at
-//!   start (a reboot opens nothing new, so it works after the launcher has
+//!   start (a reboot opens nothing new, so it works after the VMM has
 //!   dropped its privileges). The console and agent-channel streams stay the
 //!   same: their host ends never see the reboot, the UARTs behind them are
 //!   reset. Then [`VmmEvent::Reset`] (`guest-reset` / `host-reset`), and the
@@ -35,7 +39,7 @@
 //!   resets through the i8042 with the default command line, so its reboots
 //!   are real reboots.)
 //! - There is no power button: a polite power-off goes through the guest
-//!   agent, and [`PowerControl::terminate`] stops the VM at once.
+//!   agent, and [`Vm::terminate`] stops the VM at once.
 
 /// Guest memory, kernel, initrd and boot structures.
 pub mod boot;
