@@ -99,13 +99,16 @@ impl SealedImage {
     /// contents are the ones the launcher measured.
     pub fn inherited(what: &'static str, fd: OwnedFd) -> Result<SealedImage, ImageError> {
         let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        let seal = |source| ImageError::Seal { what, path: path.clone(), source };
-        let have = fcntl(&fd, FcntlArg::F_GET_SEALS).map_err(|e| seal(e.into()))?;
+        // EINVAL: not a file that can carry seals (not a memfd) at all.
+        let have = fcntl(&fd, FcntlArg::F_GET_SEALS).unwrap_or(0);
         if !SealFlag::from_bits_truncate(have).contains(SEALS) {
             return Err(ImageError::NotSealed { what, path, seals: have });
         }
         let file = File::from(fd);
-        let len = file.metadata().map_err(seal)?.len();
+        let len = file
+            .metadata()
+            .map_err(|source| ImageError::Read { what, path: path.clone(), source })?
+            .len();
         Ok(SealedImage { what, path, file, len })
     }
 
@@ -384,5 +387,26 @@ mod tests {
         let img = SealedImage::stage("initrd", &empty).unwrap();
         assert!(img.is_empty());
         assert_eq!(img.measurement().unwrap().size, 0);
+    }
+
+    #[test]
+    fn an_inherited_image_must_carry_every_seal() {
+        let (_dir, path) = source(b"measured bytes");
+        let staged = SealedImage::stage("kernel", &path).unwrap();
+        let dup = || OwnedFd::from(staged.file().try_clone().unwrap());
+        let got = SealedImage::inherited("kernel", dup()).unwrap();
+        assert_eq!(got.len(), staged.len());
+        assert_eq!(got.measurement().unwrap(), staged.measurement().unwrap());
+        assert_eq!(got.fd_path(), got.path());
+        // A plain file, and a memfd with some seals but not all, are refused.
+        let plain = OwnedFd::from(File::open(&path).unwrap());
+        let e = SealedImage::inherited("kernel", plain).unwrap_err();
+        assert!(matches!(e, ImageError::NotSealed { what: "kernel", seals: 0, .. }), "{e}");
+        let partly = memfd("initrd").unwrap();
+        fcntl(&partly, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW))
+            .unwrap();
+        let e = SealedImage::inherited("initrd", partly).unwrap_err();
+        assert!(matches!(e, ImageError::NotSealed { what: "initrd", .. }), "{e}");
+        assert!(e.to_string().contains("must come from the launcher's sealed copy"), "{e}");
     }
 }

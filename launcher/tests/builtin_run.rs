@@ -8,8 +8,10 @@ mod common;
 
 use builtin_support::*;
 use common::{collect_output, tellus, tellus_run};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swtpm_tests::Swtpm;
@@ -209,6 +211,60 @@ fn run_builtin_refuses_an_old_kernel_before_measuring() {
     let mut r = Run::start(Guest::payload(Variant::Ready), &["--firmware", "/etc/hostname"]);
     assert_eq!(r.wait_exit().code(), Some(1));
     assert!(r.stderr().contains("runs no firmware"), "{}", r.stderr());
+}
+
+#[test]
+fn run_builtin_reports_a_vmm_that_is_missing_or_fails_to_start() {
+    if !kvm_usable_or_skip("run_builtin_reports_a_vmm_that_is_missing_or_fails_to_start") {
+        return;
+    }
+    // Missing: refused before anything is measured.
+    let mut r = Run::start(Guest::payload(Variant::Ready), &["--tellus-vmm", "/nonexistent/vmm"]);
+    assert_eq!(r.wait_exit().code(), Some(1));
+    let err = r.stderr();
+    assert!(err.contains("executable /nonexistent/vmm cannot be used (no such file)"), "{err}");
+    assert!(!err.contains("measured"), "measured before refusing: {err}");
+    // An executable that ends without building a VM: measured (it is what
+    // would have run), then reported with its exit status; no guest ran.
+    for (exe, status) in [("/bin/false", "exit status: 1"), ("/bin/true", "exit status: 0")] {
+        let mut r = Run::start(Guest::payload(Variant::Ready), &["--tellus-vmm", exe]);
+        assert_eq!(r.wait_exit().code(), Some(1), "{}", r.stderr());
+        let err = r.stderr();
+        assert!(err.contains(&format!("tellus-vmm failed to start the VM ({status})")), "{err}");
+        assert!(!err.contains("guest agent ready"), "{err}");
+        assert_eq!(r.console_log(), "", "{exe}");
+    }
+}
+
+#[test]
+fn tellus_vmm_refuses_what_the_launcher_would_not_hand_it() {
+    let vmm = env!("CARGO_BIN_EXE_tellus-vmm");
+    let out = Command::new(vmm).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kernel-fd is missing") && err.contains("not by hand"), "{err}");
+    // A kernel that is a plain file, not the launcher's sealed copy.
+    let guest = Guest::payload(Variant::Ready);
+    let kernel = std::fs::File::open(&guest.kernel).unwrap();
+    let fd = kernel.as_raw_fd();
+    let mut cmd = Command::new(vmm);
+    cmd.args(["--kernel-fd", "3", "--initrd-fd", "4", "--console-fd", "5", "--channel-fd", "6"])
+        .args(["--control-fd", "7", "--vcpus", "1", "--memory-mib", "64", "--cmdline", "x"]);
+    // SAFETY: runs in the forked child before exec and only calls dup2(2)
+    // and fcntl(2), which are async-signal-safe, on descriptors the child
+    // has (dup2 onto itself keeps close-on-exec, hence the fcntl).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) == -1 || libc::fcntl(3, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kernel /proc/self/fd/3 is not sealed against change"), "{err}");
 }
 
 #[test]
