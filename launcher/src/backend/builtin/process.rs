@@ -23,6 +23,7 @@
 //!   launcher reports its exit with the tail of its stderr.
 
 use super::boot::{self, BootSpec};
+use super::seccomp::{self, SeccompError};
 use super::{BuiltinError, DeviceStreams, Vm};
 use crate::accel::Accel;
 use crate::backend::{
@@ -359,6 +360,8 @@ pub enum VmmMainError {
     Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("control socket: {0}")]
     Control(std::io::Error),
+    #[error("control thread: {0}")]
+    Seccomp(#[from] SeccompError),
 }
 
 /// What the launcher passes to `tellus-vmm`.
@@ -482,11 +485,25 @@ fn run_vmm(args: impl IntoIterator<Item = OsString>) -> Result<ExitStatus, VmmMa
     });
     let vm = super::start(&spec, DeviceStreams { console, channel }, sink)?;
     crate::privileges::drop_thread()?;
-    (&ctl).write_all(b"ready\n").map_err(VmmMainError::Control)?;
+    let reader = ctl.try_clone().map_err(VmmMainError::Control)?;
+    let (filtered_tx, filtered) = mpsc::channel();
     std::thread::Builder::new()
         .name("vmm-control".into())
-        .spawn(move || obey(ctl, vm))
+        .spawn(move || {
+            // The launcher's bytes are read under the device threads' list.
+            let r = seccomp::apply(seccomp::ThreadKind::Device);
+            let ok = r.is_ok();
+            let _ = filtered_tx.send(r);
+            if ok {
+                obey(reader, vm);
+            }
+        })
         .map_err(VmmMainError::Control)?;
+    // Dropping the handle on an error terminates the VM.
+    filtered
+        .recv()
+        .map_err(|_| BuiltinError::Thread("the control thread ended early".into()))??;
+    (&ctl).write_all(b"ready\n").map_err(VmmMainError::Control)?;
     match exit_rx.recv() {
         Ok((status, tail)) => {
             if !tail.is_empty() {

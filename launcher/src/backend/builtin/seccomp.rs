@@ -21,8 +21,9 @@ pub const KVM_RUN: u64 = 0xae80;
 pub enum ThreadKind {
     /// Runs one vCPU: `KVM_RUN`, port I/O to the devices, UART output.
     Vcpu,
-    /// Feeds host bytes into COM2 (the supervisor, which builds VMs on a
-    /// reboot, runs without a filter: see `Supervisor` in `builtin/mod.rs`).
+    /// Feeds host bytes into COM2, or carries out the launcher's control
+    /// bytes (the supervisor, which builds VMs on a reboot, runs without a
+    /// filter: see `Supervisor` in `builtin/mod.rs`).
     Device,
 }
 
