@@ -134,17 +134,17 @@ fn run_builtin_payload_ready_then_ctl_shutdown_through_the_agent() {
     let ppid = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap();
     let ppid = ppid.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap().to_string();
     assert_eq!(ppid, r.child.id().to_string(), "tellus-vmm is tellus's child");
-    // Every thread that handles guest or launcher bytes runs under its
-    // seccomp filter (mode 2); the supervisor, which rebuilds VMs, and the
-    // main thread, which only waits for the end, do not.
+    // Every thread runs under the process-wide filter (two programs), and
+    // every thread that handles guest or launcher bytes under its own
+    // allow-list besides; the supervisor, which rebuilds VMs, and the main
+    // thread, which only waits for the end, under the process filter only.
     // (KVM's own kernel worker, kvm-nx-lpage-recovery, is listed among
     // the process's tasks on some hosts; it is not a VMM thread.)
     let mut modes = seccomp_modes(vmm as u32);
     modes.retain(|(name, _)| !name.starts_with("kvm-"));
-    for (name, mode) in &modes {
-        let want =
-            if ["vcpu0", "com2-input", "vmm-control"].contains(&name.as_str()) { 2 } else { 0 };
-        assert_eq!(*mode, want, "thread {name}: {modes:?}");
+    for (name, (mode, filters)) in &modes {
+        let own = ["vcpu0", "com2-input", "vmm-control"].contains(&name.as_str());
+        assert_eq!((*mode, *filters), (2, if own { 3 } else { 2 }), "thread {name}: {modes:?}");
     }
     assert_eq!(modes.len(), 5, "{modes:?}");
     let resp = r.ctl("shutdown");
@@ -405,18 +405,21 @@ fn threads(pid: u32) -> Vec<(String, ThreadPrivileges)> {
     out
 }
 
-/// (thread name, `Seccomp:` mode) of every thread of `pid`.
-fn seccomp_modes(pid: u32) -> Vec<(String, u32)> {
+/// (thread name, (`Seccomp:` mode, `Seccomp_filters:` count)) of every
+/// thread of `pid`.
+fn seccomp_modes(pid: u32) -> Vec<(String, (u32, u32))> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let status = std::fs::read_to_string(t.path().join("status")).unwrap();
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap();
-        let mode = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp:"))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap();
-        out.push((comm.trim().to_string(), mode));
+        let field = |k: &str| -> u32 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap()
+        };
+        out.push((comm.trim().to_string(), (field("Seccomp:"), field("Seccomp_filters:"))));
     }
     out.sort();
     out

@@ -1,7 +1,8 @@
 //! The built-in VMM's seccomp allow-lists, as installed on its threads
 //! (`seccomp::program` + `seccomp::install`, the two halves of what every vCPU
 //! and device thread runs first), kill the process on a syscall outside them
-//! and let the listed ones through.
+//! and let the listed ones through; the process-wide filter of `tellus-vmm`
+//! (`seccomp::process_program`) kills it on what no VMM thread may do.
 //!
 //! Each case runs in a forked child that is single-threaded like a VMM thread
 //! under its filter: it installs the real program, writes a marker (an
@@ -30,13 +31,40 @@ enum Call {
     Socket,
     /// `execve("/bin/true", ...)`
     Exec,
+    /// `fork()`
+    Fork,
+    /// `clone(SIGCHLD)`: a new process, not a thread.
+    CloneProcess,
+    /// `clone3(NULL, 0)`: must fail with ENOSYS (glibc then uses clone).
+    Clone3,
+    /// `ptrace(PTRACE_ATTACH, 1)`
+    Ptrace,
+    /// `kill(1, 0)`
+    Kill,
+    /// `tgkill(1, 1, 0)`: another process.
+    TgkillOther,
+    /// `prctl(PR_SET_DUMPABLE, 1)`
+    SetDumpable,
+    /// `prctl(PR_GET_DUMPABLE)`: allowed.
+    GetDumpable,
+}
+
+/// Which filter the child installs.
+#[derive(Clone, Copy)]
+enum Filter {
+    Thread(ThreadKind),
+    /// tellus-vmm's process-wide filter, built for this (the parent) pid.
+    Process,
 }
 
 /// Runs `call` under `kind`'s filter in a child; returns its wait status and
 /// what it wrote.
-fn run_child(kind: ThreadKind, call: Call) -> (WaitStatus, String) {
+fn run_child(kind: impl Into<Filter>, call: Call) -> (WaitStatus, String) {
     // Built before fork: the child must not allocate.
-    let program = seccomp::program(kind).unwrap();
+    let programs = match kind.into() {
+        Filter::Thread(k) => vec![seccomp::program(k).unwrap()],
+        Filter::Process => seccomp::process_program(std::process::id()).unwrap().to_vec(),
+    };
     let (r, w) = pipe().unwrap();
     // SAFETY: the child only makes raw syscalls (prctl/seccomp via
     // `install`, which does not allocate; write; the call under test; exit)
@@ -45,10 +73,12 @@ fn run_child(kind: ThreadKind, call: Call) -> (WaitStatus, String) {
     match unsafe { fork() }.unwrap() {
         ForkResult::Child => {
             let fd = w.as_raw_fd();
-            let code = match seccomp::install(&program) {
-                Ok(()) => 0,
-                Err(_) => 99,
-            };
+            let mut code = 0;
+            for p in &programs {
+                if seccomp::install(p).is_err() {
+                    code = 99;
+                }
+            }
             let marker = b"filter installed\n";
             // SAFETY: raw syscalls with valid pointers and lengths; the child
             // ends with SYS_exit and never returns.
@@ -78,6 +108,20 @@ fn run_child(kind: ThreadKind, call: Call) -> (WaitStatus, String) {
                         argv.as_ptr(),
                         std::ptr::null::<*const libc::c_char>(),
                     ),
+                    Call::Fork => libc::syscall(libc::SYS_fork),
+                    Call::CloneProcess => libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0),
+                    Call::Clone3 => {
+                        let r = libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0);
+                        if r != -1 || *libc::__errno_location() != libc::ENOSYS {
+                            code = 98;
+                        }
+                        r
+                    }
+                    Call::Ptrace => libc::syscall(libc::SYS_ptrace, libc::PTRACE_ATTACH, 1, 0, 0),
+                    Call::Kill => libc::syscall(libc::SYS_kill, 1, 0),
+                    Call::TgkillOther => libc::syscall(libc::SYS_tgkill, 1, 1, 0),
+                    Call::SetDumpable => libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 1),
+                    Call::GetDumpable => libc::syscall(libc::SYS_prctl, libc::PR_GET_DUMPABLE),
                 };
                 let survived = b"survived\n";
                 libc::write(fd, survived.as_ptr().cast(), survived.len());
@@ -94,7 +138,13 @@ fn run_child(kind: ThreadKind, call: Call) -> (WaitStatus, String) {
     }
 }
 
-fn killed_by_sigsys(kind: ThreadKind, call: Call) {
+impl From<ThreadKind> for Filter {
+    fn from(k: ThreadKind) -> Filter {
+        Filter::Thread(k)
+    }
+}
+
+fn killed_by_sigsys(kind: impl Into<Filter>, call: Call) {
     let (status, out) = run_child(kind, call);
     assert!(
         matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
@@ -131,4 +181,26 @@ fn forbidden_syscalls_kill_a_device_thread() {
     killed_by_sigsys(ThreadKind::Device, Call::IoctlKvmRun);
     killed_by_sigsys(ThreadKind::Device, Call::Socket);
     killed_by_sigsys(ThreadKind::Device, Call::Exec);
+}
+
+#[test]
+fn the_process_filter_allows_threads_and_kills_what_no_vmm_thread_may_do() {
+    for call in [Call::None, Call::GetDumpable, Call::Clone3, Call::IoctlNotKvmRun] {
+        let (status, out) = run_child(Filter::Process, call);
+        assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+        assert_eq!(out, "filter installed\nsurvived\n");
+    }
+    for call in [
+        Call::Open,
+        Call::Exec,
+        Call::Socket,
+        Call::Fork,
+        Call::CloneProcess,
+        Call::Ptrace,
+        Call::Kill,
+        Call::TgkillOther,
+        Call::SetDumpable,
+    ] {
+        killed_by_sigsys(Filter::Process, call);
+    }
 }

@@ -64,6 +64,9 @@ pub trait PowerControl: Send {
     fn reset(&mut self) -> Result<(), BackendError>;
     /// Stops the VM at once; the VMM exits.
     fn terminate(&mut self) -> Result<(), BackendError>;
+    /// Ends the VMM process at once (SIGKILL through its pidfd), for a VMM
+    /// that does not exit after [`PowerControl::terminate`].
+    fn kill(&mut self) -> Result<(), BackendError>;
     /// Process id of the VMM, when it is a separate process.
     fn vmm_pid(&self) -> Option<u32>;
 }
@@ -115,6 +118,10 @@ pub enum BackendError {
     Snp(#[from] qemu::snp::SnpError),
     #[error("--machine and --sev-snp choose QEMU machines; use --backend qemu (or auto)")]
     MachineNeedsQemu,
+    #[error(
+        "cannot kill the VMM process: {0}; kill it by hand (its pid is in `tellus ctl status`)"
+    )]
+    Kill(std::io::Error),
     #[error("lost track of the VMM process (its waiter thread ended without an exit status)")]
     WaiterLost,
     #[error("built-in VMM: {0}")]

@@ -4,7 +4,7 @@
 
 use super::{EventSink, VmmEvent};
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -67,8 +67,69 @@ pub(crate) fn spawn_unprivileged<T: Send + 'static>(
     handle
 }
 
-/// Relays a VMM's stderr to ours, each line prefixed with `prefix`, and
-/// keeps its tail for error messages.
+/// A VMM process by its pidfd (`pidfd_open(2)`, Linux 5.3): signals sent
+/// through it reach that process or, once it has been reaped, nobody —
+/// never another process that got its pid since.
+#[derive(Debug)]
+pub(crate) struct Pidfd(OwnedFd);
+
+impl Pidfd {
+    /// Opens the pidfd of `pid`, a child of ours not reaped yet.
+    pub(crate) fn open(pid: u32) -> std::io::Result<Pidfd> {
+        let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+        // SAFETY: pidfd_open(2) takes two integers and returns a new
+        // descriptor or -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = RawFd::try_from(fd).map_err(std::io::Error::other)?;
+        // SAFETY: pidfd_open returned a new descriptor (close-on-exec) that
+        // nothing else owns.
+        Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// SIGKILL to the process; `Ok` also when it has already ended.
+    pub(crate) fn kill(&self) -> std::io::Result<()> {
+        // SAFETY: pidfd_send_signal(2) with a descriptor we own, a signal
+        // number, no siginfo (NULL) and no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        match r {
+            0 => Ok(()),
+            _ => match std::io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+}
+
+/// `text` with every control character except tab and newline escaped: a
+/// VMM's output reaches the operator's terminal and error messages, and
+/// must not move the cursor, clear the screen or forge a line of ours.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Relays a VMM's stderr to ours, each line prefixed with `prefix` and its
+/// control characters escaped ([`printable`]), and keeps its tail for error
+/// messages.
 pub(crate) fn spawn_stderr_relay(
     prefix: &'static str,
     stderr: std::process::ChildStderr,
@@ -78,7 +139,7 @@ pub(crate) fn spawn_stderr_relay(
         let mut r = BufReader::new(stderr);
         let mut line = Vec::new();
         while matches!(r.by_ref().take(8192).read_until(b'\n', &mut line), Ok(n) if n > 0) {
-            let text = String::from_utf8_lossy(&line);
+            let text = printable(&String::from_utf8_lossy(&line));
             eprint!("{prefix}: {text}");
             if let Ok(mut t) = tail.lock() {
                 t.push_str(&text);
@@ -93,13 +154,15 @@ pub(crate) fn spawn_stderr_relay(
     })
 }
 
-/// Waits for the VMM to exit, then for `first` (its stderr relay, its event
-/// reader: everything it said comes before its end), drops `keep` (what
-/// must live exactly as long as the VMM) and reports
-/// [`VmmEvent::Exited`].
+/// Waits for the VMM to exit, calls `exited` (e.g. to end a reader that
+/// something other than the VMM could keep open), waits for `first` (its
+/// stderr relay, its event reader: everything it said comes before its
+/// end), drops `keep` (what must live exactly as long as the VMM) and
+/// reports [`VmmEvent::Exited`].
 pub(crate) fn spawn_waiter<K: Send + 'static>(
     name: &'static str,
     mut child: Child,
+    exited: impl FnOnce() + Send + 'static,
     first: Vec<JoinHandle<()>>,
     tail: Arc<Mutex<String>>,
     events: EventSink,
@@ -107,6 +170,7 @@ pub(crate) fn spawn_waiter<K: Send + 'static>(
 ) {
     spawn_unprivileged(&format!("{name}-waiter"), move || {
         let status = child.wait();
+        exited();
         for t in first {
             let _ = t.join();
         }
@@ -117,4 +181,31 @@ pub(crate) fn spawn_waiter<K: Send + 'static>(
             Err(e) => eprintln!("tellus: cannot wait for {name}: {e}"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_could_steer_a_terminal() {
+        assert_eq!(printable("boot ok\tnow\n"), "boot ok\tnow\n");
+        assert_eq!(
+            printable("\u{1b}[2J\rtellus: attestation succeeded\u{7}\u{0}"),
+            "\\u{1b}[2J\\rtellus: attestation succeeded\\u{7}\\u{0}"
+        );
+        assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m");
+    }
+
+    #[test]
+    fn pidfd_kills_its_process_and_never_another() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pidfd = Pidfd::open(child.id()).unwrap();
+        pidfd.kill().unwrap();
+        let st = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
+        // Reaped: the pidfd now names nobody, and killing is a no-op.
+        pidfd.kill().unwrap();
+    }
 }

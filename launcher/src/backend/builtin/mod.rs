@@ -14,11 +14,16 @@
 //!   no register read-back after set-up;
 //! - make syscalls outside its allow-lists on its vCPU and device threads
 //!   (see [`seccomp`]);
-//! - use capabilities: every VMM thread drops its own as its first action
-//!   ([`crate::privileges::drop_thread`]; capabilities are per thread), so a
-//!   root launcher's VMM threads run with none and `no_new_privs`;
-//! - reach the TPM, the launcher's state directory or its event log: they
-//!   are in the launcher's process, not in `tellus-vmm`'s.
+//! - use capabilities: `tellus-vmm` drops them (and sets `no_new_privs`) on
+//!   its main thread right after opening `/dev/kvm`, before it reads the
+//!   kernel image or starts a thread, so every VMM thread runs with none;
+//! - open a file, execute, create a process, open a socket, trace, signal
+//!   or read another process, or become dumpable again: a process-wide
+//!   seccomp filter ([`seccomp::process_program`]) kills the VMM on any of
+//!   these, so the TPM, the launcher's state directory, its event log and
+//!   the launcher's memory stay out of reach even of a VMM thread the
+//!   guest took over; and the process is not dumpable, so other processes
+//!   of the same user cannot read guest memory through `/proc`.
 //!
 //! Power semantics (no ACPI, as close to QEMU's as that allows):
 //! - **Reset** — the guest writes 0xFE to port 0x64 (Linux: `reboot=k`) or
@@ -351,16 +356,17 @@ pub struct DeviceStreams {
     pub channel: UnixStream,
 }
 
-/// Builds the VM with its vCPUs held at the gate, on a `/dev/kvm` opened
-/// here, and returns its power handle. This is the VMM itself: `tellus-vmm`
-/// ([`process`]) runs it in a process of its own.
+/// Builds the VM with its vCPUs held at the gate on `kvm` (the open
+/// `/dev/kvm`: reboots build their VMs on it too) and returns its power
+/// handle. This is the VMM itself: `tellus-vmm` ([`process`]) runs it in a
+/// process of its own, after dropping its capabilities and installing the
+/// process-wide seccomp filter, which every thread started here inherits.
 pub fn start(
     spec: &BootSpec,
+    kvm: Kvm,
     streams: DeviceStreams,
     events: EventSink,
 ) -> Result<Vm, BuiltinError> {
-    // /dev/kvm is opened once per VM: reboots build their VMs on this fd.
-    let kvm = Kvm::new().map_err(BuiltinError::Kvm)?;
     let supported =
         kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report its CPUID"))?;
     vcpu::install_kick_handler().map_err(io("vCPU kick signal"))?;
@@ -387,24 +393,11 @@ pub fn start(
         events,
         msg_rx,
     };
-    let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("vmm-supervisor".into())
-        .spawn(move || {
-            // Its later boots' vCPU threads inherit this.
-            if let Err(e) = crate::privileges::drop_thread() {
-                let _ = ready_tx.send(Err(format!("supervisor: {e}")));
-                return; // dropping `sup` stops the held vCPUs
-            }
-            let _ = ready_tx.send(Ok(()));
-            sup.run()
-        })
+        .spawn(move || sup.run())
         .map_err(|e| BuiltinError::Thread(format!("supervisor thread: {e}")))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Vm { msgs }),
-        Ok(Err(e)) => Err(BuiltinError::Thread(e)),
-        Err(_) => Err(BuiltinError::Thread("the supervisor ended early".into())),
-    }
+    Ok(Vm { msgs })
 }
 
 /// Moves bytes from the host into COM2's receive FIFO as the guest drains it.
@@ -419,10 +412,6 @@ fn spawn_feeder<W: std::io::Write + Send + 'static>(
     let t = std::thread::Builder::new()
         .name("com2-input".into())
         .spawn(move || {
-            if let Err(e) = crate::privileges::drop_thread() {
-                let _ = ready_tx.send(Err(format!("COM2 input thread: {e}")));
-                return;
-            }
             if let Err(e) = seccomp::apply(seccomp::ThreadKind::Device) {
                 let _ = ready_tx.send(Err(e.to_string()));
                 return;

@@ -31,15 +31,18 @@ use crate::backend::{
 };
 use crate::image::{ImageError, SealedImage};
 use crate::vm_config::VmConfig;
+use kvm_ioctls::Kvm;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// File name of the VMM executable, looked for next to `tellus`.
 pub const VMM_BINARY: &str = "tellus-vmm";
@@ -49,6 +52,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout for one control byte to the VMM.
 const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a VMM that closed its control socket may take to exit.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Longest control line the launcher reads from the VMM.
 const MAX_LINE: u64 = 128;
 
@@ -155,71 +160,106 @@ impl Backend for Builtin {
         })?;
         // Only the VMM holds its ends now: its exit closes them.
         drop(fds);
+        let pidfd = match process::Pidfd::open(child.id()) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io("VMM process")(e).into());
+            }
+        };
         let tail = Arc::new(Mutex::new(String::new()));
         let stderr_thread =
             child.stderr.take().map(|e| process::spawn_stderr_relay(VMM_BINARY, e, tail.clone()));
         let tail_now = || tail.lock().map(|t| t.clone()).unwrap_or_default();
-        let fail = |mut child: Child, e: BuiltinError| -> BackendError {
-            let _ = child.kill();
-            let _ = child.wait();
-            e.into()
+        // Ends the VMM, reaps it and lets its stderr relay finish.
+        let stop = |mut child: Child, stderr: Option<std::thread::JoinHandle<()>>| {
+            let _ = pidfd.kill();
+            let status = child.wait();
+            if let Some(t) = stderr {
+                let _ = t.join();
+            }
+            status
         };
 
         let mut lines = match ctl.try_clone() {
             Ok(c) => BufReader::new(c),
-            Err(e) => return Err(fail(child, io("control socket")(e))),
+            Err(e) => {
+                let _ = stop(child, stderr_thread);
+                return Err(io("control socket")(e).into());
+            }
         };
-        if let Err(e) = ctl.set_read_timeout(Some(START_TIMEOUT)) {
-            return Err(fail(child, io("control socket")(e)));
-        }
-        match read_line(&mut lines) {
-            Ok(Some(l)) if l == "ready" => {}
+        let deadline = Instant::now() + START_TIMEOUT;
+        let first = read_line_by(&mut lines, deadline);
+        let e = match first {
+            Ok(Some(l)) if l == "ready" => None,
             Ok(None) => {
-                // The VMM ended before the VM was built: it said why.
-                let status = child.wait().map_err(io("VMM process"))?;
-                if let Some(t) = stderr_thread {
-                    let _ = t.join();
+                // The VMM closed the control socket before the VM was
+                // built: it has exited or is about to (it said why on
+                // stderr); give it a moment, then make sure.
+                let end = Instant::now() + EXIT_GRACE;
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(5));
                 }
+                let status = stop(child, stderr_thread).map_err(io("VMM process"))?;
                 return Err(BuiltinError::VmmStart { status, stderr: tail_now() }.into());
             }
-            Ok(Some(l)) => return Err(fail(child, BuiltinError::VmmProtocol(l))),
+            Ok(Some(l)) => Some(BuiltinError::VmmProtocol(process::printable(&l))),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(fail(
-                    child,
-                    BuiltinError::VmmStartTimeout {
-                        secs: START_TIMEOUT.as_secs(),
-                        stderr: tail_now(),
-                    },
-                ))
+                Some(BuiltinError::VmmStartTimeout {
+                    secs: START_TIMEOUT.as_secs(),
+                    stderr: String::new(),
+                })
             }
-            Err(e) => return Err(fail(child, io("control socket")(e))),
+            Err(e) => Some(BuiltinError::VmmProtocol(process::printable(&e.to_string()))),
+        };
+        if let Some(e) = e {
+            let _ = stop(child, stderr_thread);
+            return Err(match e {
+                BuiltinError::VmmStartTimeout { secs, .. } => {
+                    BuiltinError::VmmStartTimeout { secs, stderr: tail_now() }
+                }
+                e => e,
+            }
+            .into());
         }
-        let setup = ctl
+        let setup = lines
+            .get_ref()
             .set_read_timeout(None)
             .and_then(|_| ctl.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT)))
             .and_then(|_| chan_host.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)))
-            .and_then(|_| chan_host.try_clone());
-        let chan_rx = match setup {
+            .and_then(|_| chan_host.try_clone())
+            .and_then(|rx| ctl.try_clone().map(|c| (rx, c)));
+        let (chan_rx, ctl_end) = match setup {
             Ok(c) => c,
-            Err(e) => return Err(fail(child, io("VMM streams")(e))),
+            Err(e) => {
+                let _ = stop(child, stderr_thread);
+                return Err(io("VMM streams")(e).into());
+            }
         };
         let pid = child.id();
-        let reader = spawn_event_reader(lines, pid, events.clone());
+        let asked = Arc::new(Asked::default());
+        let reader = spawn_event_reader(lines, pidfd.clone(), asked.clone(), events.clone());
         let mut first: Vec<_> = stderr_thread.into_iter().collect();
         first.push(reader);
-        process::spawn_waiter(VMM_BINARY, child, first, tail, events, ());
+        // Once the VMM is reaped nothing it says matters any more: end the
+        // event reader even if something else still held the VMM's end.
+        let exited = move || {
+            let _ = ctl_end.shutdown(Shutdown::Read);
+        };
+        process::spawn_waiter(VMM_BINARY, child, exited, first, tail, events, ());
         Ok(StartedVm {
             streams: GuestStreams {
                 console: Box::new(console_host),
                 channel_rx: Box::new(chan_rx),
                 channel_tx: Box::new(chan_host),
             },
-            power: Box::new(BuiltinPower { ctl, pid }),
+            power: Box::new(BuiltinPower { ctl, pid, pidfd, asked }),
             description: format!(
                 "built-in VMM ({VMM_BINARY} pid {pid}, KVM, {} vCPU, {}M, COM1 console, COM2 agent channel)",
                 spec.vcpus, spec.memory_mib
@@ -228,12 +268,39 @@ impl Backend for Builtin {
     }
 }
 
+/// [`read_line`] that gives up at `deadline` (not per read: a VMM that
+/// trickles bytes cannot stretch it).
+fn read_line_by(
+    r: &mut BufReader<UnixStream>,
+    deadline: Instant,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        r.get_ref().set_read_timeout(Some(left))?;
+        let room = (MAX_LINE + 1).saturating_sub(line.len() as u64);
+        let n = r.by_ref().take(room).read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() == Some(&b'\n') || line.len() as u64 > MAX_LINE {
+            break;
+        }
+    }
+    finish_line(line)
+}
+
 /// One control line, without its newline; `None` at the end of the
 /// stream. Lines longer than [`MAX_LINE`] are an error.
 fn read_line(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
     let mut line = Vec::new();
-    let n = r.take(MAX_LINE + 1).read_until(b'\n', &mut line)?;
-    if n == 0 {
+    r.take(MAX_LINE + 1).read_until(b'\n', &mut line)?;
+    finish_line(line)
+}
+
+/// A line read by [`read_line`] or [`read_line_by`], checked.
+fn finish_line(mut line: Vec<u8>) -> std::io::Result<Option<String>> {
+    if line.is_empty() {
         return Ok(None);
     }
     if line.pop() != Some(b'\n') {
@@ -249,58 +316,87 @@ fn read_line(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
 /// A VMM event line, as the launcher accepts it.
 #[derive(Debug, PartialEq, Eq)]
 enum EventLine {
-    Reset(String),
+    Reset(&'static str),
     Shutdown(String),
 }
 
-/// Parses `reset <reason>` / `shutdown <reason>`; a reason is 1 to 64
-/// characters of `a-z`, `0-9` and `-`.
+/// Parses `reset <reason>` / `shutdown <reason>` with exactly the reasons
+/// the VMM has ([`super::Supervisor`]): `guest-reset`, `host-reset`;
+/// `guest-triple-fault`, `guest-system-event-<n>`, `host-terminate`.
 fn parse_event(line: &str) -> Option<EventLine> {
     let (kind, reason) = line.split_once(' ')?;
-    let ok = (1..=64).contains(&reason.len())
-        && reason.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !ok {
-        return None;
-    }
     match kind {
-        "reset" => Some(EventLine::Reset(reason.into())),
-        "shutdown" => Some(EventLine::Shutdown(reason.into())),
+        "reset" => {
+            ["guest-reset", "host-reset"].into_iter().find(|r| *r == reason).map(EventLine::Reset)
+        }
+        "shutdown" => {
+            let system_event = reason.strip_prefix("guest-system-event-").is_some_and(|n| {
+                n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<u32>().is_ok()
+            });
+            (system_event || reason == "guest-triple-fault" || reason == "host-terminate")
+                .then(|| EventLine::Shutdown(reason.into()))
+        }
         _ => None,
     }
 }
 
+/// What the launcher asked of the VMM, so that host-caused events are
+/// believed only when the host caused them.
+#[derive(Debug, Default)]
+struct Asked {
+    /// Resets asked for and not reported yet.
+    resets: AtomicU32,
+    terminate: AtomicBool,
+}
+
 /// Turns the VMM's event lines into [`VmmEvent`]s until it closes the
-/// control socket. A line outside the protocol ends the VMM: the launcher
-/// does not go on with a VMM that misbehaves.
+/// control socket. A line outside the protocol — unknown, a host-caused
+/// event the launcher did not ask for, anything after `shutdown` — ends the
+/// VMM: the launcher does not go on with a VMM that misbehaves.
 fn spawn_event_reader(
     mut lines: BufReader<UnixStream>,
-    pid: u32,
+    pidfd: Arc<process::Pidfd>,
+    asked: Arc<Asked>,
     events: EventSink,
 ) -> std::thread::JoinHandle<()> {
-    process::spawn_unprivileged("tellus-vmm-events", move || loop {
-        let bad = match read_line(&mut lines) {
-            Ok(None) => return,
-            Ok(Some(l)) => match parse_event(&l) {
-                Some(EventLine::Reset(reason)) => {
-                    events(VmmEvent::Reset { reason });
-                    continue;
+    process::spawn_unprivileged("tellus-vmm-events", move || {
+        let mut shut_down = false;
+        let bad = loop {
+            let l = match read_line(&mut lines) {
+                Ok(None) => return,
+                Ok(Some(l)) => l,
+                Err(e) => break e.to_string(),
+            };
+            match parse_event(&l) {
+                _ if shut_down => break format!("{l:?} after shutdown"),
+                Some(EventLine::Reset("host-reset"))
+                    if asked
+                        .resets
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_err() =>
+                {
+                    break "a host reset nobody asked for".into()
+                }
+                Some(EventLine::Reset(reason)) => events(VmmEvent::Reset { reason: reason.into() }),
+                Some(EventLine::Shutdown(r))
+                    if r == "host-terminate" && !asked.terminate.load(Ordering::Acquire) =>
+                {
+                    break "a host terminate nobody asked for".into()
                 }
                 Some(EventLine::Shutdown(reason)) => {
-                    events(VmmEvent::Shutdown { reason });
-                    continue;
+                    shut_down = true;
+                    events(VmmEvent::Shutdown { reason })
                 }
-                None => format!("{l:?}"),
-            },
-            Err(e) => e.to_string(),
+                None => break format!("{l:?}"),
+            }
         };
-        eprintln!("tellus: {VMM_BINARY} broke its control protocol ({bad}); stopping it");
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        eprintln!(
+            "tellus: {VMM_BINARY} broke its control protocol ({}); stopping it",
+            process::printable(&bad)
+        );
+        if let Err(e) = pidfd.kill() {
+            eprintln!("tellus: cannot kill {VMM_BINARY}: {e}");
         }
-        return;
     })
 }
 
@@ -308,6 +404,8 @@ fn spawn_event_reader(
 struct BuiltinPower {
     ctl: UnixStream,
     pid: u32,
+    pidfd: Arc<process::Pidfd>,
+    asked: Arc<Asked>,
 }
 
 impl BuiltinPower {
@@ -326,10 +424,15 @@ impl PowerControl for BuiltinPower {
     /// Stops every vCPU, drops the VM and its RAM and boots the same spec
     /// again; [`VmmEvent::Reset`] `host-reset` follows.
     fn reset(&mut self) -> Result<(), BackendError> {
+        self.asked.resets.fetch_add(1, Ordering::AcqRel);
         self.send(b'R')
     }
     fn terminate(&mut self) -> Result<(), BackendError> {
+        self.asked.terminate.store(true, Ordering::Release);
         self.send(b'T')
+    }
+    fn kill(&mut self) -> Result<(), BackendError> {
+        self.pidfd.kill().map_err(BackendError::Kill)
     }
     fn vmm_pid(&self) -> Option<u32> {
         Some(self.pid)
@@ -338,8 +441,10 @@ impl PowerControl for BuiltinPower {
 
 impl Drop for BuiltinPower {
     fn drop(&mut self) {
-        // No VM outlives the handle that controls it (and closing the
-        // control socket ends the VMM as well).
+        // No VM outlives the handle that controls it. (The control socket
+        // stays open while the event reader holds its clone; the VMM also
+        // ends when the launcher does, by PR_SET_PDEATHSIG.)
+        self.asked.terminate.store(true, Ordering::Release);
         let _ = self.ctl.write_all(b"T");
     }
 }
@@ -444,6 +549,12 @@ fn take_fd(what: &'static str, fd: RawFd) -> Result<OwnedFd, VmmMainError> {
 pub fn vmm_main() -> ExitCode {
     // Executed as /proc/self/fd/N, the kernel names the process "N".
     let _ = nix::sys::prctl::set_name(c"tellus-vmm");
+    // Guest memory is not for other processes of this user to read through
+    // /proc/PID/mem or a core dump. The seccomp filter keeps this so.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("cannot make tellus-vmm undumpable: {e}");
+        return ExitCode::from(1);
+    }
     match run_vmm(std::env::args_os().skip(1)) {
         Ok(status) => ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)),
         Err(e) => {
@@ -469,6 +580,24 @@ fn run_vmm(args: impl IntoIterator<Item = OsString>) -> Result<ExitStatus, VmmMa
     };
     boot::preflight(&spec).map_err(BuiltinError::from)?;
 
+    // The last file this process opens. Then, before the kernel image is
+    // read or a thread exists: no capabilities, no_new_privs, and the
+    // process-wide seccomp filter, all inherited by every later thread.
+    let kvm = Kvm::new().map_err(BuiltinError::Kvm)?;
+    // glibc's malloc reads /sys/devices/system/cpu/online when a ninth
+    // thread wants an arena of its own unless the number of arenas is
+    // fixed; the filter forbids opening files. Two arenas also keep the
+    // footprint small.
+    // SAFETY: mallopt(3) takes two integers; it runs while this process
+    // has one thread, before any other allocation could race with it.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
+        return Err(VmmMainError::Control(std::io::Error::other("mallopt(M_ARENA_MAX) failed")));
+    }
+    crate::privileges::drop_thread()?;
+    for p in seccomp::process_program(std::process::id())? {
+        seccomp::install(&p)?;
+    }
+
     let (exit_tx, exit_rx) = mpsc::channel();
     let out = Mutex::new(ctl.try_clone().map_err(VmmMainError::Control)?);
     let say = move |line: String| {
@@ -483,8 +612,7 @@ fn run_vmm(args: impl IntoIterator<Item = OsString>) -> Result<ExitStatus, VmmMa
             let _ = exit_tx.send((status, stderr_tail));
         }
     });
-    let vm = super::start(&spec, DeviceStreams { console, channel }, sink)?;
-    crate::privileges::drop_thread()?;
+    let vm = super::start(&spec, kvm, DeviceStreams { console, channel }, sink)?;
     let reader = ctl.try_clone().map_err(VmmMainError::Control)?;
     let (filtered_tx, filtered) = mpsc::channel();
     std::thread::Builder::new()

@@ -95,6 +95,90 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     BpfProgram::try_from(filter).map_err(|e| SeccompError::Build(e.to_string()))
 }
 
+/// Syscalls no thread of the VMM process makes once `/dev/kvm` is open:
+/// opening files, executing, creating processes, sockets, tracing or
+/// reading other processes, signalling other processes, namespaces and
+/// other kernel attack surface. Each kills the process.
+const NEVER: &[i64] = &[
+    libc::SYS_open,
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_creat,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_mknod,
+    libc::SYS_mknodat,
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_fork,
+    libc::SYS_vfork,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_kill,
+    libc::SYS_tkill,
+    libc::SYS_rt_sigqueueinfo,
+    libc::SYS_rt_tgsigqueueinfo,
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_mount,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+];
+
+/// The process-wide filter of `tellus-vmm` (see [`NEVER`]), installed on
+/// its main thread before any other thread exists, so every thread has it
+/// beneath its own allow-list. Besides [`NEVER`]: `clone` only for threads
+/// (`CLONE_THREAD`), `tgkill` only within this process (`pid`: its id, the
+/// vCPU kick), `prctl(PR_SET_DUMPABLE)` never (the process stays
+/// undumpable). `clone3`, whose flags a filter cannot see, fails with
+/// `ENOSYS`, and glibc falls back to `clone`.
+pub fn process_program(pid: u32) -> Result<[BpfProgram; 2], SeccompError> {
+    let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
+    let cond = |arg: u8, op: SeccompCmpOp, v: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, v).map_err(build)
+    };
+    let rule = |c: Vec<SeccompCondition>| SeccompRule::new(c).map_err(build);
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        NEVER.iter().map(|&nr| (nr, Vec::new())).collect();
+    let thread = libc::CLONE_THREAD as u64;
+    rules.insert(libc::SYS_clone, vec![rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), 0)?])?]);
+    rules.insert(libc::SYS_tgkill, vec![rule(vec![cond(0, SeccompCmpOp::Ne, u64::from(pid))?])?]);
+    rules.insert(
+        libc::SYS_prctl,
+        vec![rule(vec![cond(0, SeccompCmpOp::Eq, libc::PR_SET_DUMPABLE as u64)?])?],
+    );
+    let to_bpf = |f: Result<SeccompFilter, seccompiler::BackendError>| {
+        f.map_err(build)
+            .and_then(|f| BpfProgram::try_from(f).map_err(|e| SeccompError::Build(e.to_string())))
+    };
+    let never = to_bpf(SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::KillProcess,
+        TargetArch::x86_64,
+    ))?;
+    let clone3 = to_bpf(SeccompFilter::new(
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    ))?;
+    Ok([never, clone3])
+}
+
 /// Installs the allow-list of `kind` on the calling thread (and on threads it
 /// creates later). Cannot be undone.
 pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
@@ -115,6 +199,9 @@ mod tests {
     fn programs_build() {
         for k in [ThreadKind::Vcpu, ThreadKind::Device] {
             assert!(!program(k).unwrap().is_empty());
+        }
+        for p in process_program(std::process::id()).unwrap() {
+            assert!(!p.is_empty());
         }
     }
 }

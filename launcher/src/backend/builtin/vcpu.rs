@@ -101,9 +101,9 @@ pub fn kick<T>(thread: &JoinHandle<T>) {
     let _ = thread.kill(kick_signal());
 }
 
-/// Starts the thread of vCPU `id`. It drops its capabilities
-/// ([`crate::privileges::drop_thread`]) and installs its seccomp filter
-/// first and reports that on `ready`, then waits at `gate`; when its vCPU stops the
+/// Starts the thread of vCPU `id`. It installs its seccomp filter first
+/// (capabilities and the process-wide filter it inherits, see
+/// [`super::process`]) and reports that on `ready`, then waits at `gate`; when its vCPU stops the
 /// VM (reset, triple fault, failure) it hands the reason to `report`.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn<W: Write + Send + 'static, R: FnOnce(StopRequest) + Send + 'static>(
@@ -116,10 +116,6 @@ pub fn spawn<W: Write + Send + 'static, R: FnOnce(StopRequest) + Send + 'static>
     ready: Sender<Result<(), String>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
-        if let Err(e) = crate::privileges::drop_thread() {
-            let _ = ready.send(Err(format!("vCPU {id}: {e}")));
-            return;
-        }
         if let Err(e) = seccomp::apply(ThreadKind::Vcpu) {
             let _ = ready.send(Err(format!("vCPU {id}: {e}")));
             return;

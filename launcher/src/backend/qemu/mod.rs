@@ -409,14 +409,16 @@ impl Backend for Qemu {
             }
         };
         let pid = child.id();
-        process::spawn_waiter(
-            "qemu",
-            child,
-            stderr_thread.into_iter().collect(),
-            stderr_tail,
-            events,
-            dir,
-        );
+        let pidfd = match process::Pidfd::open(pid) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(sock_err(e));
+            }
+        };
+        let first = stderr_thread.into_iter().collect();
+        process::spawn_waiter("qemu", child, || {}, first, stderr_tail, events, dir);
         let channel_rx = agent.try_clone().map_err(sock_err)?;
         Ok(StartedVm {
             streams: GuestStreams {
@@ -424,7 +426,7 @@ impl Backend for Qemu {
                 channel_rx: Box::new(channel_rx),
                 channel_tx: Box::new(agent),
             },
-            power: Box::new(QemuPower { qmp, pid }),
+            power: Box::new(QemuPower { qmp, pid, pidfd }),
             description: format!(
                 "{} (pid {pid}, -M {}{}, -accel {accel}, {} vCPU, {})",
                 self.program.display(),
@@ -440,6 +442,7 @@ impl Backend for Qemu {
 struct QemuPower {
     qmp: QmpClient,
     pid: u32,
+    pidfd: process::Pidfd,
 }
 
 impl PowerControl for QemuPower {
@@ -454,6 +457,9 @@ impl PowerControl for QemuPower {
     }
     fn terminate(&mut self) -> Result<(), BackendError> {
         Ok(self.qmp.execute(QmpCommand::Quit)?)
+    }
+    fn kill(&mut self) -> Result<(), BackendError> {
+        self.pidfd.kill().map_err(BackendError::Kill)
     }
     fn vmm_pid(&self) -> Option<u32> {
         Some(self.pid)
