@@ -728,20 +728,26 @@ mod tests {
 
     #[test]
     fn event_lines_are_a_closed_vocabulary() {
-        assert_eq!(parse_event("reset guest-reset"), Some(EventLine::Reset("guest-reset".into())));
-        assert_eq!(
-            parse_event("shutdown guest-system-event-2"),
-            Some(EventLine::Shutdown("guest-system-event-2".into()))
-        );
+        assert_eq!(parse_event("reset guest-reset"), Some(EventLine::Reset("guest-reset")));
+        assert_eq!(parse_event("reset host-reset"), Some(EventLine::Reset("host-reset")));
+        for r in ["guest-triple-fault", "host-terminate", "guest-system-event-2"] {
+            assert_eq!(parse_event(&format!("shutdown {r}")), Some(EventLine::Shutdown(r.into())));
+        }
         for bad in [
             "ready",
             "reset",
             "reset ",
-            "reset Guest",
-            "reset a b",
+            "reset Guest-reset",
+            "reset guest-reset ",
+            "reset guest-triple-fault",
+            "shutdown guest-reset",
+            "shutdown vmm-failed",
+            "shutdown guest-system-event-",
+            "shutdown guest-system-event-x",
+            "shutdown guest-system-event-4294967296",
+            "shutdown guest-system-event-+1",
             "exited 0",
             "shutdown \u{1b}[2J",
-            &format!("reset {}", "a".repeat(65)),
         ] {
             assert_eq!(parse_event(bad), None, "{bad:?}");
         }
