@@ -33,6 +33,8 @@ use tellus_protocol::{
 const AGENT_GRACE: Duration = Duration::from_secs(10);
 /// How long the guest gets after the ACPI button before QEMU is stopped.
 const POWER_BUTTON_GRACE: Duration = Duration::from_secs(10);
+/// How long a VMM told to stop may take to exit before it is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 /// Channel drop reports printed individually; later ones are only counted.
 const DROP_REPORTS: u32 = 20;
 
@@ -334,8 +336,10 @@ enum Stopping {
     Agent(Instant),
     /// Pressed the power button; terminate at the deadline.
     PowerButton(Instant),
-    /// Told the VMM to quit.
-    Terminated,
+    /// Told the VMM to quit; kill its process at the deadline.
+    Terminated(Instant),
+    /// Killed the VMM process; its exit is on its way.
+    Killed,
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -544,7 +548,9 @@ impl Loop<'_> {
         progress!("vCPUs running after {} ms", self.opts.started.elapsed().as_millis());
         loop {
             let deadline = match self.stopping {
-                Some(Stopping::Agent(d) | Stopping::PowerButton(d)) => Some(d),
+                Some(Stopping::Agent(d) | Stopping::PowerButton(d) | Stopping::Terminated(d)) => {
+                    Some(d)
+                }
                 _ => None,
             };
             let ev = match deadline {
@@ -945,17 +951,22 @@ impl Loop<'_> {
     }
 
     fn terminate(&mut self) {
-        self.stopping = Some(Stopping::Terminated);
+        if matches!(self.stopping, Some(Stopping::Terminated(_) | Stopping::Killed)) {
+            // Asked once already (a second Ctrl-C): no more asking.
+            return self.kill();
+        }
+        self.stopping = Some(Stopping::Terminated(Instant::now() + TERMINATE_GRACE));
         if let Err(e) = self.power.terminate() {
-            progress!("warning: cannot stop the VMM through QMP ({e})");
-            if let Some(pid) = self.power.vmm_pid() {
-                if let Ok(pid) = i32::try_from(pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
+            progress!("warning: cannot tell the VMM to stop ({e}); killing it");
+            self.kill();
+        }
+    }
+
+    /// Ends the VMM process (through its pidfd, so never another process).
+    fn kill(&mut self) {
+        self.stopping = Some(Stopping::Killed);
+        if let Err(e) = self.power.kill() {
+            progress!("warning: {e}");
         }
     }
 
@@ -970,6 +981,12 @@ impl Loop<'_> {
             Some(Stopping::PowerButton(_)) => {
                 progress!("the guest ignored the power button for {POWER_BUTTON_GRACE:?}; stopping the VM");
                 self.terminate();
+            }
+            Some(Stopping::Terminated(_)) => {
+                progress!(
+                    "the VMM did not exit within {TERMINATE_GRACE:?} of being told to; killing it"
+                );
+                self.kill();
             }
             _ => {}
         }

@@ -235,7 +235,8 @@ fn run_builtin_reports_a_vmm_that_is_missing_or_fails_to_start() {
     let mut r = Run::start(Guest::payload(Variant::Ready), &["--tellus-vmm", "/nonexistent/vmm"]);
     assert_eq!(r.wait_exit().code(), Some(1));
     let err = r.stderr();
-    assert!(err.contains("executable /nonexistent/vmm cannot be used (no such file)"), "{err}");
+    assert!(err.contains("executable /nonexistent/vmm cannot be used (No such file"), "{err}");
+    assert!(err.contains("or pass --tellus-vmm PATH"), "{err}");
     assert!(!err.contains("measured"), "measured before refusing: {err}");
     // An executable that ends without building a VM: measured (it is what
     // would have run), then reported with its exit status; no guest ran.
@@ -249,11 +250,108 @@ fn run_builtin_reports_a_vmm_that_is_missing_or_fails_to_start() {
     }
 }
 
+/// `tests/fake_vmm.c` built with `-D{variant}` into `dir`.
+fn fake_vmm(dir: &Path, variant: &str) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_vmm.c");
+    let out = dir.join(format!("fake-vmm-{variant}"));
+    let st = Command::new("cc").arg(format!("-D{variant}")).arg(&src).arg("-o").arg(&out).status();
+    assert!(st.unwrap().success(), "cc {}", src.display());
+    out
+}
+
+/// Whether process `pid` is gone (or a zombie nobody waits for).
+fn gone(pid: u64) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')) {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn run_builtin_stops_a_vmm_that_breaks_the_protocol_or_ignores_terminate() {
+    if !kvm_usable_or_skip("run_builtin_stops_a_vmm_that_breaks_the_protocol_or_ignores_terminate")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A line outside the protocol: killed at once, the run fails.
+    let garbage = fake_vmm(dir.path(), "GARBAGE");
+    let mut r = Run::start(Guest::payload(Variant::Ready), &["--tellus-vmm", path_str(&garbage)]);
+    assert_eq!(r.wait_exit().code(), Some(1), "{}", r.stderr());
+    let err = r.stderr();
+    assert!(
+        err.contains("tellus-vmm broke its control protocol (a host reset nobody asked for)"),
+        "{err}"
+    );
+    // The run ends with the VMM (whichever request of the launcher's met
+    // it dead first), and the fake is gone.
+    let pid: u64 = err
+        .split("tellus-vmm pid ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {err}"));
+    assert!(gone(pid), "fake VMM {pid} still there");
+    // Deaf to `T`: killed after the grace period, the run ends.
+    let deaf = fake_vmm(dir.path(), "DEAF");
+    let mut r = Run::start(Guest::payload(Variant::Ready), &["--tellus-vmm", path_str(&deaf)]);
+    r.wait_stderr("vCPUs running");
+    let pid = r.ctl("status")["status"]["vmm_pid"].as_u64().unwrap();
+    let started = Instant::now();
+    r.ctl("shutdown");
+    r.wait_exit();
+    let err = r.stderr();
+    assert!(err.contains("the VMM did not exit within 5s of being told to; killing it"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(5), "{err}");
+    assert!(gone(pid), "fake VMM {pid} still there");
+}
+
+#[test]
+fn tellus_vmm_dies_with_its_launcher() {
+    if !kvm_usable_or_skip("tellus_vmm_dies_with_its_launcher") {
+        return;
+    }
+    let mut r = Run::start(Guest::payload(Variant::Spin), &[]);
+    r.wait_stderr("vCPUs running");
+    let pid = r.ctl("status")["status"]["vmm_pid"].as_u64().unwrap();
+    assert!(!gone_now(pid));
+    r.child.kill().unwrap(); // SIGKILL: no clean-up in the launcher
+    r.child.wait().unwrap();
+    assert!(gone(pid), "tellus-vmm {pid} outlived its launcher");
+}
+
+fn gone_now(pid: u64) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 #[test]
 fn tellus_vmm_refuses_what_the_launcher_would_not_hand_it() {
     let vmm = env!("CARGO_BIN_EXE_tellus-vmm");
     let out = Command::new(vmm).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--protocol is missing") && err.contains("not by hand"), "{err}");
+    let out = Command::new(vmm).args(["--protocol", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "speaks control protocol 1, its launcher 2; use the tellus-vmm built with this tellus"
+        ),
+        "{err}"
+    );
+    let out = Command::new(vmm).args(["--protocol", "1"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--kernel-fd is missing") && err.contains("not by hand"), "{err}");
     // A kernel that is a plain file, not the launcher's sealed copy.
@@ -261,7 +359,8 @@ fn tellus_vmm_refuses_what_the_launcher_would_not_hand_it() {
     let kernel = std::fs::File::open(&guest.kernel).unwrap();
     let fd = kernel.as_raw_fd();
     let mut cmd = Command::new(vmm);
-    cmd.args(["--kernel-fd", "3", "--initrd-fd", "4", "--console-fd", "5", "--channel-fd", "6"])
+    cmd.args(["--protocol", "1", "--kernel-fd", "3", "--initrd-fd", "4", "--console-fd", "5"])
+        .args(["--channel-fd", "6"])
         .args(["--control-fd", "7", "--vcpus", "1", "--memory-mib", "64", "--cmdline", "x"]);
     // SAFETY: runs in the forked child before exec and only calls dup2(2)
     // and fcntl(2), which are async-signal-safe, on descriptors the child

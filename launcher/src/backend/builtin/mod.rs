@@ -143,7 +143,7 @@ pub enum BuiltinError {
     Thread(String),
     #[error("the built-in VMM has no ACPI power button; the guest is asked through its agent, or stopped")]
     NoPowerButton,
-    #[error("the built-in VMM has stopped")]
+    #[error("the built-in VMM has stopped (its messages, above, say why)")]
     Stopped,
     #[error("the built-in VMM runs only on KVM ({0}); use --backend qemu")]
     NeedsKvm(String),
@@ -153,11 +153,11 @@ pub enum BuiltinError {
     VmmNotFound { path: std::path::PathBuf, why: String },
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
-    #[error("tellus-vmm failed to start the VM ({status}){}", said(.stderr))]
+    #[error("tellus-vmm failed to start the VM ({status}){}; if it is not the tellus-vmm built with this tellus, use that one (--tellus-vmm)", said(.stderr))]
     VmmStart { status: ExitStatus, stderr: String },
-    #[error("tellus-vmm did not report the VM built within {secs} s; it was stopped{}", said(.stderr))]
+    #[error("tellus-vmm did not report the VM built within {secs} s; it was stopped{}; check /dev/kvm and the host's load, or use --backend qemu", said(.stderr))]
     VmmStartTimeout { secs: u64, stderr: String },
-    #[error("tellus-vmm broke its control protocol ({0:?}); it was stopped")]
+    #[error("tellus-vmm broke its control protocol ({0}); it was stopped; use the tellus-vmm built with this tellus (--tellus-vmm)")]
     VmmProtocol(String),
 }
 

@@ -46,6 +46,9 @@ use std::time::{Duration, Instant};
 
 /// File name of the VMM executable, looked for next to `tellus`.
 pub const VMM_BINARY: &str = "tellus-vmm";
+/// Version of the launcher ↔ `tellus-vmm` arguments and control protocol;
+/// the two must come from the same build.
+pub const PROTOCOL: &str = "1";
 /// How long the VMM may take to build the VM and say `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Host-side timeout for one write to the agent channel (as for QEMU).
@@ -78,8 +81,12 @@ impl Builtin {
                 exe.with_file_name(VMM_BINARY)
             }
         };
-        if !path.is_file() {
-            return Err(BuiltinError::VmmNotFound { path, why: "no such file".into() });
+        match std::fs::metadata(&path) {
+            Ok(md) if md.is_file() => {}
+            Ok(_) => {
+                return Err(BuiltinError::VmmNotFound { path, why: "not a regular file".into() })
+            }
+            Err(e) => return Err(BuiltinError::VmmNotFound { path, why: e.to_string() }),
         }
         let vmm = SealedImage::stage("vmm", &path)?;
         Ok(Builtin { vmm: Arc::new(vmm) })
@@ -98,6 +105,7 @@ fn vmm_args(spec: &BootSpec, fds: &ChildFds) -> Vec<OsString> {
         a.push(k.into());
         a.push(v.into());
     };
+    push("--protocol", PROTOCOL.into());
     push("--kernel-fd", spec.kernel.raw_fd().to_string());
     push("--initrd-fd", spec.initrd.raw_fd().to_string());
     push("--console-fd", fds.console.as_raw_fd().to_string());
@@ -455,7 +463,9 @@ impl Drop for BuiltinPower {
 pub enum VmmMainError {
     #[error("{0}; tellus-vmm is started by `tellus run --backend builtin`, not by hand")]
     Usage(String),
-    #[error("descriptor {fd} ({what}) is not open: {source}")]
+    #[error("this tellus-vmm speaks control protocol {PROTOCOL}, its launcher {0}; use the tellus-vmm built with this tellus (next to it, or --tellus-vmm)")]
+    Protocol(String),
+    #[error("descriptor {fd} ({what}) is not open: {source}; tellus-vmm needs the descriptors its launcher passes, so start it through `tellus run --backend builtin`")]
     Descriptor { what: &'static str, fd: RawFd, source: std::io::Error },
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -494,6 +504,11 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<VmmArgs, VmmMa
             return Err(usage(format!("{k} given twice")));
         }
     }
+    match get.remove("--protocol") {
+        Some(p) if p == PROTOCOL => {}
+        Some(p) => return Err(VmmMainError::Protocol(p)),
+        None => return Err(usage("--protocol is missing".into())),
+    }
     let mut take = |k: &str| get.remove(k).ok_or_else(|| usage(format!("{k} is missing")));
     let fd = |k: &str, v: String| -> Result<RawFd, VmmMainError> {
         v.parse::<RawFd>()
@@ -531,15 +546,18 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<VmmArgs, VmmMa
 /// Takes ownership of inherited descriptor `fd` after checking that it is
 /// open, and sets close-on-exec on it.
 fn take_fd(what: &'static str, fd: RawFd) -> Result<OwnedFd, VmmMainError> {
-    // SAFETY: fcntl(2) on a number only queries the descriptor table.
+    // SAFETY: fcntl(2) F_SETFD on a plain number: it fails with EBADF if
+    // the number is not open and otherwise only sets that descriptor's
+    // close-on-exec flag; no memory is involved.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
         let source = std::io::Error::last_os_error();
         return Err(VmmMainError::Descriptor { what, fd, source });
     }
-    // SAFETY: the descriptor is open (checked above), it was inherited from
-    // the launcher for this purpose, nothing else in this process refers to
-    // it, and `parse_args` refused numbers given twice, so this OwnedFd is
-    // its only owner.
+    // SAFETY: the descriptor is open (checked above) and was inherited from
+    // the launcher for this purpose; this process has opened no descriptor
+    // of its own before taking them (take_fd runs first thing in run_vmm),
+    // so nothing else here refers to it, and `parse_args` refused numbers
+    // given twice, so this OwnedFd is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -678,7 +696,9 @@ mod tests {
         s.iter().map(OsString::from).collect()
     }
 
-    const GOOD: [&str; 16] = [
+    const GOOD: [&str; 18] = [
+        "--protocol",
+        "1",
         "--kernel-fd",
         "3",
         "--initrd-fd",
@@ -707,16 +727,16 @@ mod tests {
             assert!(e.contains(want), "{s:?}: {e}");
             assert!(e.contains("not by hand"), "{e}");
         };
-        refused(GOOD[..14].to_vec(), "--cmdline is missing");
-        refused(GOOD[..15].to_vec(), "--cmdline needs a value");
+        refused(GOOD[..16].to_vec(), "--cmdline is missing");
+        refused(GOOD[..17].to_vec(), "--cmdline needs a value");
         let mut dup = GOOD.to_vec();
-        dup[3] = "3";
+        dup[5] = "3";
         refused(dup, "one descriptor given for two purposes");
         let mut low = GOOD.to_vec();
-        low[1] = "2";
+        low[3] = "2";
         refused(low, "not a descriptor number above 2");
         let mut nan = GOOD.to_vec();
-        nan[11] = "two";
+        nan[13] = "two";
         refused(nan, "--vcpus two: not a number");
         let mut extra = GOOD.to_vec();
         extra.extend(["--gdb", "1234"]);
@@ -724,6 +744,10 @@ mod tests {
         let mut twice = GOOD.to_vec();
         twice.extend(["--vcpus", "1"]);
         refused(twice, "--vcpus given twice");
+        let mut old = GOOD.to_vec();
+        old[1] = "0";
+        let e = parse_args(args(&old)).unwrap_err().to_string();
+        assert!(e.contains("protocol 1, its launcher 0; use the tellus-vmm built with"), "{e}");
     }
 
     #[test]
