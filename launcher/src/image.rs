@@ -1,5 +1,5 @@
-//! Sealed copies of the files a launch measures and boots (kernel, initrd,
-//! firmware).
+//! Sealed copies of the files a launch measures and boots or executes
+//! (kernel, initrd, firmware, and the built-in VMM's `tellus-vmm`).
 //!
 //! A file named on the command line is opened once and copied into an
 //! anonymous memory file (`memfd_create(2)` with `MFD_ALLOW_SEALING`) that is
@@ -66,13 +66,23 @@ impl SealedImage {
     /// Opens `path` once and copies it into a sealed memfd. `what` names the
     /// file in messages (`kernel`, `initrd`, `firmware`).
     pub fn stage(what: &'static str, path: &Path) -> Result<SealedImage, ImageError> {
+        SealedImage::stage_as(what, path, false)
+    }
+
+    /// [`SealedImage::stage`] for a program that is executed from its sealed
+    /// copy (`tellus-vmm`): the memfd is created executable.
+    pub fn stage_executable(what: &'static str, path: &Path) -> Result<SealedImage, ImageError> {
+        SealedImage::stage_as(what, path, true)
+    }
+
+    fn stage_as(what: &'static str, path: &Path, exec: bool) -> Result<SealedImage, ImageError> {
         let read = |source| ImageError::Read { what, path: path.to_path_buf(), source };
         let seal = |source| ImageError::Seal { what, path: path.to_path_buf(), source };
         let src = File::open(path).map_err(read)?;
         if !src.metadata().map_err(read)?.is_file() {
             return Err(ImageError::NotAFile { what, path: path.to_path_buf() });
         }
-        let mut memfd = File::from(memfd(what).map_err(seal)?);
+        let mut memfd = File::from(memfd(what, exec).map_err(seal)?);
         // Kernel-side copy (copy_file_range or sendfile) of at most one byte
         // over the limit; whatever the file holds now is what is sealed.
         let copied = std::io::copy(&mut (&src).take(MAX_IMAGE + 1), &mut memfd).map_err(read)?;
@@ -186,10 +196,20 @@ impl SealedImage {
 }
 
 /// A new memfd with sealing allowed and close-on-exec set, at descriptor 3
-/// or above (0..=2 are replaced by a child's standard streams).
-fn memfd(what: &str) -> std::io::Result<OwnedFd> {
+/// or above (0..=2 are replaced by a child's standard streams); executable
+/// or not as `exec` says.
+fn memfd(what: &str, exec: bool) -> std::io::Result<OwnedFd> {
     let name = format!("tellus-{what}");
-    let fd = memfd_create(name.as_str(), MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let base = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    // Linux 6.3 and later take the executable bit explicitly (and, with
+    // the vm.memfd_noexec sysctl, refuse to execute a memfd created
+    // without MFD_EXEC); older kernels reject both flags with EINVAL.
+    let mode =
+        MFdFlags::from_bits_retain(if exec { libc::MFD_EXEC } else { libc::MFD_NOEXEC_SEAL });
+    let fd = match memfd_create(name.as_str(), base | mode) {
+        Err(nix::errno::Errno::EINVAL) => memfd_create(name.as_str(), base)?,
+        r => r?,
+    };
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
@@ -390,6 +410,18 @@ mod tests {
     }
 
     #[test]
+    fn an_executable_image_runs_from_its_sealed_copy_and_others_do_not() {
+        let exe = SealedImage::stage_executable("vmm", Path::new("/bin/true")).unwrap();
+        let st = std::process::Command::new(exe.fd_path()).status().unwrap();
+        assert!(st.success(), "{st}");
+        let data = SealedImage::stage("kernel", Path::new("/bin/true")).unwrap();
+        // Not executable where the kernel knows MFD_NOEXEC_SEAL (6.3+).
+        let noexec = std::fs::read_to_string("/proc/sys/vm/memfd_noexec").is_ok();
+        let r = std::process::Command::new(data.fd_path()).status();
+        assert_eq!(r.is_err(), noexec, "{r:?}");
+    }
+
+    #[test]
     fn an_inherited_image_must_carry_every_seal() {
         let (_dir, path) = source(b"measured bytes");
         let staged = SealedImage::stage("kernel", &path).unwrap();
@@ -402,7 +434,7 @@ mod tests {
         let plain = OwnedFd::from(File::open(&path).unwrap());
         let e = SealedImage::inherited("kernel", plain).unwrap_err();
         assert!(matches!(e, ImageError::NotSealed { what: "kernel", seals: 0, .. }), "{e}");
-        let partly = memfd("initrd").unwrap();
+        let partly = memfd("initrd", false).unwrap();
         fcntl(&partly, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW))
             .unwrap();
         let e = SealedImage::inherited("initrd", partly).unwrap_err();

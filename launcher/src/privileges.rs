@@ -1,9 +1,11 @@
 //! Dropping what the launcher no longer needs once its VM runs.
 //!
-//! After the VMM is up (`/dev/kvm` open and the VM created, the measured
+//! After the VMM is up (its process started with the VM built, the measured
 //! launch done, the console log open), `tellus run` keeps working with what
 //! it holds: open file descriptors, its own child, files it owns. So it
-//! drops the rest:
+//! drops the rest. `tellus-vmm`, the built-in VMM's process, drops the same
+//! on its main thread right after opening `/dev/kvm`
+//! ([`crate::backend::builtin::process`]). What is dropped:
 //!
 //! - `no_new_privs`: no `execve` can grant privileges again (set-uid bits
 //!   and file capabilities are ignored);
@@ -14,19 +16,19 @@
 //! The user id stays (root stays root): files the launcher owns — the host
 //! launch log and its state directory, the control socket — stay writable by
 //! their owner bits without `CAP_DAC_OVERRIDE`, the TPM is reached again
-//! through its device (owned by root) or socket, the built-in VMM builds a
-//! rebooted VM on its open `/dev/kvm` fd, and stopping QEMU signals our own
-//! child, which needs no capability. [`drop_privileges`] checks the paths it
+//! through its device (owned by root) or socket, `tellus-vmm` builds a
+//! rebooted VM on its open `/dev/kvm` fd, and stopping a VMM signals our
+//! own child, which needs no capability. [`drop_privileges`] checks the paths it
 //! is given before it drops anything, so the stop record can still be written.
 //!
 //! Linux keeps capabilities and `no_new_privs` per thread: a drop changes the
 //! calling thread and the threads it creates later. The launcher drops on its
 //! main thread before it starts its other long-lived threads (control socket,
-//! signal relay, console, agent channel, attestation), and the built-in VMM's
-//! threads, which exist by then, drop their own ([`drop_thread`]) before they
-//! install their seccomp filters. The QEMU backend's own threads (QMP and
-//! process waiters, started with QEMU) keep theirs; the launcher names any
-//! such thread after the drop ([`threads_with_capabilities`]).
+//! signal relay, console, agent channel, attestation); the backends' own
+//! threads (QMP, stderr relays, event readers and process waiters, started
+//! with the VMM) drop theirs as they start ([`drop_thread`]); the launcher
+//! names any thread that still holds one after its drop
+//! ([`threads_with_capabilities`]).
 
 use caps::CapSet;
 use std::os::unix::fs::MetadataExt;

@@ -1095,7 +1095,8 @@ fn record_stop(
 /// Everything is open now (VMM, console log, control socket; the TPM and
 /// the host log are reopened by owner rights): drop capabilities and set
 /// no_new_privs ([`crate::privileges`]). Threads started from here on
-/// inherit the drop; the built-in VMM's threads drop their own.
+/// inherit the drop; the backends' threads started before drop their own,
+/// and the VMM process (QEMU or `tellus-vmm`) is not this process.
 fn drop_privileges(m: &MeasureConfig) {
     let log = m.log_path();
     match crate::privileges::drop_privileges(&[&m.state_dir, &log]) {

@@ -245,6 +245,7 @@ fn run_builtin_reports_a_vmm_that_is_missing_or_fails_to_start() {
         assert_eq!(r.wait_exit().code(), Some(1), "{}", r.stderr());
         let err = r.stderr();
         assert!(err.contains(&format!("tellus-vmm failed to start the VM ({status})")), "{err}");
+        assert!(err.contains("measured 9 launch records into PCR 13"), "{err}");
         assert!(!err.contains("guest agent ready"), "{err}");
         assert_eq!(r.console_log(), "", "{exe}");
     }

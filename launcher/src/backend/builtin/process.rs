@@ -88,7 +88,7 @@ impl Builtin {
             }
             Err(e) => return Err(BuiltinError::VmmNotFound { path, why: e.to_string() }),
         }
-        let vmm = SealedImage::stage("vmm", &path)?;
+        let vmm = SealedImage::stage_executable("vmm", &path)?;
         Ok(Builtin { vmm: Arc::new(vmm) })
     }
 
