@@ -33,6 +33,8 @@ use tellus_protocol::{
 const AGENT_GRACE: Duration = Duration::from_secs(10);
 /// How long the guest gets after the ACPI button before QEMU is stopped.
 const POWER_BUTTON_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for the exit report of a VMM found dead.
+const VMM_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// How long a VMM told to stop may take to exit before it is killed.
 const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 /// Channel drop reports printed individually; later ones are only counted.
@@ -543,7 +545,16 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     fn run_until_exit(&mut self, rx: &mpsc::Receiver<Event>) -> Result<Outcome, RunError> {
-        self.power.start_vcpus()?;
+        if let Err(e) = self.power.start_vcpus() {
+            // A VMM that died since it started: its exit says why.
+            let end = Instant::now() + VMM_EXIT_WAIT;
+            while let Ok(ev) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                if let Event::Vmm(VmmEvent::Exited { status, stderr_tail }) = ev {
+                    return Err(RunError::VmmDied { status, stderr_tail });
+                }
+            }
+            return Err(e.into());
+        }
         self.timeline.vcpus_started_ms = ms_since(self.opts.started);
         progress!("vCPUs running after {} ms", self.opts.started.elapsed().as_millis());
         loop {

@@ -285,14 +285,17 @@ fn run_builtin_stops_a_vmm_that_breaks_the_protocol_or_ignores_terminate() {
     // A line outside the protocol: killed at once, the run fails.
     let garbage = fake_vmm(dir.path(), "GARBAGE");
     let mut r = Run::start(Guest::payload(Variant::Ready), &["--tellus-vmm", path_str(&garbage)]);
-    assert_eq!(r.wait_exit().code(), Some(1), "{}", r.stderr());
+    // Exit status 3: the VMM died (it was killed before the vCPUs could
+    // start, and the launcher reports its end, not the failed start).
+    assert_eq!(r.wait_exit().code(), Some(3), "{}", r.stderr());
     let err = r.stderr();
     assert!(
         err.contains("tellus-vmm broke its control protocol (a host reset nobody asked for)"),
         "{err}"
     );
-    // The run ends with the VMM (whichever request of the launcher's met
-    // it dead first), and the fake is gone.
+    assert!(err.contains("the VMM died while the VM was running (signal: 9"), "{err}");
+    assert!(err.contains("recorded stop (vmm-died)"), "{err}");
+    // The fake is gone.
     let pid: u64 = err
         .split("tellus-vmm pid ")
         .nth(1)

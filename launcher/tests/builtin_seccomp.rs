@@ -1,8 +1,9 @@
 //! The built-in VMM's seccomp allow-lists, as installed on its threads
 //! (`seccomp::program` + `seccomp::install`, the two halves of what every vCPU
 //! and device thread runs first), kill the process on a syscall outside them
-//! and let the listed ones through; the process-wide filter of `tellus-vmm`
-//! (`seccomp::process_program`) kills it on what no VMM thread may do.
+//! and let the listed ones through; the process-wide allow-list of
+//! `tellus-vmm` (`seccomp::process_program`) kills it on what no VMM thread
+//! may do.
 //!
 //! Each case runs in a forked child that is single-threaded like a VMM thread
 //! under its filter: it installs the real program, writes a marker (an
@@ -45,8 +46,16 @@ enum Call {
     TgkillOther,
     /// `prctl(PR_SET_DUMPABLE, 1)`
     SetDumpable,
-    /// `prctl(PR_GET_DUMPABLE)`: allowed.
+    /// `prctl(PR_GET_DUMPABLE)`
     GetDumpable,
+    /// `prctl((1 << 32) | PR_SET_DUMPABLE, 1)`: the kernel reads an int.
+    SetDumpableHighBits,
+    /// `prctl(PR_SET_NAME, "x")`: allowed.
+    SetName,
+    /// `fchmodat(AT_FDCWD, "/etc/hostname", 0644)`
+    Chmod,
+    /// `getpid` through its x32 number.
+    X32,
 }
 
 /// Which filter the child installs.
@@ -122,6 +131,18 @@ fn run_child(kind: impl Into<Filter>, call: Call) -> (WaitStatus, String) {
                     Call::TgkillOther => libc::syscall(libc::SYS_tgkill, 1, 1, 0),
                     Call::SetDumpable => libc::syscall(libc::SYS_prctl, libc::PR_SET_DUMPABLE, 1),
                     Call::GetDumpable => libc::syscall(libc::SYS_prctl, libc::PR_GET_DUMPABLE),
+                    Call::SetDumpableHighBits => libc::syscall(
+                        libc::SYS_prctl,
+                        (1u64 << 32) | libc::PR_SET_DUMPABLE as u64,
+                        1,
+                    ),
+                    Call::SetName => {
+                        libc::syscall(libc::SYS_prctl, libc::PR_SET_NAME, c"x".as_ptr())
+                    }
+                    Call::Chmod => {
+                        libc::syscall(libc::SYS_fchmodat, libc::AT_FDCWD, path.as_ptr(), 0o644)
+                    }
+                    Call::X32 => libc::syscall(0x4000_0000 | libc::SYS_getpid),
                 };
                 let survived = b"survived\n";
                 libc::write(fd, survived.as_ptr().cast(), survived.len());
@@ -185,7 +206,7 @@ fn forbidden_syscalls_kill_a_device_thread() {
 
 #[test]
 fn the_process_filter_allows_threads_and_kills_what_no_vmm_thread_may_do() {
-    for call in [Call::None, Call::GetDumpable, Call::Clone3, Call::IoctlNotKvmRun] {
+    for call in [Call::None, Call::Clone3, Call::IoctlKvmRun, Call::SetName] {
         let (status, out) = run_child(Filter::Process, call);
         assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
         assert_eq!(out, "filter installed\nsurvived\n");
@@ -200,6 +221,11 @@ fn the_process_filter_allows_threads_and_kills_what_no_vmm_thread_may_do() {
         Call::Kill,
         Call::TgkillOther,
         Call::SetDumpable,
+        Call::SetDumpableHighBits,
+        Call::GetDumpable,
+        Call::IoctlNotKvmRun,
+        Call::Chmod,
+        Call::X32,
     ] {
         killed_by_sigsys(Filter::Process, call);
     }

@@ -449,11 +449,11 @@ fn spawn_feeder<W: std::io::Write + Send + 'static>(
 }
 
 /// Owns the VM while it runs: starts it, rebuilds it on a reset, stops it
-/// on any other request, and reports. It drops its capabilities first but
-/// runs without a seccomp filter of its own: rebuilding a VM takes what a
-/// filter would have to allow anyway (reading the boot images, mapping RAM,
-/// KVM's VM ioctls, new threads). It reads no guest-controlled data: only
-/// [`Msg`]s.
+/// on any other request, and reports. It runs under `tellus-vmm`'s
+/// process-wide allow-list only (inherited, with no capabilities), not a
+/// narrower list of its own: rebuilding a VM takes what that list allows
+/// (reading the boot images, mapping RAM, KVM's VM ioctls, new threads). It
+/// reads no guest-controlled data: only [`Msg`]s.
 struct Supervisor {
     host: Host,
     /// `None` only between stopping a boot and building the next.

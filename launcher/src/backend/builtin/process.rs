@@ -276,8 +276,9 @@ impl Backend for Builtin {
     }
 }
 
-/// [`read_line`] that gives up at `deadline` (not per read: a VMM that
-/// trickles bytes cannot stretch it).
+/// [`read_line`] that gives up at `deadline`: the timeout is armed again
+/// before every read, with what is left, so a VMM that trickles bytes
+/// cannot stretch it.
 fn read_line_by(
     r: &mut BufReader<UnixStream>,
     deadline: Instant,
@@ -289,9 +290,17 @@ fn read_line_by(
             return Err(std::io::ErrorKind::TimedOut.into());
         }
         r.get_ref().set_read_timeout(Some(left))?;
-        let room = (MAX_LINE + 1).saturating_sub(line.len() as u64);
-        let n = r.by_ref().take(room).read_until(b'\n', &mut line)?;
-        if n == 0 || line.last() == Some(&b'\n') || line.len() as u64 > MAX_LINE {
+        let buf = r.fill_buf()?; // at most one read(2)
+        if buf.is_empty() {
+            break;
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done || line.len() as u64 > MAX_LINE {
             break;
         }
     }
@@ -475,8 +484,12 @@ pub enum VmmMainError {
     Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("control socket: {0}")]
     Control(std::io::Error),
-    #[error("control thread: {0}")]
-    Seccomp(#[from] SeccompError),
+    #[error("cannot limit malloc to one arena (mallopt M_ARENA_MAX); tellus-vmm needs glibc")]
+    Malloc,
+    #[error("the process-wide seccomp filter: {0}; tellus-vmm needs seccomp filters (Linux 3.17 or later, CONFIG_SECCOMP_FILTER)")]
+    ProcessFilter(SeccompError),
+    #[error("the control thread's seccomp filter: {0}")]
+    ControlFilter(SeccompError),
 }
 
 /// What the launcher passes to `tellus-vmm`.
@@ -602,18 +615,19 @@ fn run_vmm(args: impl IntoIterator<Item = OsString>) -> Result<ExitStatus, VmmMa
     // read or a thread exists: no capabilities, no_new_privs, and the
     // process-wide seccomp filter, all inherited by every later thread.
     let kvm = Kvm::new().map_err(BuiltinError::Kvm)?;
-    // glibc's malloc reads /sys/devices/system/cpu/online when a ninth
-    // thread wants an arena of its own unless the number of arenas is
-    // fixed; the filter forbids opening files. Two arenas also keep the
-    // footprint small.
+    // One malloc arena for every thread: glibc opens files for arenas of
+    // their own (/sys/devices/system/cpu/online when the ninth thread wants
+    // one, /proc/sys/vm/overcommit_memory when a thread trims its heap),
+    // and the seccomp filter forbids opening files. It also keeps the
+    // footprint small; the VMM's threads rarely allocate.
     // SAFETY: mallopt(3) takes two integers; it runs while this process
     // has one thread, before any other allocation could race with it.
-    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) } != 1 {
-        return Err(VmmMainError::Control(std::io::Error::other("mallopt(M_ARENA_MAX) failed")));
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+        return Err(VmmMainError::Malloc);
     }
     crate::privileges::drop_thread()?;
-    for p in seccomp::process_program(std::process::id())? {
-        seccomp::install(&p)?;
+    for p in seccomp::process_program(std::process::id()).map_err(VmmMainError::ProcessFilter)? {
+        seccomp::install(&p).map_err(VmmMainError::ProcessFilter)?;
     }
 
     let (exit_tx, exit_rx) = mpsc::channel();
@@ -645,10 +659,19 @@ fn run_vmm(args: impl IntoIterator<Item = OsString>) -> Result<ExitStatus, VmmMa
             }
         })
         .map_err(VmmMainError::Control)?;
-    // Dropping the handle on an error terminates the VM.
-    filtered
-        .recv()
-        .map_err(|_| BuiltinError::Thread("the control thread ended early".into()))??;
+    match filtered.recv() {
+        Ok(Ok(())) => {}
+        // Exit before the VM handle's drop would report a host terminate
+        // the launcher never asked for: the cause is what it must see.
+        Ok(Err(e)) => {
+            eprintln!("{}", VmmMainError::ControlFilter(e));
+            std::process::exit(1);
+        }
+        Err(_) => {
+            eprintln!("the control thread ended before it was ready");
+            std::process::exit(1);
+        }
+    }
     (&ctl).write_all(b"ready\n").map_err(VmmMainError::Control)?;
     match exit_rx.recv() {
         Ok((status, tail)) => {

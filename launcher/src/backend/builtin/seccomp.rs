@@ -22,8 +22,8 @@ pub enum ThreadKind {
     /// Runs one vCPU: `KVM_RUN`, port I/O to the devices, UART output.
     Vcpu,
     /// Feeds host bytes into COM2, or carries out the launcher's control
-    /// bytes (the supervisor, which builds VMs on a reboot, runs without a
-    /// filter: see `Supervisor` in `builtin/mod.rs`).
+    /// bytes. (The supervisor, which builds VMs on a reboot, and the main
+    /// thread run under the process-wide list only: [`process_program`].)
     Device,
 }
 
@@ -95,79 +95,114 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     BpfProgram::try_from(filter).map_err(|e| SeccompError::Build(e.to_string()))
 }
 
-/// Syscalls no thread of the VMM process makes once `/dev/kvm` is open:
-/// opening files, executing, creating processes, sockets, tracing or
-/// reading other processes, signalling other processes, namespaces and
-/// other kernel attack surface. Each kills the process.
-const NEVER: &[i64] = &[
-    libc::SYS_open,
-    libc::SYS_openat,
-    libc::SYS_openat2,
-    libc::SYS_creat,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_name_to_handle_at,
-    libc::SYS_mknod,
-    libc::SYS_mknodat,
-    libc::SYS_execve,
-    libc::SYS_execveat,
-    libc::SYS_fork,
-    libc::SYS_vfork,
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_pidfd_open,
-    libc::SYS_pidfd_getfd,
-    libc::SYS_pidfd_send_signal,
-    libc::SYS_kill,
-    libc::SYS_tkill,
-    libc::SYS_rt_sigqueueinfo,
-    libc::SYS_rt_tgsigqueueinfo,
-    libc::SYS_socket,
-    libc::SYS_socketpair,
-    libc::SYS_connect,
-    libc::SYS_bind,
-    libc::SYS_listen,
-    libc::SYS_accept,
-    libc::SYS_accept4,
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_mount,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_io_uring_setup,
+/// Syscalls the threads of `tellus-vmm` make once `/dev/kvm` is open (the
+/// supervisor building and rebuilding VMs, the main thread waiting for the
+/// end, and whatever the per-thread lists allow), without conditions;
+/// [`process_program`] adds `clone`, `tgkill`, `prctl`, `ioctl` and `fcntl`
+/// with conditions. Taken from strace of the tests' VMMs (boot, reboots,
+/// stop, failure paths) and glibc's thread start and exit.
+const PROCESS: &[i64] = &[
+    // Memory: the allocator, thread stacks, guest RAM, vCPU run areas.
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    // Descriptors it already has: images, streams, KVM objects, eventfds.
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_write,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_shutdown,
+    libc::SYS_close,
+    libc::SYS_eventfd2,
+    // Threads: start (clone3 is answered ENOSYS, see below), identity,
+    // locks, signals for the vCPU kick, filters of the threads it starts.
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_sched_yield,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_futex,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_seccomp,
+    libc::SYS_getrandom,
+    // Time and waiting.
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    // The end.
+    libc::SYS_exit,
+    libc::SYS_exit_group,
 ];
 
-/// The process-wide filter of `tellus-vmm` (see [`NEVER`]), installed on
-/// its main thread before any other thread exists, so every thread has it
-/// beneath its own allow-list. Besides [`NEVER`]: `clone` only for threads
-/// (`CLONE_THREAD`), `tgkill` only within this process (`pid`: its id, the
-/// vCPU kick), `prctl(PR_SET_DUMPABLE)` never (the process stays
-/// undumpable). `clone3`, whose flags a filter cannot see, fails with
-/// `ENOSYS`, and glibc falls back to `clone`.
+/// The process-wide allow-list of `tellus-vmm`, installed on its main
+/// thread before any other thread exists, so every thread has it beneath
+/// its own list: [`PROCESS`], and `clone` only for threads
+/// (`CLONE_THREAD`), `tgkill` only within this process (`pid`: its id; the
+/// vCPU kick), `prctl` only to name a thread or set `no_new_privs`,
+/// `ioctl` only KVM's (type 0xAE), `fcntl` only `F_GETFD` and
+/// `F_DUPFD_CLOEXEC`. Anything else — opening, changing or linking a file
+/// by path, executing, a new process, a socket, tracing, signalling another
+/// process, becoming dumpable, a non-KVM ioctl, x32 syscall numbers — kills
+/// the process. `clone3`, whose flags a filter cannot see, fails with
+/// `ENOSYS` (second program), and glibc falls back to `clone`.
 pub fn process_program(pid: u32) -> Result<[BpfProgram; 2], SeccompError> {
     let build = |e: seccompiler::BackendError| SeccompError::Build(e.to_string());
-    let cond = |arg: u8, op: SeccompCmpOp, v: u64| {
-        SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, v).map_err(build)
+    // Arguments compared as the kernel reads them: 32-bit for int
+    // parameters (a prctl option, an ioctl request, an fcntl command, a
+    // pid), 64-bit for clone's flags.
+    let cond = |arg: u8, wide: bool, op: SeccompCmpOp, v: u64| {
+        let len = if wide { SeccompCmpArgLen::Qword } else { SeccompCmpArgLen::Dword };
+        SeccompCondition::new(arg, len, op, v).map_err(build)
     };
     let rule = |c: Vec<SeccompCondition>| SeccompRule::new(c).map_err(build);
+    let (dword, qword) = (false, true);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        NEVER.iter().map(|&nr| (nr, Vec::new())).collect();
+        PROCESS.iter().map(|&nr| (nr, Vec::new())).collect();
     let thread = libc::CLONE_THREAD as u64;
-    rules.insert(libc::SYS_clone, vec![rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), 0)?])?]);
-    rules.insert(libc::SYS_tgkill, vec![rule(vec![cond(0, SeccompCmpOp::Ne, u64::from(pid))?])?]);
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(0, qword, SeccompCmpOp::MaskedEq(thread), thread)?])?],
+    );
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![rule(vec![cond(0, dword, SeccompCmpOp::Eq, u64::from(pid))?])?],
+    );
     rules.insert(
         libc::SYS_prctl,
-        vec![rule(vec![cond(0, SeccompCmpOp::Eq, libc::PR_SET_DUMPABLE as u64)?])?],
+        [libc::PR_SET_NAME, libc::PR_SET_NO_NEW_PRIVS]
+            .into_iter()
+            .map(|op| rule(vec![cond(0, dword, SeccompCmpOp::Eq, op as u64)?]))
+            .collect::<Result<_, _>>()?,
+    );
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![rule(vec![cond(1, dword, SeccompCmpOp::MaskedEq(0xff00), 0xae00)?])?],
+    );
+    rules.insert(
+        libc::SYS_fcntl,
+        [libc::F_GETFD, libc::F_DUPFD_CLOEXEC]
+            .into_iter()
+            .map(|op| rule(vec![cond(1, dword, SeccompCmpOp::Eq, op as u64)?]))
+            .collect::<Result<_, _>>()?,
     );
     let to_bpf = |f: Result<SeccompFilter, seccompiler::BackendError>| {
         f.map_err(build)
             .and_then(|f| BpfProgram::try_from(f).map_err(|e| SeccompError::Build(e.to_string())))
     };
-    let never = to_bpf(SeccompFilter::new(
+    let allow = to_bpf(SeccompFilter::new(
         rules,
-        SeccompAction::Allow,
         SeccompAction::KillProcess,
+        SeccompAction::Allow,
         TargetArch::x86_64,
     ))?;
     let clone3 = to_bpf(SeccompFilter::new(
@@ -176,7 +211,7 @@ pub fn process_program(pid: u32) -> Result<[BpfProgram; 2], SeccompError> {
         SeccompAction::Errno(libc::ENOSYS as u32),
         TargetArch::x86_64,
     ))?;
-    Ok([never, clone3])
+    Ok([allow, clone3])
 }
 
 /// Installs the allow-list of `kind` on the calling thread (and on threads it
