@@ -146,7 +146,7 @@ const PROCESS: &[i64] = &[
 
 /// The process-wide allow-list of `tellus-vmm`, installed on its main
 /// thread before any other thread exists, so every thread has it beneath
-/// its own list: [`PROCESS`], and `clone` only for threads
+/// its own list: the syscalls of `PROCESS`, and `clone` only for threads
 /// (`CLONE_THREAD`), `tgkill` only within this process (`pid`: its id; the
 /// vCPU kick), `prctl` only to name a thread or set `no_new_privs`,
 /// `ioctl` only KVM's (type 0xAE), `fcntl` only `F_GETFD` and
