@@ -177,24 +177,16 @@ pub fn process_program(pid: u32) -> Result<[BpfProgram; 2], SeccompError> {
         libc::SYS_tgkill,
         vec![rule(vec![cond(0, dword, SeccompCmpOp::Eq, u64::from(pid))?])?],
     );
-    rules.insert(
-        libc::SYS_prctl,
-        [libc::PR_SET_NAME, libc::PR_SET_NO_NEW_PRIVS]
-            .into_iter()
-            .map(|op| rule(vec![cond(0, dword, SeccompCmpOp::Eq, op as u64)?]))
-            .collect::<Result<_, _>>()?,
-    );
+    // Argument `arg` (an int) is one of `ops`.
+    let one_of = |arg: u8, ops: &[i32]| -> Result<Vec<SeccompRule>, SeccompError> {
+        ops.iter().map(|&op| rule(vec![cond(arg, dword, SeccompCmpOp::Eq, op as u64)?])).collect()
+    };
+    rules.insert(libc::SYS_prctl, one_of(0, &[libc::PR_SET_NAME, libc::PR_SET_NO_NEW_PRIVS])?);
     rules.insert(
         libc::SYS_ioctl,
         vec![rule(vec![cond(1, dword, SeccompCmpOp::MaskedEq(0xff00), 0xae00)?])?],
     );
-    rules.insert(
-        libc::SYS_fcntl,
-        [libc::F_GETFD, libc::F_DUPFD_CLOEXEC]
-            .into_iter()
-            .map(|op| rule(vec![cond(1, dword, SeccompCmpOp::Eq, op as u64)?]))
-            .collect::<Result<_, _>>()?,
-    );
+    rules.insert(libc::SYS_fcntl, one_of(1, &[libc::F_GETFD, libc::F_DUPFD_CLOEXEC])?);
     let to_bpf = |f: Result<SeccompFilter, seccompiler::BackendError>| {
         f.map_err(build)
             .and_then(|f| BpfProgram::try_from(f).map_err(|e| SeccompError::Build(e.to_string())))
