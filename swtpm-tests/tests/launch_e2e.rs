@@ -206,26 +206,27 @@ fn continue_boots_the_guest_without_its_secret_and_says_so() {
     assert!(l.console.contains("tellus.oneshot: powering off"), "{}", l.dump());
 }
 
-/// A host that sends a command-shaped frame gets it rejected and logged by
-/// the agent, which executes nothing and goes on obeying `PowerOff`.
-#[test]
-fn the_agent_rejects_an_exec_like_frame() {
+/// Runs the test guest in this process (`run::run`, no verifier, no
+/// oneshot: the agent waits for the host) as VM `name`, writes `frames` to
+/// its agent channel right after `Ready` (before the agent's
+/// `AttestRequest`, if any, is answered: the agent reads them first), and
+/// returns the outcome and the console log.
+fn run_with_frames(
+    name: &str,
+    cmdline_extra: Option<&str>,
+    frames: Vec<u8>,
+) -> (tellus_launcher::run::Outcome, String) {
     use tellus_launcher::run::{self, OnAttestationFailure, RunOptions, VmSpec};
-    #[derive(serde::Serialize)]
-    enum Evil {
-        Exec { argv: Vec<String> },
-    }
     let tpm = swtpm_tests::Swtpm::start();
     let dir = tempfile::tempdir().unwrap();
     let console = dir.path().join("console.log");
     let (kernel, initrd) = e2e_support::guest();
     let spec = VmSpec {
-        name: "exec-frame".into(),
+        name: name.into(),
         kernel,
         initrd,
-        // No oneshot: the agent waits for the host.
         cmdline: Some("console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000".into()),
-        cmdline_extra: None,
+        cmdline_extra: cmdline_extra.map(Into::into),
         memory: "256M".parse().unwrap(),
         vcpus: 1,
         firmware: None,
@@ -236,11 +237,6 @@ fn the_agent_rejects_an_exec_like_frame() {
         machine: None,
         sev_snp: None,
     };
-    let evil = tellus_protocol::encode_frame(&Evil::Exec {
-        argv: vec!["/bin/sh".into(), "-c".into(), "echo PWNED".into()],
-    })
-    .unwrap();
-    let power_off = tellus_protocol::encode_frame(&tellus_protocol::HostMessage::PowerOff).unwrap();
     let opts = RunOptions {
         spec,
         measure: tellus_launcher::measured_launch::MeasureConfig {
@@ -255,14 +251,29 @@ fn the_agent_rejects_an_exec_like_frame() {
         on_attestation_failure: OnAttestationFailure::Poweroff,
         console_to_stdout: false,
         after_ready: Some(Box::new(move |w: &mut dyn Write| {
-            w.write_all(&evil)?;
-            w.write_all(&power_off)?;
+            w.write_all(&frames)?;
             w.flush()
         })),
     };
     let outcome = run::run(opts).unwrap();
+    (outcome, text(&std::fs::read(&console).unwrap()))
+}
+
+/// A host that sends a command-shaped frame gets it rejected and logged by
+/// the agent, which executes nothing and goes on obeying `PowerOff`.
+#[test]
+fn the_agent_rejects_an_exec_like_frame() {
+    #[derive(serde::Serialize)]
+    enum Evil {
+        Exec { argv: Vec<String> },
+    }
+    let mut frames = tellus_protocol::encode_frame(&Evil::Exec {
+        argv: vec!["/bin/sh".into(), "-c".into(), "echo PWNED".into()],
+    })
+    .unwrap();
+    frames.extend(tellus_protocol::encode_frame(&tellus_protocol::HostMessage::PowerOff).unwrap());
+    let (outcome, log) = run_with_frames("exec-frame", None, frames);
     assert_eq!(outcome.reason, "guest-shutdown");
-    let log = text(&std::fs::read(&console).unwrap());
     assert!(
         log.contains("from the host: message \"Exec\" rejected")
             && log.contains("nothing executed"),
@@ -270,6 +281,39 @@ fn the_agent_rejects_an_exec_like_frame() {
     );
     assert!(!log.contains("PWNED"), "{log}");
     assert!(log.contains("host requests PowerOff"), "{log}");
+}
+
+/// The agent's SEV-SNP challenge path in a real guest (no SEV here): after
+/// its `AttestRequest` the agent gets an `AttestChallenge` frame, tries
+/// `/dev/sev-guest` through the `sev` crate, and answers `SnpUnavailable`
+/// with the reason instead of evidence; the launcher, which sent no
+/// challenge itself (this is not an SNP launch), ignores the unsolicited
+/// answer and the attestation is denied as for any VM without a verifier.
+/// A real report needs SEV-SNP hardware.
+#[test]
+fn the_agent_answers_an_snp_challenge_without_sev_guest_device_with_its_reason() {
+    use tellus_launcher::run::Verdict;
+    let challenge = tellus_protocol::encode_frame(&tellus_protocol::HostMessage::AttestChallenge {
+        nonce: "bm9uY2U=".into(),
+        additional_evidence: "{\"tpm\":{}}".into(),
+    })
+    .unwrap();
+    let (outcome, log) =
+        run_with_frames("snp-challenge", Some("tellus.resources=default/key/k"), challenge);
+    assert!(
+        log.contains("tellus-agent: asked for 1 resource(s)"),
+        "the agent did not ask to be attested:\n{log}"
+    );
+    assert!(
+        log.contains("tellus-agent: no SEV-SNP evidence: /dev/sev-guest does not exist"),
+        "no SnpUnavailable answer in the console (a test guest built before SEV-SNP \
+         challenges? run scripts/setup.sh):\n{log}"
+    );
+    // The attestation is denied (no verifier) and the VM powered off by policy.
+    let a = outcome.attestation.expect("an attestation was asked for");
+    assert_eq!(a.verdict, Some(Verdict::Denied));
+    assert!(a.powered_off);
+    assert_eq!(outcome.reason, "guest-shutdown");
 }
 
 /// The verifier's JWE encryption and the guest's decryption interoperate
