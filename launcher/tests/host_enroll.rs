@@ -6,7 +6,7 @@
 
 mod common;
 use base64::Engine;
-use common::{tellus, text, Swtpm, TpmHost};
+use common::{tellus, text, tpm_host, Swtpm, TpmHost};
 use ring::rand::SystemRandom;
 use tellus_protocol::enrollment::{ActivationProof, EnrollChallenge, EnrollRequest};
 use tellus_verifier::registrar::ek_cert::{EkCertError, TrustAnchors, ValidationTime};
@@ -28,7 +28,7 @@ impl std::ops::Deref for Host {
 
 impl Host {
     fn new() -> Host {
-        Host(TpmHost::new())
+        Host(tpm_host())
     }
 
     /// The swtpm local CA: the EK certificates' issuer and its root.

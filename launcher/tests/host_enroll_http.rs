@@ -10,7 +10,7 @@
 //! (`<target>/<profile>/deps/..`), which also honours `CARGO_TARGET_DIR`.
 
 mod common;
-use common::{text, TpmHost};
+use common::{text, tpm_host};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,7 +54,7 @@ fn admin_get(verifier: &Verifier, path: &str) -> (u16, Value) {
 
 #[test]
 fn enroll_over_http() {
-    let host = TpmHost::new();
+    let host = tpm_host();
     let verifier = Verifier::start(verifier_bin(), &host.tpm.local_ca());
     let host_id = host.host_id();
 
@@ -85,7 +85,7 @@ fn enroll_over_http() {
 
 #[test]
 fn verifier_errors_are_shown_with_their_detail() {
-    let host = TpmHost::new();
+    let host = tpm_host();
     // A verifier that trusts only an unrelated self-signed CA (under the
     // two file names Verifier::start copies).
     let dir = tempfile::tempdir().unwrap();
@@ -103,7 +103,7 @@ fn verifier_errors_are_shown_with_their_detail() {
 
 #[test]
 fn refuses_plain_http_off_loopback_and_reports_unreachable_verifiers() {
-    let host = TpmHost::new();
+    let host = tpm_host();
     let t = Instant::now();
     let out = host.tellus(&["host", "enroll", "--verifier", "http://10.0.0.1:1"]);
     assert!(!out.status.success());

@@ -11,7 +11,7 @@
 #[path = "../tests/e2e_support/mod.rs"]
 mod e2e_support;
 
-use e2e_support::{launch, Host, Verifier, VmToml};
+use e2e_support::{launch, Verifier, VmToml};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -26,9 +26,9 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let runs: usize =
         std::env::var("TELLUS_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
-    let host = Host::new();
+    let host = e2e_support::host();
     let verifier = Verifier::start(&host.tpm.local_ca());
-    host.enroll(&verifier);
+    host.enroll(&verifier.url());
     verifier.upload("default/key/bench", b"bench secret");
     let plain = VmToml::guest();
     let mut attested = VmToml::guest();

@@ -266,6 +266,68 @@ impl Drop for Swtpm {
     }
 }
 
+/// A provisioned swtpm (EK certificate from its private local CA) with
+/// `tellus host init` done in its own state directory, run by the `tellus`
+/// executable at `tellus` (each test crate passes the one it built).
+pub struct TpmHost {
+    pub tpm: Swtpm,
+    pub state: PathBuf,
+    tellus: PathBuf,
+}
+
+impl TpmHost {
+    pub fn new(tellus: impl Into<PathBuf>) -> TpmHost {
+        let tpm = Swtpm::start_provisioned();
+        let state = tpm.path("tellus-state");
+        let h = TpmHost { tpm, state, tellus: tellus.into() };
+        h.init();
+        h
+    }
+
+    /// `tellus host init` on this TPM and state directory.
+    pub fn init(&self) {
+        let out = self.tellus(&["host", "init"]);
+        assert!(
+            out.status.success(),
+            "host init failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `tellus ARGS --tpm .. --state-dir ..`; a panic in it fails the
+    /// test.
+    pub fn tellus(&self, args: &[&str]) -> Output {
+        let out = std::process::Command::new(&self.tellus)
+            .args(args)
+            .arg("--tpm")
+            .arg(self.tpm.addr())
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "panic:\n{err}");
+        out
+    }
+
+    /// `tellus host enroll --verifier URL`, which must succeed.
+    pub fn enroll(&self, url: &str) {
+        let out = self.tellus(&["host", "enroll", "--verifier", url]);
+        assert!(out.status.success(), "enroll failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// This host's state directory and `tellus` on another TPM (a TPM
+    /// swapped under an initialised host).
+    pub fn with_tpm(&self, tpm: Swtpm) -> TpmHost {
+        TpmHost { tpm, state: self.state.clone(), tellus: self.tellus.clone() }
+    }
+
+    /// The host id: SHA-256 of the EK's TPM2B_PUBLIC, as `host init` saved it.
+    pub fn host_id(&self) -> String {
+        std::fs::read_to_string(self.state.join("host/host-id")).unwrap().trim().to_string()
+    }
+}
+
 /// Runs `openssl` in `dir`, failing the test if it fails.
 pub fn openssl(dir: &Path, args: &[&str]) -> Output {
     let out = Command::new("openssl")

@@ -38,10 +38,10 @@ struct World {
 
 impl World {
     fn new(enroll: bool) -> World {
-        let host = Host::new();
+        let host = e2e_support::host();
         let verifier = Verifier::start(&host.tpm.local_ca());
         if enroll {
-            host.enroll(&verifier);
+            host.enroll(&verifier.url());
         }
         let secret = secret();
         verifier.upload(RESOURCE, &secret);
@@ -133,7 +133,7 @@ fn denied_when_the_host_is_not_enrolled() {
 fn denied_with_a_fresh_swtpm_in_place_of_the_enrolled_one() {
     let w = World::new(true);
     let fresh = swtpm_tests::Swtpm::start_provisioned();
-    let swapped = Host { tpm: fresh, state: w.host.state.clone() };
+    let swapped = w.host.with_tpm(fresh);
     let l = launch(&swapped, &w.vm);
     assert_denied_and_off(&l, "endorsement key no longer matches");
 

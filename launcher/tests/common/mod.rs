@@ -268,39 +268,10 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A provisioned swtpm (EK certificate from its private local CA) with
-/// `tellus host init` done in its own state directory.
-pub struct TpmHost {
-    pub tpm: Swtpm,
-    pub state: PathBuf,
-}
+pub use swtpm_tests::TpmHost;
 
-impl TpmHost {
-    pub fn new() -> TpmHost {
-        let tpm = Swtpm::start_provisioned();
-        let state = tpm.path("tellus-state");
-        let h = TpmHost { tpm, state };
-        let out = h.tellus(&["host", "init"]);
-        assert!(out.status.success(), "host init failed:\n{}", text(&out.stderr));
-        h
-    }
-
-    /// Runs `tellus` with `args` and this host's --tpm and --state-dir.
-    pub fn tellus(&self, args: &[&str]) -> std::process::Output {
-        let out = tellus()
-            .args(args)
-            .arg("--tpm")
-            .arg(self.tpm.addr())
-            .arg("--state-dir")
-            .arg(&self.state)
-            .output()
-            .unwrap();
-        assert!(!text(&out.stderr).contains("panicked"), "panic:\n{}", text(&out.stderr));
-        out
-    }
-
-    /// The host id: SHA-256 of the EK's TPM2B_PUBLIC, as `host init` saved it.
-    pub fn host_id(&self) -> String {
-        std::fs::read_to_string(self.state.join("host/host-id")).unwrap().trim().to_string()
-    }
+/// A provisioned swtpm with `tellus host init` done, run by this package's
+/// `tellus`.
+pub fn tpm_host() -> TpmHost {
+    TpmHost::new(env!("CARGO_BIN_EXE_tellus"))
 }

@@ -13,10 +13,9 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use swtpm_tests::Swtpm;
 
 /// Lossy UTF-8.
 pub fn text(b: &[u8]) -> String {
@@ -75,45 +74,12 @@ impl std::ops::Deref for Verifier {
     }
 }
 
-/// A provisioned swtpm with `tellus host init` done in `state`.
-pub struct Host {
-    pub tpm: Swtpm,
-    pub state: PathBuf,
-}
+/// A provisioned swtpm with `tellus host init` done in its state directory.
+pub use swtpm_tests::TpmHost as Host;
 
-impl Host {
-    pub fn new() -> Host {
-        let tpm = Swtpm::start_provisioned();
-        let state = tpm.path("tellus-state");
-        let h = Host { tpm, state };
-        h.init();
-        h
-    }
-
-    /// `tellus host init` on this TPM and state directory.
-    pub fn init(&self) {
-        let out = self.tellus(&["host", "init"]);
-        assert!(out.status.success(), "host init failed:\n{}", text(&out.stderr));
-    }
-
-    /// Runs `tellus ARGS --tpm .. --state-dir ..`.
-    pub fn tellus(&self, args: &[&str]) -> Output {
-        let out = Command::new(&bins().0)
-            .args(args)
-            .arg("--tpm")
-            .arg(self.tpm.addr())
-            .arg("--state-dir")
-            .arg(&self.state)
-            .output()
-            .unwrap();
-        assert!(!text(&out.stderr).contains("panicked"), "panic:\n{}", text(&out.stderr));
-        out
-    }
-
-    pub fn enroll(&self, v: &Verifier) {
-        let out = self.tellus(&["host", "enroll", "--verifier", &v.url()]);
-        assert!(out.status.success(), "enroll failed:\n{}", text(&out.stderr));
-    }
+/// A new [`Host`] run by the `tellus` built for these tests.
+pub fn host() -> Host {
+    Host::new(&bins().0)
 }
 
 /// What a launch is made of (the `vm.toml` written for it).
