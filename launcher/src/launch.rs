@@ -285,7 +285,7 @@ impl LaunchConfig {
             backend,
             accel,
             qemu: self.qemu,
-            vmm: self.tellus_vmm.or_else(|| std::env::var_os("TELLUS_VMM").map(PathBuf::from)),
+            vmm: self.tellus_vmm,
             machine,
             sev_snp,
         };

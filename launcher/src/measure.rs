@@ -6,7 +6,7 @@
 
 use crate::backend::{builtin, qemu};
 use crate::image::SealedImage;
-use crate::run::{Resolved, VmSpec};
+use crate::run::{Resolved, VmSpec, Vmm};
 use std::path::PathBuf;
 use tellus_measured_boot::records::{
     LaunchConfig, LaunchInputs, LauncherConfig, SnpLaunch, ABSENT_FEATURES,
@@ -58,7 +58,8 @@ pub fn launch_inputs(
     // executed inode itself, so a binary replaced (or deleted) on disk after
     // the launcher started cannot stand in for the one that runs.
     let launcher = PathBuf::from(SELF_EXE);
-    let snp = match r.qemu.as_ref().and_then(|q| q.snp()) {
+    let qemu = r.vmm.qemu();
+    let snp = match qemu.and_then(|q| q.snp()) {
         Some(s) => Some(snp_launch(s, r)?),
         None => None,
     };
@@ -66,20 +67,20 @@ pub fn launch_inputs(
         launcher,
         // QEMU by its path; the built-in VMM's sealed copy, which is what
         // is executed.
-        vmm: match (&r.qemu, &r.builtin) {
-            (Some(q), _) => Some(q.program().to_path_buf()),
-            (None, b) => b.as_ref().map(|b| b.executable().fd_path()),
-        },
+        vmm: Some(match &r.vmm {
+            Vmm::Qemu(q) => q.program().to_path_buf(),
+            Vmm::Builtin(b) => b.executable().fd_path(),
+        }),
         launcher_config: LauncherConfig { pcr: check_pcr(pcr)? },
         name: spec.name.clone(),
         launch_ticket,
         launch_config: LaunchConfig {
-            backend: if r.qemu.is_some() { "qemu" } else { "builtin" }.into(),
+            backend: if qemu.is_some() { "qemu" } else { "builtin" }.into(),
             accel: r.accel.to_string(),
-            machine: r.qemu.as_ref().map_or(builtin::MACHINE, |q| q.machine().name()).into(),
+            machine: qemu.map_or(builtin::MACHINE, |q| q.machine().name()).into(),
             vcpus: r.vm.vcpus,
             memory_mib: r.vm.memory.0,
-            devices: if r.qemu.is_some() { &qemu::DEVICES[..] } else { &builtin::DEVICES[..] }
+            devices: if qemu.is_some() { &qemu::DEVICES[..] } else { &builtin::DEVICES[..] }
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),

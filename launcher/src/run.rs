@@ -80,11 +80,25 @@ pub struct Resolved {
     pub accel: Accel,
     /// Why this accelerator (printed).
     pub accel_reason: String,
-    /// QEMU, located (`None`: the built-in VMM).
-    pub qemu: Option<Qemu>,
-    /// The built-in VMM, its executable staged (`None`: QEMU). Exactly one
-    /// of `qemu` and `builtin` is set.
-    pub builtin: Option<Builtin>,
+    /// The VMM, located.
+    pub vmm: Vmm,
+}
+
+/// The VMM of a resolved launch.
+pub enum Vmm {
+    Qemu(Qemu),
+    /// The built-in VMM, its executable (`tellus-vmm`) staged.
+    Builtin(Builtin),
+}
+
+impl Vmm {
+    /// QEMU, when it is QEMU.
+    pub fn qemu(&self) -> Option<&Qemu> {
+        match self {
+            Vmm::Qemu(q) => Some(q),
+            Vmm::Builtin(_) => None,
+        }
+    }
 }
 
 /// Resolves and validates `spec`: the kernel, initrd and firmware are
@@ -149,14 +163,14 @@ pub fn resolve(spec: &VmSpec) -> Result<Resolved, RunError> {
         spec.vcpus,
     )?;
     vm.validate()?;
-    let builtin = match qemu {
-        Some(_) => None,
+    let vmm = match qemu {
+        Some(q) => Vmm::Qemu(q),
         None => {
             builtin::preflight(&vm)?;
-            Some(Builtin::locate(spec.vmm.as_deref()).map_err(BackendError::from)?)
+            Vmm::Builtin(Builtin::locate(spec.vmm.as_deref()).map_err(BackendError::from)?)
         }
     };
-    Ok(Resolved { vm, accel, accel_reason, qemu, builtin })
+    Ok(Resolved { vm, accel, accel_reason, vmm })
 }
 
 /// What `tellus launch` does when the verifier denies the attestation (or
@@ -356,8 +370,8 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
     let resolved = resolve(&opts.spec)?;
     let inputs = measure::launch_inputs(&opts.spec, &resolved, opts.measure.pcr, None)?;
     let launch = records::launch_records(&inputs)?;
-    let Resolved { vm, accel, accel_reason, mut qemu, builtin } = resolved;
-    if let Some(q) = qemu.as_mut() {
+    let Resolved { vm, accel, accel_reason, mut vmm } = resolved;
+    if let Vmm::Qemu(q) = &mut vmm {
         q.bind_launch(&launch);
     }
     if let Some(snp) = &inputs.snp {
@@ -390,10 +404,9 @@ pub fn run(mut opts: RunOptions) -> Result<Outcome, RunError> {
     if accel == Accel::Tcg && !vm.cmdline.contains("tsc_early_khz=") {
         progress!("warning: under TCG the guest may hang in TSC calibration without tsc_early_khz=2000000 on its command line");
     }
-    let backend: Box<dyn Backend> = match (qemu, builtin) {
-        (Some(q), _) => Box::new(q),
-        (None, Some(b)) => Box::new(b),
-        (None, None) => unreachable!("resolve() sets one of qemu and builtin"),
+    let backend: Box<dyn Backend> = match vmm {
+        Vmm::Qemu(q) => Box::new(q),
+        Vmm::Builtin(b) => Box::new(b),
     };
     let log = opts
         .console_log

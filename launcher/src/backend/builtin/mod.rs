@@ -151,8 +151,6 @@ pub enum BuiltinError {
     NoFirmware,
     #[error("the built-in VMM's executable {path} cannot be used ({why}); build it (cargo build --bins) next to tellus, or pass --tellus-vmm PATH")]
     VmmNotFound { path: std::path::PathBuf, why: String },
-    #[error(transparent)]
-    Image(#[from] crate::image::ImageError),
     #[error("tellus-vmm failed to start the VM ({status}){}; if it is not the tellus-vmm built with this tellus, use that one (--tellus-vmm)", said(.stderr))]
     VmmStart { status: ExitStatus, stderr: String },
     #[error("tellus-vmm did not report the VM built within {secs} s; it was stopped{}; check /dev/kvm and the host's load, or use --backend qemu", said(.stderr))]

@@ -33,7 +33,7 @@ use crate::image::{ImageError, SealedImage};
 use crate::vm_config::VmConfig;
 use kvm_ioctls::Kvm;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -81,14 +81,15 @@ impl Builtin {
                 exe.with_file_name(VMM_BINARY)
             }
         };
-        match std::fs::metadata(&path) {
-            Ok(md) if md.is_file() => {}
-            Ok(_) => {
-                return Err(BuiltinError::VmmNotFound { path, why: "not a regular file".into() })
-            }
-            Err(e) => return Err(BuiltinError::VmmNotFound { path, why: e.to_string() }),
-        }
-        let vmm = SealedImage::stage_executable("vmm", &path)?;
+        // The staging opens and checks the file; its refusals say which.
+        let vmm = SealedImage::stage_executable("vmm", &path).map_err(|e| {
+            let why = match e {
+                ImageError::Read { source, .. } => source.to_string(),
+                ImageError::NotAFile { .. } => "not a regular file".into(),
+                e => e.to_string(),
+            };
+            BuiltinError::VmmNotFound { path, why }
+        })?;
         Ok(Builtin { vmm: Arc::new(vmm) })
     }
 
@@ -198,41 +199,26 @@ impl Backend for Builtin {
             }
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        let first = read_line_by(&mut lines, deadline);
-        let e = match first {
-            Ok(Some(l)) if l == "ready" => None,
-            Ok(None) => {
+        let handshake = read_line_by(&mut lines, deadline);
+        if !matches!(&handshake, Ok(Some(l)) if l == "ready") {
+            if matches!(handshake, Ok(None)) {
                 // The VMM closed the control socket before the VM was
                 // built: it has exited or is about to (it said why on
-                // stderr); give it a moment, then make sure.
+                // stderr); give it a moment before making sure.
                 let end = Instant::now() + EXIT_GRACE;
                 while matches!(child.try_wait(), Ok(None)) && Instant::now() < end {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                let status = stop(child, stderr_thread).map_err(io("VMM process"))?;
-                return Err(BuiltinError::VmmStart { status, stderr: tail_now() }.into());
             }
-            Ok(Some(l)) => Some(BuiltinError::VmmProtocol(process::printable(&l))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Some(BuiltinError::VmmStartTimeout {
-                    secs: START_TIMEOUT.as_secs(),
-                    stderr: String::new(),
-                })
-            }
-            Err(e) => Some(BuiltinError::VmmProtocol(process::printable(&e.to_string()))),
-        };
-        if let Some(e) = e {
-            let _ = stop(child, stderr_thread);
-            return Err(match e {
-                BuiltinError::VmmStartTimeout { secs, .. } => {
-                    BuiltinError::VmmStartTimeout { secs, stderr: tail_now() }
+            let status = stop(child, stderr_thread).map_err(io("VMM process"))?;
+            let stderr = tail_now();
+            return Err(match handshake {
+                Ok(None) => BuiltinError::VmmStart { status, stderr },
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    BuiltinError::VmmStartTimeout { secs: START_TIMEOUT.as_secs(), stderr }
                 }
-                e => e,
+                Err(e) => BuiltinError::VmmProtocol(process::printable(&e.to_string())),
+                Ok(Some(l)) => BuiltinError::VmmProtocol(process::printable(&l)),
             }
             .into());
         }

@@ -549,7 +549,7 @@ mod snp_golden {
     use super::*;
     use crate::accel::AccelChoice;
     use crate::backend::BackendChoice;
-    use crate::run::{Resolved, VmSpec};
+    use crate::run::{Resolved, VmSpec, Vmm};
     use crate::vm_config::MemorySize;
     use tellus_measured_boot::records::launch_records;
 
@@ -594,12 +594,11 @@ mod snp_golden {
                 .unwrap(),
             accel: Accel::Kvm,
             accel_reason: String::new(),
-            qemu: Some(q),
-            builtin: None,
+            vmm: Vmm::Qemu(q),
         };
         let inputs = crate::measure::launch_inputs(&spec, &r, 13, None).unwrap();
         let recs = launch_records(&inputs).unwrap();
-        let mut q = r.qemu.unwrap();
+        let Vmm::Qemu(mut q) = r.vmm else { unreachable!("built as QEMU above") };
         q.bind_launch(&recs);
 
         // The launch-config record names the machine and the SNP policy ...
