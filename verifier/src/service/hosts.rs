@@ -17,7 +17,7 @@
 use super::admin::require_admin;
 use super::error::{ApiError, ErrorKind};
 use super::kbs::{body_or_error, parse_json};
-use super::{audit, db, AppState};
+use super::{audit, audit_blocking, blocking, db, AppState};
 use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::registrar::ek_cert::{TrustAnchors, ValidationTime};
@@ -376,22 +376,21 @@ pub async fn forget_tpm_clock(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = admin_host_id(&state, &headers, &host_id)?;
+    // Read, audit and delete in one hand-off, in that order: the entry
+    // names what is deleted.
     let key = id.clone();
-    let (host, was) =
-        db(&state, "reading the host", move |s| Ok((s.get_host(&key)?, s.tpm_clock(&key)?)))
-            .await?;
-    if host.is_none() {
-        return Err(host_not_found(&host_id));
-    }
-    let was = was.map(|c| {
-        json!({"reset_count": c.reset_count, "restart_count": c.restart_count, "clock": c.clock})
-    });
-    let detail = json!({"tpm_clock": "forgotten", "was": was});
-    audit(&state, AuditEvent::HostChanged, &id, detail).await?;
-    let key = id.clone();
-    db(&state, "forgetting the TPM clock", move |s| s.forget_tpm_clock(&key)).await?;
+    let was = blocking(&state, "forgetting the TPM clock", move |st| {
+        let store_err = |what| move |e| ApiError::internal(what, e);
+        if st.store.get_host(&key).map_err(store_err("reading the host"))?.is_none() {
+            return Err(host_not_found(&host_id));
+        }
+        let was = st.store.tpm_clock(&key).map_err(store_err("reading the TPM clock"))?;
+        let detail = json!({"tpm_clock": "forgotten", "was": was});
+        audit_blocking(st, AuditEvent::HostChanged, &key, detail)?;
+        st.store.forget_tpm_clock(&key).map_err(store_err("forgetting the TPM clock"))?;
+        Ok::<_, ApiError>(was)
+    })
+    .await?;
     tracing::warn!(host_id = %id, "TPM clock history forgotten by an administrator");
-    let body = json!({"host_id": id, "forgotten": was});
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-        .into_response())
+    Ok(json_response(&json!({"host_id": id, "forgotten": was})))
 }

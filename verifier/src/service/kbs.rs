@@ -20,7 +20,7 @@
 use super::error::{ApiError, ErrorKind};
 use super::verifier::VerifyError;
 use super::{audit_blocking, blocking, db, jwe, now_ms, token, AppState};
-use crate::audit::{AuditEntry, AuditEvent};
+use crate::audit::AuditEvent;
 use crate::storage::{Attested, ResourcePath, Session};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -291,7 +291,7 @@ fn attest_session(
         attest_failed(state, ApiError::bad_request(ErrorKind::InvalidRequest, e.to_string()))
     })?;
 
-    let verifier = state.verifiers.get(&session.tee).cloned().ok_or_else(|| {
+    let verifier = state.verifiers.get(&session.tee).ok_or_else(|| {
         attest_failed(
             state,
             ApiError::bad_request(
@@ -300,15 +300,8 @@ fn attest_session(
             ),
         )
     })?;
-    let tee = session.tee.clone();
     let evidence = attestation.tee_evidence.primary_evidence;
-    let policies = state.policies.clone();
-    let verified = verifier.verify(&tee, &evidence, &binding).map(|claims| {
-        let input = super::policy::policy_input(&tee, &claims.annotated_evidence);
-        let appraisal = policies.appraise(&input, &claims.trust_vector);
-        (claims, appraisal)
-    });
-    let (claims, appraisal) = verified.map_err(|e| {
+    let claims = verifier.verify(&session.tee, &evidence, &binding).map_err(|e| {
         let err = match &e {
             VerifyError::NotWired { .. } => {
                 ApiError::new(StatusCode::NOT_IMPLEMENTED, ErrorKind::NotImplemented, e.to_string())
@@ -322,7 +315,8 @@ fn attest_session(
         tracing::warn!(session = &session.id[..8], tee = %session.tee, error = %e, "attestation refused");
         attest_failed(state, err)
     })?;
-    let appraisal = appraisal.map_err(|e| {
+    let input = super::policy::policy_input(&session.tee, &claims.annotated_evidence);
+    let appraisal = state.policies.appraise(&input, &claims.trust_vector).map_err(|e| {
         attest_failed(state, ApiError::internal("evaluating the attestation policy", e))
     })?;
     if !appraisal.reasons.is_empty() {
@@ -371,20 +365,11 @@ fn attest_session(
         "reasons": appraisal.reasons.iter().take(token::MAX_TOKEN_REASONS).collect::<Vec<_>>(),
         "token_sha256": token_digest(&token),
     });
-    let signer = state.signer.as_ref();
     let subject = format!("session:{prefix}");
+    let entry = super::audit_entry(state, AuditEvent::AttestationVerified, &subject, &detail);
     let found = state
         .store
-        .mark_attested(&session.id, &attested, expires_at_ms, claims.tpm_clock.as_ref(), &|prev| {
-            AuditEntry::next(
-                prev,
-                now_ms(),
-                AuditEvent::AttestationVerified,
-                &subject,
-                detail.clone(),
-                signer,
-            )
-        })
+        .mark_attested(&session.id, &attested, expires_at_ms, claims.tpm_clock.as_ref(), &entry)
         .map_err(|e| ApiError::internal("recording the attestation", e))?;
     if !found {
         return Err(ApiError::unauthenticated(

@@ -223,14 +223,29 @@ pub(crate) fn audit_blocking(
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    let signer = state.signer.as_ref();
     state
         .store
-        .append_audit(&|prev| {
-            crate::audit::AuditEntry::next(prev, now_ms(), event, subject, detail.clone(), signer)
-        })
+        .append_audit(&audit_entry(state, event, subject, &detail))
         .map(|_| ())
         .map_err(|e| ApiError::internal("audit log", e))
+}
+
+/// How the store makes the audit entry that follows `prev`: `event` on
+/// `subject` with `detail`, now, signed with the token-signing key. (The
+/// store calls it inside its transaction, so the chain has no gaps.)
+pub(crate) fn audit_entry<'a>(
+    state: &'a AppState,
+    event: crate::audit::AuditEvent,
+    subject: &'a str,
+    detail: &'a serde_json::Value,
+) -> impl Fn(
+    Option<&crate::audit::AuditEntry>,
+) -> Result<crate::audit::AuditEntry, crate::audit::AuditError>
+       + 'a {
+    let signer = state.signer.as_ref();
+    move |prev| {
+        crate::audit::AuditEntry::next(prev, now_ms(), event, subject, detail.clone(), signer)
+    }
 }
 
 /// [`audit_blocking`] on the blocking pool.

@@ -324,9 +324,7 @@ impl EvidenceVerifier for TpmVerifier {
         // max-update, so the store ends at the newer of the two whatever
         // order they commit in, and each was checked against a state no
         // newer than the one it leaves behind.
-        let c = &quote.clock_info;
-        let quoted_clock =
-            TpmClock { reset_count: c.reset_count, restart_count: c.restart_count, clock: c.clock };
+        let quoted_clock = TpmClock::from(&quote.clock_info);
         if i64::try_from(quoted_clock.clock).is_err() {
             return Err(VerifyError::QuoteInvalid {
                 detail: format!(

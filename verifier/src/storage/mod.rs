@@ -163,7 +163,7 @@ pub struct HostRecord {
 /// field order. [`Store::mark_attested`] keeps the greatest one seen per
 /// host; the TPM verifier refuses a quote that is older (see
 /// `crate::service::tpm_verifier`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct TpmClock {
     /// `resetCount`.
     pub reset_count: u32,

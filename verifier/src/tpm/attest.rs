@@ -55,6 +55,16 @@ pub struct ClockInfo {
     pub safe: bool,
 }
 
+impl From<&ClockInfo> for crate::storage::TpmClock {
+    fn from(c: &ClockInfo) -> Self {
+        crate::storage::TpmClock {
+            reset_count: c.reset_count,
+            restart_count: c.restart_count,
+            clock: c.clock,
+        }
+    }
+}
+
 /// One `TPMS_PCR_SELECTION`: a bank and the PCRs selected in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrSelection {
