@@ -6,7 +6,7 @@
 
 mod launch_support;
 mod service_support;
-use launch_support::{extend_predicted_launch, tellus_bin};
+use launch_support::MeasuredHost;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -14,88 +14,32 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 use service_support::*;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use swtpm_tests::Swtpm;
+use std::path::Path;
 use tellus_measured_boot::cel;
 use tellus_verifier::storage::{HostRecord, PolicyKind};
 use tellus_verifier::tpm::binding::runtime_data_binding;
 
 const SECRET: &[u8] = b"disk key for the attested guest";
 
-fn tellus(tpm: &Swtpm, state: &Path, args: &[&str]) {
-    let out = Command::new(tellus_bin())
-        .args(args)
-        .arg("--tpm")
-        .arg(tpm.addr())
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tellus {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A provisioned swtpm, PCR 13 extended with a tellus launch log, and
-/// `host init` done in `state` (the log written there).
-struct Host {
-    tpm: Swtpm,
-    dir: tempfile::TempDir,
-    log: Vec<u8>,
-    /// `tellus measure predict --output json` of the measured launch.
-    predict: Value,
-}
+/// The host: a provisioned swtpm with a measured launch and `host init`
+/// done (see `launch_support`).
+type Host = MeasuredHost;
 
 const CMDLINE: &str = "console=ttyS0 quiet";
 
-impl Host {
-    fn new() -> Host {
-        let tpm = Swtpm::start_provisioned();
-        let dir = tempfile::tempdir().unwrap();
-        let (records, predict) = extend_predicted_launch(&tpm, dir.path(), CMDLINE);
-        let host = Host { tpm, dir, log: cel::encode(&records), predict };
-        host.init("state");
-        host
-    }
+fn new_host() -> Host {
+    MeasuredHost::new(CMDLINE)
+}
 
-    /// `host init` in another state dir (a new AK on the same TPM).
-    fn init(&self, name: &str) -> PathBuf {
-        let state = self.dir.path().join(name);
-        tellus(&self.tpm, &state, &["host", "init"]);
-        std::fs::write(state.join("launch-log.cel"), &self.log).unwrap();
-        state
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn record(&self, activated: bool) -> HostRecord {
-        let host = self.state().join("host");
-        let id = std::fs::read_to_string(host.join("host-id")).unwrap();
-        HostRecord {
-            host_id: id.trim().to_owned(),
-            ek_public: std::fs::read(host.join("ek.pub")).unwrap(),
-            ak_public: std::fs::read(host.join("ak.pub")).unwrap(),
-            labels: [("site".to_owned(), "lab-1".to_owned())].into(),
-            activated,
-        }
-    }
-
-    /// `tellus quote --pcrs 13` with `binding` as qualifyingData.
-    fn quote(&self, state: &Path, binding: &[u8]) -> Value {
-        let out = state.join("ev.json");
-        let nonce = hex::encode(binding);
-        tellus(
-            &self.tpm,
-            state,
-            &["quote", "--nonce", &nonce, "--pcrs", "13", "--output", out.to_str().unwrap()],
-        );
-        serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
+/// The store's record of `host` (`site=lab-1`).
+fn record(host: &Host, activated: bool) -> HostRecord {
+    let dir = host.state().join("host");
+    HostRecord {
+        host_id: host.host_id(),
+        ek_public: std::fs::read(dir.join("ek.pub")).unwrap(),
+        ak_public: std::fs::read(dir.join("ak.pub")).unwrap(),
+        labels: [("site".to_owned(), "lab-1".to_owned())].into(),
+        activated,
     }
 }
 
@@ -184,8 +128,8 @@ async fn secret_released(app: &App, cookie: &str, key: TeeKey) {
 
 #[tokio::test]
 async fn real_tpm_evidence_releases_the_resource() {
-    let host = Host::new();
-    let record = host.record(true);
+    let host = new_host();
+    let record = record(&host, true);
     let app = app_with(Some(record.clone()));
     app.upload("default/key/disk", SECRET).await;
     app.add_predicted_refs(&host.predict).await;
@@ -244,8 +188,8 @@ async fn real_tpm_evidence_releases_the_resource() {
 
 #[tokio::test]
 async fn a_kernel_that_is_not_a_reference_value_is_denied_with_its_digests() {
-    let host = Host::new();
-    let app = app_with(Some(host.record(true)));
+    let host = new_host();
+    let app = app_with(Some(record(&host, true)));
     app.upload("default/key/disk", SECRET).await;
     // Reference values for everything but the kernel, whose reference is
     // another kernel's digest.
@@ -314,8 +258,8 @@ async fn v_token(app: &App, host: &Host) -> String {
 
 #[tokio::test]
 async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
-    let host = Host::new();
-    let app = app_with(Some(host.record(true)));
+    let host = new_host();
+    let app = app_with(Some(record(&host, true)));
     app.upload("default/key/disk", SECRET).await;
     app.add_predicted_refs(&host.predict).await;
 
@@ -393,11 +337,11 @@ async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
 
 #[tokio::test]
 async fn launch_groups_pick_the_attested_launch() {
-    let host = Host::new();
-    let app = app_with(Some(host.record(true)));
+    let host = new_host();
+    let app = app_with(Some(record(&host, true)));
     app.upload("default/key/disk", SECRET).await;
     app.add_predicted_refs(&host.predict).await;
-    let records = cel::decode(&host.log).unwrap();
+    let records = host.records.clone();
 
     // A second launch begins (its launcher-binary record is measured) but
     // never reaches its separator.
@@ -438,8 +382,8 @@ async fn launch_groups_pick_the_attested_launch() {
 
 #[tokio::test]
 async fn binding_nonce_and_log_tampering_are_refused() {
-    let host = Host::new();
-    let app = app_with(Some(host.record(true)));
+    let host = new_host();
+    let app = app_with(Some(record(&host, true)));
     app.upload("default/key/disk", SECRET).await;
 
     // The quote binds another binding than the one presented. (case,
@@ -462,7 +406,7 @@ async fn binding_nonce_and_log_tampering_are_refused() {
     }
 
     // The launch log tampered with.
-    let records = cel::decode(&host.log).unwrap();
+    let records = host.records.clone();
     let mut changed = records.clone();
     let last = changed[0].content.len() - 1;
     changed[0].content[last] ^= 1;
@@ -486,16 +430,16 @@ async fn binding_nonce_and_log_tampering_are_refused() {
 
 #[tokio::test]
 async fn unenrolled_unactivated_and_foreign_aks_are_refused() {
-    let host = Host::new();
+    let host = new_host();
 
     // (case, the host in the store, quote with a second AK on the same
     // TPM (same host id) instead of the enrolled one, refusal)
     let cases = [
         ("unenrolled", None, false, "AK not enrolled: no host"),
-        ("not activated", Some(host.record(false)), false, "enrolled but not activated"),
+        ("not activated", Some(record(&host, false)), false, "enrolled but not activated"),
         (
             "a foreign AK",
-            Some(host.record(true)),
+            Some(record(&host, true)),
             true,
             "AK not enrolled: the quote is signed by AK",
         ),

@@ -18,18 +18,17 @@
 //! between accepted and refused quotes is the TPM's clock state.
 
 mod launch_support;
+mod registrar_support;
 mod service_support;
-use launch_support::{extend_predicted_launch, tellus_bin};
+use launch_support::{extend_records, MeasuredHost};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
 use service_support::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
-use swtpm_tests::Swtpm;
-use tellus_measured_boot::cel;
 use tellus_protocol::enrollment::{ActivationProof, EnrollChallenge, EnrollRequest};
 use tellus_verifier::storage::TpmClock;
 use tellus_verifier::tpm::binding::runtime_data_binding;
@@ -43,67 +42,42 @@ const TOLERANCE_MS: u64 = 1000;
 /// start, be measured and quote.
 const RUN_ON: Duration = Duration::from_millis(4000);
 
-/// A provisioned swtpm with a measured launch and `host init` done.
-struct Host {
-    tpm: Swtpm,
-    dir: tempfile::TempDir,
-    log: Vec<u8>,
-    predict: Value,
+/// A provisioned swtpm with a measured launch and `host init` done (see
+/// `launch_support`), and what this test does to its TPM.
+struct Host(MeasuredHost);
+
+impl std::ops::Deref for Host {
+    type Target = MeasuredHost;
+    fn deref(&self) -> &MeasuredHost {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut MeasuredHost {
+        &mut self.0
+    }
 }
 
 impl Host {
     fn new() -> Host {
-        let tpm = Swtpm::start_provisioned();
-        let dir = tempfile::tempdir().unwrap();
-        let (records, predict) = extend_predicted_launch(&tpm, dir.path(), CMDLINE);
-        let host = Host { tpm, dir, log: cel::encode(&records), predict };
-        host.tellus_ok(&["host", "init"]);
-        std::fs::write(host.state().join("launch-log.cel"), &host.log).unwrap();
-        host
+        Host(MeasuredHost::new(CMDLINE))
     }
 
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn host_id(&self) -> String {
-        std::fs::read_to_string(self.state().join("host/host-id")).unwrap().trim().to_owned()
-    }
-
-    fn tellus(&self, args: &[&str]) -> Output {
-        Command::new(tellus_bin())
-            .args(args)
-            .arg("--tpm")
-            .arg(self.tpm.addr())
-            .arg("--state-dir")
-            .arg(self.state())
-            .output()
-            .unwrap()
-    }
-
+    /// `tellus ARGS` on this host's state directory; must succeed.
     fn tellus_ok(&self, args: &[&str]) -> Output {
-        let out = self.tellus(args);
-        assert!(
-            out.status.success(),
-            "tellus {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        self.0.tellus(&self.state(), args)
     }
 
     /// The launch measured again into the freshly reset PCR 13.
     fn relaunch(&self) {
-        for r in cel::decode(&self.log).unwrap() {
-            let d = r.digests.iter().find_map(|d| d.digest()).unwrap();
-            self.tpm.tpm2("tpm2_pcrextend", &[&format!("13:sha256={}", d.to_hex())]);
-        }
+        extend_records(&self.tpm, &self.records);
     }
 
-    /// A power loss: swtpm killed without TPM2_Shutdown, started again
-    /// (resetCount + 1, the clock back to its last saved value).
+    /// A power loss: swtpm killed without TPM2_Shutdown (`restart` kills
+    /// it first), started again (resetCount + 1, the clock back to its last
+    /// saved value).
     fn power_cycle(&mut self) {
-        self.tpm.kill();
         self.tpm.restart();
         self.relaunch();
     }
@@ -150,17 +124,7 @@ impl Host {
 
     /// `tellus quote --pcrs 13` over `binding`.
     fn quote(&self, binding: &[u8]) -> Value {
-        let out = self.dir.path().join("ev.json");
-        self.tellus_ok(&[
-            "quote",
-            "--nonce",
-            &hex::encode(binding),
-            "--pcrs",
-            "13",
-            "--output",
-            out.to_str().unwrap(),
-        ]);
-        serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
+        self.0.quote(&self.state(), binding)
     }
 }
 
@@ -181,12 +145,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn verifier(host: &Host) -> App {
     let app = App::with(|c| {
         c.tpm_clock_tolerance_ms = TOLERANCE_MS;
-        let dir = c.state_dir.with_file_name("ek-ca");
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
-            std::fs::copy(host.tpm.local_ca().join(f), dir.join(f)).unwrap();
-        }
-        c.ek_ca_dir = Some(dir);
+        registrar_support::trust_swtpm_ek_ca(c, &host.tpm);
     });
     host.enroll(&app).await;
     app.upload("default/key/disk", SECRET).await;

@@ -84,10 +84,92 @@ pub fn extend_predicted_launch(tpm: &Swtpm, dir: &Path, cmdline: &str) -> (Vec<C
     );
     let predict: Value = serde_json::from_slice(&out.stdout).unwrap();
     let records = tellus_measured_boot::cel::decode(&std::fs::read(&cel).unwrap()).unwrap();
-    for r in &records {
+    extend_records(tpm, &records);
+    (records, predict)
+}
+
+/// Extends each record's SHA-256 digest into PCR 13 of `tpm`.
+pub fn extend_records(tpm: &Swtpm, records: &[CelRecord]) {
+    for r in records {
         let d = r.digests.iter().find_map(|d| d.digest()).unwrap();
         assert_eq!(d.alg(), HashAlg::Sha256);
         tpm.tpm2("tpm2_pcrextend", &[&format!("13:sha256={}", d.to_hex())]);
     }
-    (records, predict)
+}
+
+/// A provisioned swtpm with a whole predicted launch measured into PCR 13
+/// ([`extend_predicted_launch`]) and `tellus host init` done in `state`
+/// beside that launch's log, as on a host that ran it.
+pub struct MeasuredHost {
+    pub tpm: Swtpm,
+    pub dir: tempfile::TempDir,
+    /// The launch's records, as measured.
+    pub records: Vec<CelRecord>,
+    /// `tellus measure predict --output json` of the launch.
+    pub predict: Value,
+}
+
+impl MeasuredHost {
+    pub fn new(cmdline: &str) -> MeasuredHost {
+        let tpm = Swtpm::start_provisioned();
+        let dir = tempfile::tempdir().unwrap();
+        let (records, predict) = extend_predicted_launch(&tpm, dir.path(), cmdline);
+        let host = MeasuredHost { tpm, dir, records, predict };
+        host.init("state");
+        host
+    }
+
+    /// `host init` in state directory `name` (another one: a new AK on the
+    /// same TPM), with the launch log; returns the directory.
+    pub fn init(&self, name: &str) -> PathBuf {
+        let state = self.dir.path().join(name);
+        self.tellus(&state, &["host", "init"]);
+        std::fs::write(
+            state.join("launch-log.cel"),
+            tellus_measured_boot::cel::encode(&self.records),
+        )
+        .unwrap();
+        state
+    }
+
+    /// The state directory made by [`MeasuredHost::new`].
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The host id `host init` saved.
+    pub fn host_id(&self) -> String {
+        std::fs::read_to_string(self.state().join("host/host-id")).unwrap().trim().to_owned()
+    }
+
+    /// `tellus ARGS --tpm .. --state-dir STATE`, which must succeed.
+    pub fn tellus(&self, state: &Path, args: &[&str]) -> std::process::Output {
+        let out = Command::new(tellus_bin())
+            .args(args)
+            .arg("--tpm")
+            .arg(self.tpm.addr())
+            .arg("--state-dir")
+            .arg(state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tellus {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `tellus quote --pcrs 13` with `binding` as qualifyingData, by the
+    /// AK of `state`.
+    pub fn quote(&self, state: &Path, binding: &[u8]) -> Value {
+        let out = state.join("ev.json");
+        let nonce = hex::encode(binding);
+        self.tellus(
+            state,
+            &["quote", "--nonce", &nonce, "--pcrs", "13", "--output", out.to_str().unwrap()],
+        );
+        serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
+    }
 }

@@ -104,15 +104,9 @@ impl TpmHost {
         TpmHost { tpm }
     }
 
-    /// Makes `config` trust this TPM's EK CA: a copy of the swtpm local CA
-    /// certificates in `ek-ca` beside the state directory.
+    /// Makes `config` trust this TPM's EK CA ([`trust_swtpm_ek_ca`]).
     pub fn trust_ek_ca(&self, config: &mut Config) {
-        let dir = config.state_dir.with_file_name("ek-ca");
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
-            std::fs::copy(self.tpm.local_ca().join(f), dir.join(f)).unwrap();
-        }
-        config.ek_ca_dir = Some(dir);
+        trust_swtpm_ek_ca(config, &self.tpm);
     }
 
     /// The enrollment request for this TPM's EK, EK certificate and AK.
@@ -136,4 +130,15 @@ impl TpmHost {
         std::fs::write(self.tpm.path("cred.in"), file).unwrap();
         activate_credential(&self.tpm, true, "cred.in").unwrap_or_else(|e| panic!("{e}"))
     }
+}
+
+/// Makes `config` trust `tpm`'s EK CA: a copy of the swtpm local CA
+/// certificates in `ek-ca` beside the state directory.
+pub fn trust_swtpm_ek_ca(config: &mut Config, tpm: &Swtpm) {
+    let dir = config.state_dir.with_file_name("ek-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["issuercert.pem", "swtpm-localca-rootca-cert.pem"] {
+        std::fs::copy(tpm.local_ca().join(f), dir.join(f)).unwrap();
+    }
+    config.ek_ca_dir = Some(dir);
 }
