@@ -212,9 +212,15 @@ fn corrupt(what: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { what, detail: detail.to_string() }
 }
 
-const AUDIT_COLUMNS: &str = "seq, time_ms, event, subject, detail, prev_hash, kid, hash, signature";
+/// The `audit_log` columns in [`audit_row`]'s order, as a literal so the
+/// statements that name them stay static (`concat!`, `prepare_cached`).
+macro_rules! audit_columns {
+    () => {
+        "seq, time_ms, event, subject, detail, prev_hash, kid, hash, signature"
+    };
+}
 
-/// One `audit_log` row (columns in [`AUDIT_COLUMNS`] order).
+/// One `audit_log` row (columns in `audit_columns!()` order).
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditEntry, StoreError>> {
     let seq: i64 = r.get(0)?;
     let detail: String = r.get(4)?;
@@ -259,20 +265,22 @@ fn append_audit_in(
     make: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
 ) -> Result<AuditEntry, StoreError> {
     let last = tx
-        .prepare_cached(
-            "SELECT seq, time_ms, event, subject, detail, prev_hash, kid, hash, signature
-             FROM audit_log ORDER BY seq DESC LIMIT 1",
-        )?
+        .prepare_cached(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit_log ORDER BY seq DESC LIMIT 1"
+        ))?
         .query_row([], audit_row)
         .optional()?
         .transpose()?;
     let entry = make(last.as_ref())?;
     let seq = i64::try_from(entry.seq).map_err(|_| AuditError::Full)?;
     let detail = serde_json::to_string(&entry.detail).map_err(|e| corrupt("audit entry", e))?;
-    tx.prepare_cached(
-        "INSERT INTO audit_log (seq, time_ms, event, subject, detail, prev_hash, kid, hash, signature)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
+    tx.prepare_cached(concat!(
+        "INSERT INTO audit_log (",
+        audit_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
     .execute(params![
         seq,
         entry.time_ms,
@@ -660,8 +668,10 @@ impl Store for SqliteStore {
         let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let conn = self.lock()?;
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+        let mut stmt = conn.prepare(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![from, limit], audit_row)?;
         let mut out = Vec::new();
