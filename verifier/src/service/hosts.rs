@@ -17,7 +17,7 @@
 use super::admin::require_admin;
 use super::error::{ApiError, ErrorKind};
 use super::kbs::{body_or_error, parse_json};
-use super::{audit, audit_blocking, blocking, db, AppState};
+use super::{audit, audit_blocking, db, run_sync, AppState};
 use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::registrar::ek_cert::{TrustAnchors, ValidationTime};
@@ -379,7 +379,7 @@ pub async fn forget_tpm_clock(
     // Read, audit and delete in one hand-off, in that order: the entry
     // names what is deleted.
     let key = id.clone();
-    let was = blocking(&state, "forgetting the TPM clock", move |st| {
+    let was = run_sync(&state, "forgetting the TPM clock", move |st| {
         let store_err = |what| move |e| ApiError::internal(what, e);
         if st.store.get_host(&key).map_err(store_err("reading the host"))?.is_none() {
             return Err(host_not_found(&host_id));

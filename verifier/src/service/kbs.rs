@@ -19,7 +19,7 @@
 
 use super::error::{ApiError, ErrorKind};
 use super::verifier::VerifyError;
-use super::{audit_blocking, blocking, db, jwe, now_ms, token, AppState};
+use super::{audit_blocking, db, jwe, now_ms, run_sync, token, AppState};
 use crate::audit::AuditEvent;
 use crate::storage::{Attested, ResourcePath, Session};
 use axum::body::Bytes;
@@ -167,7 +167,7 @@ pub async fn auth(
     Ok(resp)
 }
 
-/// The live session named by the request's cookie (on the blocking pool).
+/// The live session named by the request's cookie.
 fn session_from_headers(
     state: &AppState,
     headers: &HeaderMap,
@@ -192,14 +192,14 @@ fn attest_failed(state: &AppState, e: ApiError) -> ApiError {
 }
 
 /// `POST /kbs/v0/attest`. Everything after reading the body runs in one
-/// hand-off to the blocking pool: the session lookup, the evidence
+/// piece ([`super::run_sync`]): the session lookup, the evidence
 /// verification, the policy, the token signature and the store writes.
 pub async fn attest(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    blocking(&state, "attesting", move |state| attest_blocking(state, &headers, body)).await
+    run_sync(&state, "attesting", move |state| attest_blocking(state, &headers, body)).await
 }
 
 fn attest_blocking(
@@ -456,7 +456,7 @@ pub async fn get_resource(
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    blocking(&state, "releasing a resource", move |state| {
+    run_sync(&state, "releasing a resource", move |state| {
         let (ear, requester) = requester(state, &headers)?;
         let subject = format!("{repo}/{kind}/{tag}");
         match release(state, ear, &requester, &repo, &kind, &tag) {

@@ -187,34 +187,46 @@ pub(crate) fn now_ms() -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Runs a store operation on the blocking pool.
+/// Runs a store operation (see [`run_sync`]).
 pub(crate) async fn db<T, F>(state: &AppState, what: &'static str, f: F) -> Result<T, ApiError>
 where
-    T: Send + 'static,
-    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError>,
 {
-    blocking(state, what, move |st| f(st.store.as_ref()).map_err(|e| ApiError::internal(what, e)))
+    run_sync(state, what, move |st| f(st.store.as_ref()).map_err(|e| ApiError::internal(what, e)))
         .await
 }
 
-/// Runs a request's blocking part (store, evidence verification, policy,
-/// signing) on the blocking pool in one hand-off: a KBS request costs one
-/// thread switch there and back, not one per store call.
-pub(crate) async fn blocking<T, F>(
+/// Runs a request's synchronous part (store, evidence verification,
+/// policy, signing) on the runtime worker that polls the request, in one
+/// piece.
+///
+/// Not on tokio's blocking pool, by measurement: that hand-off cost more
+/// than the work itself (`cargo bench -p tellus-verifier --bench
+/// roundtrip`, 2 cores: 1,733 µs of CPU per KBS round trip with
+/// `spawn_blocking`, 1,870–2,010 with `block_in_place`, 1,110–1,280
+/// inline; see BENCHMARKS.md). The work is bounded and CPU-bound:
+/// signature checks, one policy evaluation, one ECDH, and single-row
+/// SQLite transactions on a WAL database whose checkpoints (the only
+/// fsyncs) run on the store's own thread (`storage::sqlite`). A worker
+/// thus never waits on a disk flush or on the network here, only on the
+/// store's mutex held by another such short transaction. `what` names the
+/// work in the error should it panic.
+pub(crate) async fn run_sync<T, F>(
     state: &AppState,
     what: &'static str,
     f: F,
 ) -> Result<T, ApiError>
 where
-    T: Send + 'static,
-    F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+    F: FnOnce(&AppState) -> Result<T, ApiError>,
 {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| ApiError::internal(what, e))?
+    // A panic fails this request (500), as a panicking blocking task did,
+    // rather than the connection's task.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(state)))
+        .map_err(|_| ApiError::internal(what, "panicked"))?
 }
 
 /// Appends one entry to the audit log (signed with the token-signing key),
-/// on the calling thread: for code already on the blocking pool. Callers
+/// on the calling thread: for code already inside [`run_sync`]. Callers
 /// fail the request when this fails: nothing is released, enrolled or
 /// changed without its audit entry.
 pub(crate) fn audit_blocking(
@@ -248,7 +260,7 @@ pub(crate) fn audit_entry<'a>(
     }
 }
 
-/// [`audit_blocking`] on the blocking pool.
+/// [`audit_blocking`] from async code (see [`run_sync`]).
 pub(crate) async fn audit(
     state: &AppState,
     event: crate::audit::AuditEvent,
@@ -256,7 +268,7 @@ pub(crate) async fn audit(
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
     let subject = subject.into();
-    blocking(state, "audit log", move |st| audit_blocking(st, event, &subject, detail)).await
+    run_sync(state, "audit log", move |st| audit_blocking(st, event, &subject, detail)).await
 }
 
 async fn healthz() -> &'static str {

@@ -6,8 +6,9 @@
 //! - [`sealing`]: AES-256-GCM encryption of resources at rest. Sealing is
 //!   done above the store, so every backend holds only ciphertext.
 //!
-//! Every method is synchronous; the service calls them from
-//! `tokio::task::spawn_blocking`.
+//! Every method is synchronous and short (no method waits for the disk to
+//! flush); the service calls them inline on its runtime workers
+//! (`service::run_sync`).
 
 pub mod sealing;
 pub mod sqlite;
@@ -47,6 +48,8 @@ pub enum StoreError {
     Poisoned,
     #[error("cannot write the audit entry: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("cannot start the SQLite checkpoint thread: {0}; check the process's thread limit")]
+    CheckpointThread(#[source] std::io::Error),
 }
 
 /// A resource path `repo/type/tag`, each segment non-empty, at most

@@ -1,11 +1,20 @@
 //! [`Store`] on one SQLite file.
 //!
 //! Connection handling: one connection behind a `Mutex`. SQLite serialises
-//! writers anyway, every operation here is a short single-row transaction,
-//! and the service runs them on tokio's blocking pool, so a pool would buy
-//! little; WAL mode keeps readers in *other* processes (backups, `sqlite3`)
-//! from blocking the verifier. Several verifier replicas share state through
-//! the PostgreSQL store (to come), not through one SQLite file.
+//! writers anyway and every operation here is a short transaction, so a
+//! pool would buy little; WAL mode keeps readers in *other* processes
+//! (backups, `sqlite3`) from blocking the verifier. Several verifier
+//! replicas share state through the PostgreSQL store (to come), not through
+//! one SQLite file.
+//!
+//! Checkpoints: with `synchronous = NORMAL` a commit only appends to the
+//! WAL; the one step that waits for the disk is the checkpoint, which
+//! SQLite by default runs inside whichever commit crosses 1,000 WAL pages.
+//! The service runs store calls on its runtime workers (`service::run_sync`),
+//! so that wait is moved off them: automatic checkpoints are off on the
+//! request connection, and a thread of the store's own with a second
+//! connection runs a passive checkpoint every [`CHECKPOINT_INTERVAL`] and
+//! one last time when the store is dropped.
 //!
 //! Schema: versioned migrations in [`MIGRATIONS`]; the table
 //! `schema_version` holds one row per applied migration. Opening a database
@@ -127,10 +136,59 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// How often the checkpoint thread copies the WAL into the database.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// The SQLite store.
 pub struct SqliteStore {
+    // Dropped before `_checkpoints`, whose last checkpoint then closes the
+    // database's last connection.
     conn: Mutex<Connection>,
     path: PathBuf,
+    _checkpoints: Checkpoints,
+}
+
+/// The checkpoint thread: it stops (after a last checkpoint) when `stop`
+/// is dropped, and dropping this waits for it.
+struct Checkpoints {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpoints {
+    fn start(path: &Path) -> Result<Checkpoints, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || loop {
+                let last = !matches!(
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                // PASSIVE: copies what it can without waiting for readers
+                // or writers; the WAL restarts from its beginning once a
+                // checkpoint has copied all of it.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed; the WAL grows until one succeeds");
+                }
+                if last {
+                    break;
+                }
+            })
+            .map_err(StoreError::CheckpointThread)?;
+        Ok(Checkpoints { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -158,9 +216,12 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // journal_mode returns a row, so it is a query.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+        )?;
         migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), path: path.to_owned() })
+        let checkpoints = Checkpoints::start(path)?;
+        Ok(SqliteStore { conn: Mutex::new(conn), path: path.to_owned(), _checkpoints: checkpoints })
     }
 
     /// The database file.
