@@ -770,6 +770,51 @@ mod tests {
         assert_eq!(n, MIGRATIONS.len() as i64);
     }
 
+    /// Commits only append to the WAL; the store's own thread copies them
+    /// into the database file (seen through a connection that ignores the
+    /// WAL), and the last checkpoint when the store is dropped leaves no
+    /// WAL behind.
+    #[test]
+    fn checkpoints_run_off_the_request_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let autocheckpoint: i64 =
+            s.lock().unwrap().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+        assert_eq!(autocheckpoint, 0, "the request connection never checkpoints");
+        let id = "c".repeat(32);
+        let sess = Session {
+            id: id.clone(),
+            nonce: "n".into(),
+            tee: "sample".into(),
+            expires_at_ms: 1000,
+            attested: None,
+        };
+        s.create_session(&sess).unwrap();
+        let db = dir.path().join(DB_FILE);
+        let in_db_file = || -> i64 {
+            // `immutable=1`: read the database file alone, not the WAL.
+            let c = Connection::open_with_flags(
+                format!("file:{}?immutable=1", db.display()),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+            )
+            .unwrap();
+            // Before the first checkpoint not even the schema is there.
+            c.query_row("SELECT COUNT(*) FROM sessions WHERE id = ?1", [&id], |r| r.get(0))
+                .unwrap_or(0)
+        };
+        let deadline = std::time::Instant::now() + 10 * CHECKPOINT_INTERVAL;
+        while in_db_file() == 0 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint within 10 intervals");
+            std::thread::sleep(CHECKPOINT_INTERVAL / 10);
+        }
+        drop(s);
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        assert!(
+            std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+            "a WAL is left after the store closed"
+        );
+    }
+
     /// A database at `path` as a verifier with the first `n` migrations
     /// left it.
     fn database_at_version(path: &Path, n: usize) -> Connection {
