@@ -137,7 +137,7 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 /// How often the checkpoint thread copies the WAL into the database.
-pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1000);
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The SQLite store.
 pub struct SqliteStore {
