@@ -50,21 +50,31 @@ pub(crate) fn vmm_command(cmd: &mut Command, inherit: Vec<RawFd>) {
 /// capabilities (capabilities are per thread, and these threads only read,
 /// wait for or remove what is already theirs), and returns once it has: the
 /// launcher's check after its own drop never finds it still holding any.
+///
+/// Panics when no thread can be started: the launcher then ends, and its
+/// VMM with it (`PR_SET_PDEATHSIG`). Code that can report the failure
+/// uses [`try_spawn_unprivileged`].
 pub(crate) fn spawn_unprivileged<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> JoinHandle<T> {
+    try_spawn_unprivileged(name, f).expect("failed to spawn thread")
+}
+
+/// [`spawn_unprivileged`], returning the error when no thread can be
+/// started.
+pub(crate) fn try_spawn_unprivileged<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<JoinHandle<T>> {
     let (dropped, wait) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            let _ = crate::privileges::drop_thread();
-            let _ = dropped.send(());
-            f()
-        })
-        .expect("failed to spawn thread");
+    let handle = std::thread::Builder::new().name(name.into()).spawn(move || {
+        let _ = crate::privileges::drop_thread();
+        let _ = dropped.send(());
+        f()
+    })?;
     let _ = wait.recv();
-    handle
+    Ok(handle)
 }
 
 /// A VMM process by its pidfd (`pidfd_open(2)`, Linux 5.3): signals sent

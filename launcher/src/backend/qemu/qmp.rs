@@ -88,9 +88,8 @@ impl QmpClient {
         }
         reader.get_ref().set_read_timeout(None)?;
         let (tx, replies) = mpsc::channel();
-        std::thread::Builder::new().name("qmp-reader".into()).spawn(move || {
-            // Reading an open socket needs no capability.
-            let _ = crate::privileges::drop_thread();
+        // Reading an open socket needs no capability.
+        crate::backend::process::try_spawn_unprivileged("qmp-reader", move || {
             reader_loop(reader, tx, events)
         })?;
         let mut c = QmpClient { writer: stream, replies };
