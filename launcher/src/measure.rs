@@ -65,10 +65,9 @@ pub fn launch_inputs(
     };
     Ok(LaunchInputs {
         launcher,
-        // QEMU by its path; the built-in VMM's sealed copy, which is what
-        // is executed.
+        // The VMM's sealed copy, which is what is executed.
         vmm: Some(match &r.vmm {
-            Vmm::Qemu(q) => q.program().to_path_buf(),
+            Vmm::Qemu(q) => q.executable().fd_path(),
             Vmm::Builtin(b) => b.executable().fd_path(),
         }),
         launcher_config: LauncherConfig { pcr: check_pcr(pcr)? },

@@ -34,7 +34,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tellus_launcher::accel::AccelChoice;
 use tellus_launcher::backend::{BackendChoice, VmmEvent};
-use tellus_launcher::run::{self, VmSpec};
+use tellus_launcher::run::{self, VmSpec, Vmm};
 use tellus_launcher::vm_config::MemorySize;
 use tellus_measured_boot::records::{launch_records, FileMeasurement, LaunchRecord, RecordKind};
 
@@ -334,18 +334,21 @@ fn builtin_boots_the_measured_payload_after_it_is_replaced_on_disk() {
 fn records_hash_the_sealed_copies_not_the_files_on_disk() {
     let qboot = Path::new("/usr/share/qemu/bios-microvm.bin").canonicalize().unwrap();
     let img = Images::new(&qboot);
+    let real_qemu = which("qemu-system-x86_64");
+    let qemu = img.dir.path().join("qemu-system-x86_64");
+    std::fs::copy(&real_qemu, &qemu).unwrap();
     let spec = VmSpec {
         memory: MemorySize(256),
         firmware: Some(img.firmware.clone()),
         backend: BackendChoice::Qemu,
         accel: AccelChoice::Tcg,
-        qemu: Some(which("qemu-system-x86_64")),
+        qemu: Some(qemu.clone()),
         vmm: None,
         ..sealed_spec(&img.kernel, &img.initrd, MICROVM_ONESHOT)
     };
     let resolved = run::resolve(&spec).unwrap();
     // Every file changes after staging, before the records are built.
-    for p in [&img.kernel, &img.initrd, &img.firmware] {
+    for p in [&img.kernel, &img.initrd, &img.firmware, &qemu] {
         std::fs::write(p, b"replaced after staging").unwrap();
     }
     let inputs = tellus_launcher::measure::launch_inputs(&spec, &resolved, 13, None).unwrap();
@@ -363,4 +366,9 @@ fn records_hash_the_sealed_copies_not_the_files_on_disk() {
         assert_eq!(rec.size, sealed.len(), "{kind:?}");
         assert_eq!(sealed.read_all(1 << 30).unwrap(), std::fs::read(&original).unwrap());
     }
+    // QEMU too: the record is the staged copy, which is what runs.
+    let rec = file_record(&recs, RecordKind::VmmBinary);
+    assert_eq!(rec, FileMeasurement::of("original", &real_qemu).unwrap(), "vmm-binary");
+    let Vmm::Qemu(q) = &resolved.vmm else { panic!("QEMU backend expected") };
+    assert_eq!(rec, q.executable().measurement().unwrap(), "vmm-binary: the digest of the memfd");
 }

@@ -15,6 +15,10 @@ fn boot_and_shutdown(vcpus: u32) {
     assert_eq!(status["status"]["agent_ready"], true);
     assert_eq!(status["status"]["vcpus"], vcpus);
     assert_eq!(status["status"]["state"], "running");
+    // QEMU runs from the sealed copy that was measured, not from its path.
+    let qemu = status["status"]["vmm_pid"].as_u64().expect("vmm_pid");
+    let exe = std::fs::read_link(format!("/proc/{qemu}/exe")).unwrap();
+    assert!(exe.to_string_lossy().starts_with("/memfd:tellus-vmm"), "QEMU runs {}", exe.display());
 
     let (ok, resp) = l.ctl("shutdown");
     assert!(ok, "{resp}");

@@ -14,6 +14,13 @@
 //! descriptors and is given `/proc/self/fd/N` for `-kernel`, `-initrd` and
 //! `-bios` (paths QEMU opens with open(2), which resolve to the descriptor
 //! in QEMU's own process). The bytes QEMU loads are the bytes measured.
+//! The same holds for QEMU itself: [`Qemu::locate`] reads the executable
+//! once into a sealed, executable memfd; that copy is measured (the
+//! `vmm-binary` record) and executed (`/proc/self/fd/N`), so replacing the
+//! file on disk after the measurement changes nothing that runs. QEMU then
+//! cannot find its data directory from its own path and is given it with
+//! `-L`: the option ROMs it loads from there (e.g. `linuxboot_dma.bin`)
+//! are not measured, as they were not when QEMU ran from its path.
 
 mod qmp;
 pub mod snp;
@@ -22,6 +29,7 @@ pub use qmp::{QmpClient, QmpCommand, QmpError};
 
 use super::{process, Backend, BackendError, EventSink, GuestStreams, PowerControl, StartedVm};
 use crate::accel::Accel;
+use crate::image::SealedImage;
 use crate::vm_config::VmConfig;
 use snp::{SnpError, SnpQemuConfig, SnpSpec};
 use std::ffi::OsString;
@@ -29,6 +37,7 @@ use std::io::ErrorKind;
 use std::os::fd::RawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -83,7 +92,10 @@ impl std::fmt::Display for Machine {
 
 /// The QEMU backend.
 pub struct Qemu {
+    /// Where the executable was read from (messages, the data directory).
     program: PathBuf,
+    /// The sealed copy that is measured and executed.
+    exe: Arc<SealedImage>,
     machine: Machine,
     /// SEV-SNP settings, when the guest is an SNP guest (machine q35, KVM).
     snp: Option<SnpSpec>,
@@ -103,7 +115,15 @@ impl Qemu {
                 BackendError::QemuNotFound("qemu-system-x86_64 is not on PATH".into())
             })?,
         };
-        Ok(Qemu { program, machine: Machine::Microvm, snp: None, host_data: None })
+        let exe = SealedImage::stage_executable("vmm", &program)
+            .map_err(|e| BackendError::QemuNotFound(format!("{}: {e}", program.display())))?;
+        Ok(Qemu {
+            program,
+            exe: Arc::new(exe),
+            machine: Machine::Microvm,
+            snp: None,
+            host_data: None,
+        })
     }
 
     /// Runs guests on `machine` (default microvm).
@@ -137,9 +157,26 @@ impl Qemu {
         self.host_data = records::host_data(launch);
     }
 
-    /// The QEMU executable this backend runs (measured as the VMM binary).
+    /// The path the QEMU executable was read from.
     pub fn program(&self) -> &Path {
         &self.program
+    }
+
+    /// The sealed copy of the QEMU executable this backend runs (measured
+    /// as the `vmm-binary` record).
+    pub fn executable(&self) -> &SealedImage {
+        &self.exe
+    }
+
+    /// QEMU's data directory (option ROMs, firmware), beside its executable
+    /// as installed (`<prefix>/bin/…` → `<prefix>/share/qemu`), else
+    /// Debian's.
+    fn data_dir(&self) -> PathBuf {
+        self.program
+            .parent()
+            .map(|d| d.join("../share/qemu"))
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(|| PathBuf::from("/usr/share/qemu"))
     }
 
     /// The default firmware of the machine, passed explicitly with `-bios`,
@@ -339,18 +376,24 @@ impl Backend for Qemu {
         let (console_l, agent_l, qmp_l) =
             (console_l.map_err(sock_err)?, agent_l.map_err(sock_err)?, qmp_l.map_err(sock_err)?);
 
-        let mut cmd = Command::new(&self.program);
-        cmd.args(args(cfg, accel, self.machine, snp, &s)?)
+        // The sealed executable, under its own name in QEMU's argv[0].
+        let mut cmd = Command::new(self.exe.fd_path());
+        cmd.arg0(&self.program)
+            .arg("-L")
+            .arg(self.data_dir())
+            .args(args(cfg, accel, self.machine, snp, &s)?)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // The sealed images reach QEMU as inherited descriptors it opens as
-        // /proc/self/fd/N (see `args`).
-        let image_fds: Vec<RawFd> = [Some(&cfg.kernel), Some(&cfg.initrd), cfg.firmware.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|i| i.raw_fd())
-            .collect();
+        // /proc/self/fd/N (see `args`); the executable's stays open too, for
+        // an interpreter (`#!`) to read it.
+        let image_fds: Vec<RawFd> =
+            [Some(&self.exe), Some(&cfg.kernel), Some(&cfg.initrd), cfg.firmware.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|i| i.raw_fd())
+                .collect();
         process::vmm_command(&mut cmd, image_fds);
         let mut child = cmd.spawn().map_err(|source| BackendError::Spawn {
             program: self.program.display().to_string(),
