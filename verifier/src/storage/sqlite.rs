@@ -162,19 +162,28 @@ impl Checkpoints {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || loop {
-                let last = !matches!(
-                    stopped.recv_timeout(CHECKPOINT_INTERVAL),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-                );
-                // PASSIVE: copies what it can without waiting for readers
-                // or writers; the WAL restarts from its beginning once a
-                // checkpoint has copied all of it.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "SQLite checkpoint failed; the WAL grows until one succeeds");
-                }
-                if last {
-                    break;
+            .spawn(move || {
+                let mut failing = false;
+                loop {
+                    let last = !matches!(
+                        stopped.recv_timeout(CHECKPOINT_INTERVAL),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    // PASSIVE: copies what it can without waiting for
+                    // readers or writers; the WAL restarts from its
+                    // beginning once a checkpoint has copied all of it.
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        // Once per run of failures, not every interval.
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "SQLite checkpoint failed; the WAL grows until one succeeds: check the disk and the database file's permissions");
+                        }
+                        Err(_) => {}
+                        Ok(()) => failing = false,
+                    }
+                    if last {
+                        break;
+                    }
                 }
             })
             .map_err(StoreError::CheckpointThread)?;

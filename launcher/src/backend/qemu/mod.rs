@@ -192,16 +192,12 @@ impl Qemu {
                 .and_then(|p| p.canonicalize().ok())
                 .ok_or(BackendError::NoOvmf);
         }
-        let candidates = [
-            self.program.parent().map(|d| d.join("../share/qemu/bios-microvm.bin")),
-            Some(PathBuf::from("/usr/share/qemu/bios-microvm.bin")),
-        ];
-        candidates
-            .into_iter()
-            .flatten()
-            .find(|p| p.is_file())
-            .and_then(|p| p.canonicalize().ok())
-            .ok_or(BackendError::NoFirmware)
+        // From the data directory QEMU is given with `-L`.
+        let qboot = self.data_dir().join("bios-microvm.bin");
+        match qboot.canonicalize() {
+            Ok(p) if p.is_file() => Ok(p),
+            _ => Err(BackendError::NoFirmware),
+        }
     }
 }
 
