@@ -376,8 +376,8 @@ pub async fn forget_tpm_clock(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = admin_host_id(&state, &headers, &host_id)?;
-    // Read, audit and delete in one hand-off, in that order: the entry
-    // names what is deleted.
+    // Read, audit and delete in that order, in one piece: the entry names
+    // what is deleted, and nothing is deleted unaudited.
     let key = id.clone();
     let was = run_sync(&state, "forgetting the TPM clock", move |st| {
         let store_err = |what| move |e| ApiError::internal(what, e);

@@ -210,7 +210,9 @@ where
 /// fsyncs) run on the store's own thread (`storage::sqlite`). A worker
 /// thus never waits on a disk flush or on the network here, only on the
 /// store's mutex held by another such short transaction. `what` names the
-/// work in the error should it panic.
+/// work in the error should it panic. It stays `async` (as [`db`] and
+/// [`audit`] do) so that handlers need not change when a store that awaits
+/// (the PostgreSQL store to come) takes its place.
 pub(crate) async fn run_sync<T, F>(
     state: &AppState,
     what: &'static str,

@@ -24,7 +24,7 @@
 
 use super::boot::{self, BootSpec};
 use super::seccomp::{self, SeccompError};
-use super::{BuiltinError, DeviceStreams, Vm};
+use super::{io, BuiltinError, DeviceStreams, Vm};
 use crate::accel::Accel;
 use crate::backend::{
     process, Backend, BackendError, EventSink, GuestStreams, PowerControl, StartedVm, VmmEvent,
@@ -123,10 +123,6 @@ struct ChildFds {
     console: UnixStream,
     channel: UnixStream,
     control: UnixStream,
-}
-
-fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuiltinError {
-    move |source| BuiltinError::Io { what, source }
 }
 
 impl Backend for Builtin {

@@ -157,11 +157,6 @@ impl Qemu {
         self.host_data = records::host_data(launch);
     }
 
-    /// The path the QEMU executable was read from.
-    pub fn program(&self) -> &Path {
-        &self.program
-    }
-
     /// The sealed copy of the QEMU executable this backend runs (measured
     /// as the `vmm-binary` record).
     pub fn executable(&self) -> &SealedImage {
