@@ -5,6 +5,10 @@
 //! another policy over the same input and data.
 //!
 //! `cargo bench -p tellus-policies --bench eval -- [--seconds S] [--policy FILE]`
+//!
+//! `--count N --policy FILE` evaluates FILE exactly N times and nothing
+//! else, for `perf stat -e instructions:u`: instruction counts, unlike
+//! times, stay put on a machine whose speed drifts.
 
 #[path = "../tests/fixtures/mod.rs"]
 mod fixtures;
@@ -37,6 +41,16 @@ fn main() {
     let refs = ReferenceSet::from_json(&fixtures::predict(), None, Some("fixture")).expect("refs");
     let data = tellus_policies::engine::policy_data(&refs, 1_700_000_000, &Default::default());
     let input = fixtures::predicted_claims().to_json();
+    if let (Some(n), Some(file)) = (arg("--count"), arg("--policy")) {
+        let n: u64 = n.parse().expect("--count N");
+        let text = std::fs::read_to_string(&file).expect("read --policy");
+        let policy =
+            Policy::compile(&file, &text).expect("compile").prepare(&data).expect("prepare");
+        for _ in 0..n {
+            std::hint::black_box(policy.evaluate(&input).expect("evaluate"));
+        }
+        return;
+    }
     let attestation = Policy::default_attestation().prepare(&data).expect("prepare");
     assert!(attestation.evaluate(&input).expect("evaluate").allow, "the fixture is allowed");
     let t = per_call(seconds, || {

@@ -99,7 +99,12 @@ failed_claims contains claim if {
 	rule in failed_rules
 }
 
-trust_vector := object.union(
+# With no reason every claim is affirming: that case, the common one, skips
+# the comprehensions (the interpreter builds every object they make).
+trust_vector := {claim: 2 | some claim, _ in tv_rules} if {
+	input.tee == "tpm"
+	count(reasons) == 0
+} else := object.union(
 	{claim: 2 | some claim, _ in tv_rules; not claim in failed_claims},
 	{claim: g[1] | some claim, g in tv_rules; claim in failed_claims},
 ) if {

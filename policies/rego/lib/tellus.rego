@@ -6,6 +6,10 @@
 # that the verifier shows, unchanged, in its logs and in the 403 detail of a
 # denied resource request. A policy collects them in its `reasons` set and
 # allows when that set is empty.
+#
+# Cost: regorus evaluates every rule of this package (not its functions)
+# the first time a policy refers to any part of it, so the package keeps
+# few rules; helpers that only explain a failure are functions.
 package tellus.lib
 
 import rego.v1
@@ -26,29 +30,40 @@ reason(rule, claim, expected, found, message) := {
 # Kinds that may occur more than once in a launch (after its separator).
 repeatable_kinds := {"stop", "reboot", "console-log"}
 
-# The launch's records by kind (each kind once before the separator: the
-# verifier refuses a launch that repeats one). A rule, so evaluated once.
-records_by_kind := {r.kind: r |
+# The record of `kind` in the attested launch (undefined when it has none;
+# each kind occurs once before the separator: the verifier refuses a launch
+# that repeats one).
+record(kind) := r if {
+	not kind in repeatable_kinds
 	some r in input.launch.records
-	not r.kind in repeatable_kinds
+	r.kind == kind
 }
 
-# The record of `kind` in the attested launch (undefined when it has none).
-record(kind) := records_by_kind[kind]
+# The digests compared with reference values for `kind`: file digests for
+# file records, record digests otherwise ({alg: "alg:hex"}).
+compared_digests(kind) := {"sha256": r.file.sha256, "sha384": r.file.sha384} if {
+	kind in file_kinds
+	r := record(kind)
+} else := record(kind).record_digests
 
-# The digests compared with reference values, by kind: file digests for
-# file records, record digests otherwise.
-compared := object.union(
-	{k: {"sha256": r.file.sha256, "sha384": r.file.sha384} | some k, r in records_by_kind; k in file_kinds},
-	{k: r.record_digests | some k, r in records_by_kind; not k in file_kinds},
-)
+# Kinds one of whose compared digests (see `compared_digests`) is a live
+# reference value of the same name: the fast path of a policy, one pass
+# over the records that builds no intermediate object (regorus's cost is
+# mostly the objects and sets it builds).
+digest_ok contains r.kind if {
+	some r in input.launch.records
+	r.kind in file_kinds
+	not r.kind in repeatable_kinds
+	some d in [r.file.sha256, r.file.sha384]
+	d in data.reference_live[r.kind]
+}
 
-# Kinds one of whose compared digests is a live reference value of the
-# same name (the fast path of a policy: no function calls).
-digest_ok contains kind if {
-	some kind, ds in compared
-	some d in ds
-	d in data.reference_live[kind]
+digest_ok contains r.kind if {
+	some r in input.launch.records
+	not r.kind in file_kinds
+	not r.kind in repeatable_kinds
+	some d in r.record_digests
+	d in data.reference_live[r.kind]
 }
 
 # The claim path that holds the digests compared for `kind`.
@@ -59,9 +74,6 @@ digest_claim(kind) := sprintf("launch.records[%s].file", [kind]) if {
 digest_claim(kind) := sprintf("launch.records[%s].record_digests", [kind]) if {
 	not kind in file_kinds
 }
-
-# The digests compared for `kind`: {alg: "alg:hex"}.
-compared_digests(kind) := compared[kind]
 
 # (Only base documents are read here, never `data` as a whole: that would
 # evaluate every rule of every loaded package.)

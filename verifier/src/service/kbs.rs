@@ -31,6 +31,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use kbs_types::{Attestation, Challenge, Request, TeePubKey};
 use ring::rand::SecureRandom;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 
@@ -128,7 +129,7 @@ pub async fn auth(
             ),
         )
     };
-    let request: Request = match serde_json::from_value(value.clone()) {
+    let request: Request = match Request::deserialize(&value) {
         Ok(r) => r,
         Err(e) => {
             return Err(match value.get("tee") {
@@ -243,7 +244,7 @@ fn attest_session(
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body)?;
     let value = parse_json(&body, "KBS Attestation")?;
-    let attestation: Attestation = serde_json::from_value(value.clone()).map_err(|e| {
+    let attestation: Attestation = Attestation::deserialize(&value).map_err(|e| {
         attest_failed(
             state,
             ApiError::bad_request(
@@ -398,7 +399,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<Result<&str, ()>> {
 }
 
 fn parse_tee_pubkey(v: &Value) -> Result<TeePubKey, ApiError> {
-    let key: TeePubKey = serde_json::from_value(v.clone()).map_err(|e| {
+    let key: TeePubKey = TeePubKey::deserialize(v).map_err(|e| {
         ApiError::unauthenticated(format!(
             "the token's tee-pubkey is not a JWK ({e}); attest again"
         ))
