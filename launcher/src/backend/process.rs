@@ -2,11 +2,11 @@
 //! built-in VMM's `tellus-vmm`): tie its life to the launcher's, hand it
 //! exactly the descriptors it needs, relay its stderr and report its exit.
 
-use super::{EventSink, VmmEvent};
+use super::{BackendError, EventSink, VmmEvent};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -99,6 +99,26 @@ impl Pidfd {
         Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
+    /// Waits until the process has exited (not necessarily been reaped),
+    /// at most `timeout`; whether it has.
+    pub(crate) fn exited_within(&self, timeout: std::time::Duration) -> std::io::Result<bool> {
+        let mut pfd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        loop {
+            // SAFETY: poll(2) on one pollfd that lives on this stack frame
+            // for the call; a pidfd turns readable when its process exits.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            match r {
+                0 => return Ok(false),
+                r if r > 0 => return Ok(true),
+                _ => match std::io::Error::last_os_error() {
+                    e if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    e => return Err(e),
+                },
+            }
+        }
+    }
+
     /// SIGKILL to the process; `Ok` also when it has already ended.
     pub(crate) fn kill(&self) -> std::io::Result<()> {
         // SAFETY: pidfd_send_signal(2) with a descriptor we own, a signal
@@ -164,12 +184,93 @@ pub(crate) fn spawn_stderr_relay(
     })
 }
 
+/// A VMM process from the moment it is spawned: its pidfd (opened at once,
+/// so every kill names this process and never a reused pid) and its stderr,
+/// relayed to the launcher's with the tail kept for error messages. Both
+/// backends start their VMM through it and hand it to [`VmmProcess::supervise`]
+/// once the VM runs, or [`VmmProcess::stop`] it when starting fails.
+pub(crate) struct VmmProcess {
+    name: &'static str,
+    child: Child,
+    pidfd: Arc<Pidfd>,
+    tail: Arc<Mutex<String>>,
+    stderr: Option<JoinHandle<()>>,
+}
+
+impl VmmProcess {
+    /// Spawns `cmd` (prepared with [`vmm_command`], stderr piped); `name`
+    /// tags its stderr lines and threads, `program` names it in errors.
+    pub(crate) fn spawn(
+        cmd: &mut Command,
+        name: &'static str,
+        program: impl Fn() -> String,
+    ) -> Result<VmmProcess, BackendError> {
+        let mut child =
+            cmd.spawn().map_err(|source| BackendError::Spawn { program: program(), source })?;
+        let pidfd = match Pidfd::open(child.id()) {
+            Ok(p) => Arc::new(p),
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BackendError::Spawn { program: program(), source });
+            }
+        };
+        let tail = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().map(|e| spawn_stderr_relay(name, e, tail.clone()));
+        Ok(VmmProcess { name, child, pidfd, tail, stderr })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The pidfd, for power control and readers that end the VMM.
+    pub(crate) fn pidfd(&self) -> Arc<Pidfd> {
+        self.pidfd.clone()
+    }
+
+    /// What the VMM has said on stderr so far (its last few KiB).
+    pub(crate) fn stderr_tail(&self) -> String {
+        self.tail.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Its exit status, once it has exited (reaped), or `None`.
+    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Ends the VMM (if it still runs), reaps it and lets its stderr relay
+    /// finish, so that [`VmmProcess::stderr_tail`] holds all it said.
+    pub(crate) fn stop(&mut self) -> std::io::Result<ExitStatus> {
+        let _ = self.pidfd.kill();
+        let status = self.child.wait();
+        if let Some(t) = self.stderr.take() {
+            let _ = t.join();
+        }
+        status
+    }
+
+    /// Hands the running VMM to a waiter thread (see [`spawn_waiter`]):
+    /// `readers` are threads that end with it (besides its stderr relay).
+    pub(crate) fn supervise<K: Send + 'static>(
+        self,
+        exited: impl FnOnce() + Send + 'static,
+        readers: Vec<JoinHandle<()>>,
+        events: EventSink,
+        keep: K,
+    ) {
+        let VmmProcess { name, child, tail, stderr, .. } = self;
+        let first = stderr.into_iter().chain(readers).collect();
+        spawn_waiter(name, child, exited, first, tail, events, keep);
+    }
+}
+
 /// Waits for the VMM to exit, calls `exited` (e.g. to end a reader that
 /// something other than the VMM could keep open), waits for `first` (its
 /// stderr relay, its event reader: everything it said comes before its
 /// end), drops `keep` (what must live exactly as long as the VMM) and
 /// reports [`VmmEvent::Exited`].
-pub(crate) fn spawn_waiter<K: Send + 'static>(
+fn spawn_waiter<K: Send + 'static>(
     name: &'static str,
     mut child: Child,
     exited: impl FnOnce() + Send + 'static,
@@ -217,5 +318,15 @@ mod tests {
         assert_eq!(st.signal(), Some(libc::SIGKILL));
         // Reaped: the pidfd now names nobody, and killing is a no-op.
         pidfd.kill().unwrap();
+    }
+
+    #[test]
+    fn pidfd_tells_when_its_process_has_exited() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pidfd = Pidfd::open(child.id()).unwrap();
+        assert!(!pidfd.exited_within(std::time::Duration::from_millis(50)).unwrap());
+        pidfd.kill().unwrap();
+        assert!(pidfd.exited_within(std::time::Duration::from_secs(10)).unwrap());
+        child.wait().unwrap();
     }
 }

@@ -39,7 +39,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -159,38 +159,16 @@ impl Backend for Builtin {
             fds.control.as_raw_fd(),
         ];
         process::vmm_command(&mut cmd, inherit);
-        let mut child = cmd.spawn().map_err(|source| BackendError::Spawn {
-            program: format!("{VMM_BINARY} (sealed copy of {})", self.vmm.path().display()),
-            source,
+        let mut vmm = process::VmmProcess::spawn(&mut cmd, VMM_BINARY, || {
+            format!("{VMM_BINARY} (sealed copy of {})", self.vmm.path().display())
         })?;
         // Only the VMM holds its ends now: its exit closes them.
         drop(fds);
-        let pidfd = match process::Pidfd::open(child.id()) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io("VMM process")(e).into());
-            }
-        };
-        let tail = Arc::new(Mutex::new(String::new()));
-        let stderr_thread =
-            child.stderr.take().map(|e| process::spawn_stderr_relay(VMM_BINARY, e, tail.clone()));
-        let tail_now = || tail.lock().map(|t| t.clone()).unwrap_or_default();
-        // Ends the VMM, reaps it and lets its stderr relay finish.
-        let stop = |mut child: Child, stderr: Option<std::thread::JoinHandle<()>>| {
-            let _ = pidfd.kill();
-            let status = child.wait();
-            if let Some(t) = stderr {
-                let _ = t.join();
-            }
-            status
-        };
 
         let mut lines = match ctl.try_clone() {
             Ok(c) => BufReader::new(c),
             Err(e) => {
-                let _ = stop(child, stderr_thread);
+                let _ = vmm.stop();
                 return Err(io("control socket")(e).into());
             }
         };
@@ -201,13 +179,10 @@ impl Backend for Builtin {
                 // The VMM closed the control socket before the VM was
                 // built: it has exited or is about to (it said why on
                 // stderr); give it a moment before making sure.
-                let end = Instant::now() + EXIT_GRACE;
-                while matches!(child.try_wait(), Ok(None)) && Instant::now() < end {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                let _ = vmm.pidfd().exited_within(EXIT_GRACE);
             }
-            let status = stop(child, stderr_thread).map_err(io("VMM process"))?;
-            let stderr = tail_now();
+            let status = vmm.stop().map_err(io("VMM process"))?;
+            let stderr = vmm.stderr_tail();
             return Err(match handshake {
                 Ok(None) => BuiltinError::VmmStart { status, stderr },
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -228,21 +203,19 @@ impl Backend for Builtin {
         let (chan_rx, ctl_end) = match setup {
             Ok(c) => c,
             Err(e) => {
-                let _ = stop(child, stderr_thread);
+                let _ = vmm.stop();
                 return Err(io("VMM streams")(e).into());
             }
         };
-        let pid = child.id();
+        let (pid, pidfd) = (vmm.pid(), vmm.pidfd());
         let asked = Arc::new(Asked::default());
         let reader = spawn_event_reader(lines, pidfd.clone(), asked.clone(), events.clone());
-        let mut first: Vec<_> = stderr_thread.into_iter().collect();
-        first.push(reader);
         // Once the VMM is reaped nothing it says matters any more: end the
         // event reader even if something else still held the VMM's end.
         let exited = move || {
             let _ = ctl_end.shutdown(Shutdown::Read);
         };
-        process::spawn_waiter(VMM_BINARY, child, exited, first, tail, events, ());
+        vmm.supervise(exited, vec![reader], events, ());
         Ok(StartedVm {
             streams: GuestStreams {
                 console: Box::new(console_host),

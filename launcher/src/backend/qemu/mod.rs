@@ -40,7 +40,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tellus_measured_boot::records::{self, LaunchRecord};
 
@@ -386,16 +386,8 @@ impl Backend for Qemu {
                 .map(|i| i.raw_fd())
                 .collect();
         process::vmm_command(&mut cmd, image_fds);
-        let mut child = cmd.spawn().map_err(|source| BackendError::Spawn {
-            program: self.program.display().to_string(),
-            source,
-        })?;
-        let stderr_tail = Arc::new(Mutex::new(String::new()));
-        let stderr_thread = child
-            .stderr
-            .take()
-            .map(|e| process::spawn_stderr_relay("qemu", e, stderr_tail.clone()));
-        let tail = || stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut vmm =
+            process::VmmProcess::spawn(&mut cmd, "qemu", || self.program.display().to_string())?;
 
         // Accept the three connections, or notice QEMU dying / hanging.
         let deadline = Instant::now() + CONNECT_TIMEOUT;
@@ -407,22 +399,22 @@ impl Backend for Qemu {
                     match l.accept() {
                         Ok((c, _)) => *slot = Some(c),
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(sock_err(e)),
+                        Err(e) => {
+                            let _ = vmm.stop();
+                            return Err(sock_err(e));
+                        }
                     }
                 }
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                if let Some(t) = stderr_thread {
-                    let _ = t.join();
-                }
-                return Err(BackendError::StartFailed { status, stderr: tail() });
+            if let Ok(Some(_)) = vmm.try_wait() {
+                let status = vmm.stop().map_err(sock_err)?;
+                return Err(BackendError::StartFailed { status, stderr: vmm.stderr_tail() });
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                let _ = vmm.stop();
                 return Err(BackendError::StartTimeout {
                     secs: CONNECT_TIMEOUT.as_secs(),
-                    stderr: tail(),
+                    stderr: vmm.stderr_tail(),
                 });
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -430,30 +422,27 @@ impl Backend for Qemu {
         let [Some(console), Some(agent), Some(qmp)] = conns else {
             unreachable!("loop exits only when all three are connected");
         };
-        for c in [&console, &agent, &qmp] {
-            c.set_nonblocking(false).map_err(sock_err)?;
-        }
-        agent.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)).map_err(sock_err)?;
-        let qmp = match QmpClient::connect(qmp, events.clone()) {
-            Ok(q) => q,
+        let setup = [&console, &agent, &qmp]
+            .iter()
+            .try_for_each(|c| c.set_nonblocking(false))
+            .and_then(|_| agent.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)))
+            .and_then(|_| agent.try_clone());
+        let channel_rx = match setup {
+            Ok(rx) => rx,
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e.into());
-            }
-        };
-        let pid = child.id();
-        let pidfd = match process::Pidfd::open(pid) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                let _ = vmm.stop();
                 return Err(sock_err(e));
             }
         };
-        let first = stderr_thread.into_iter().collect();
-        process::spawn_waiter("qemu", child, || {}, first, stderr_tail, events, dir);
-        let channel_rx = agent.try_clone().map_err(sock_err)?;
+        let qmp = match QmpClient::connect(qmp, events.clone()) {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = vmm.stop();
+                return Err(e.into());
+            }
+        };
+        let (pid, pidfd) = (vmm.pid(), vmm.pidfd());
+        vmm.supervise(|| {}, Vec::new(), events, dir);
         Ok(StartedVm {
             streams: GuestStreams {
                 console: Box::new(console),
@@ -476,7 +465,7 @@ impl Backend for Qemu {
 struct QemuPower {
     qmp: QmpClient,
     pid: u32,
-    pidfd: process::Pidfd,
+    pidfd: Arc<process::Pidfd>,
 }
 
 impl PowerControl for QemuPower {
