@@ -19,9 +19,9 @@
 
 use super::error::{ApiError, ErrorKind};
 use super::verifier::VerifyError;
-use super::{audit_blocking, db, jwe, now_ms, run_sync, token, AppState};
+use super::{audit, audit_maker, jwe, now_ms, queued, run_sync, token, AppState};
 use crate::audit::AuditEvent;
-use crate::storage::{Attested, ResourcePath, Session};
+use crate::storage::{Attested, AuditMaker, HostClock, ResourcePath, Session};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -161,7 +161,7 @@ pub async fn auth(
     let cookie = session_cookie(&session.id, session.expires_at_ms)?;
     let challenge =
         Challenge { nonce: session.nonce.clone(), extra_params: Value::String(String::new()) };
-    db(&state, "creating the session", move |s| s.create_session(&session)).await?;
+    queued("creating the session", |done| state.store.queue_create_session(session, done)).await?;
     state.metrics.auth.fetch_add(1, Ordering::Relaxed);
     let mut resp = json_response(StatusCode::OK, &challenge);
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
@@ -192,47 +192,88 @@ fn attest_failed(state: &AppState, e: ApiError) -> ApiError {
     e
 }
 
-/// `POST /kbs/v0/attest`. Everything after reading the body runs in one
-/// piece ([`super::run_sync`]): the session lookup, the evidence
-/// verification, the policy, the token signature and the store writes.
+/// `POST /kbs/v0/attest`. Judging the evidence runs in one piece
+/// ([`super::run_sync`]): the session lookup, the evidence verification,
+/// the policy and the token signature. Recording the attestation (session,
+/// TPM clock and audit entry in one write) is then queued for the store's
+/// group commit, and the token is sent once it is committed.
 pub async fn attest(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    run_sync(&state, "attesting", move |state| attest_blocking(state, &headers, body)).await
-}
-
-fn attest_blocking(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let session = session_from_headers(state, headers)?.ok_or_else(|| {
-        attest_failed(
-            state,
-            ApiError::unauthenticated(
-                "no live KBS session: send the kbs-session-id cookie from POST /kbs/v0/auth (sessions expire; start a new one)",
-            ),
-        )
-    })?;
+    let session = run_sync(&state, "reading the session", |st| session_from_headers(st, &headers))
+        .await?
+        .ok_or_else(|| {
+            attest_failed(
+                &state,
+                ApiError::unauthenticated(
+                    "no live KBS session: send the kbs-session-id cookie from POST /kbs/v0/auth (sessions expire; start a new one)",
+                ),
+            )
+        })?;
     let prefix = session.id[..8].to_owned();
     let tee = session.tee.clone();
-    match attest_session(state, session, body) {
+    let result =
+        match run_sync(&state, "attesting", move |st| attest_session(st, session, body)).await {
+            Ok(Judged::Answer(resp)) => Ok(resp),
+            Ok(Judged::Record(r)) => record_attestation(&state, *r).await,
+            Err(e) => Err(e),
+        };
+    match result {
         Ok(resp) => Ok(resp),
         Err(err) => {
             let detail = json!({
                 "session": prefix, "tee": tee, "kind": err.kind.as_str(), "error": err.detail,
             });
-            audit_blocking(
-                state,
-                AuditEvent::AttestationRefused,
-                &format!("session:{prefix}"),
-                detail,
-            )?;
+            audit(&state, AuditEvent::AttestationRefused, format!("session:{prefix}"), detail)
+                .await?;
             Err(err)
         }
     }
+}
+
+/// What is left once the evidence is judged.
+enum Judged {
+    /// Answer at once (a repeated attest: the session's token).
+    Answer(Response),
+    /// Record the attestation, then send its token.
+    Record(Box<Accepted>),
+}
+
+/// An attestation to record ([`crate::storage::Store::mark_attested`]) and
+/// the answer that follows.
+struct Accepted {
+    session_id: String,
+    tee: String,
+    status: &'static str,
+    attested: Attested,
+    expires_at_ms: i64,
+    host_clock: Option<HostClock>,
+    audit: AuditMaker,
+}
+
+/// Records an accepted attestation (group commit) and answers with its
+/// token: no token leaves before its session, clock and audit entry are
+/// stored.
+async fn record_attestation(state: &AppState, a: Accepted) -> Result<Response, ApiError> {
+    let Accepted { session_id, tee, status, attested, expires_at_ms, host_clock, audit } = a;
+    let token = attested.token.clone();
+    let id = session_id.clone();
+    let found = queued("recording the attestation", |done| {
+        state.store.queue_mark_attested(id, attested, expires_at_ms, host_clock, audit, done)
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::unauthenticated(
+            "the session ended during attestation; start again with POST /kbs/v0/auth",
+        ));
+    }
+    state.metrics.attest_ok.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(session = &session_id[..8], tee = %tee, status, "attested");
+    let mut resp = json_response(StatusCode::OK, &json!({"token": token}));
+    resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&session_id, expires_at_ms)?);
+    Ok(resp)
 }
 
 /// `POST /kbs/v0/attest` once the session is known; every refusal it
@@ -241,7 +282,7 @@ fn attest_session(
     state: &AppState,
     session: Session,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Judged, ApiError> {
     let body = body_or_error(body)?;
     let value = parse_json(&body, "KBS Attestation")?;
     let attestation: Attestation = Attestation::deserialize(&value).map_err(|e| {
@@ -259,7 +300,7 @@ fn attest_session(
         let cookie = session_cookie(&session.id, session.expires_at_ms)?;
         let mut resp = json_response(StatusCode::OK, &json!({"token": a.token}));
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
-        return Ok(resp);
+        return Ok(Judged::Answer(resp));
     }
 
     if !super::verifier::constant_time_eq(
@@ -352,7 +393,6 @@ fn attest_session(
     let tee_pubkey = serde_json::to_string(&raw_pubkey)
         .map_err(|e| ApiError::internal("storing tee-pubkey", e))?;
     let expires_at_ms = now.saturating_add(state.settings.session_lifetime.as_millis() as i64);
-    let attested = Attested { token: token.clone(), tee_pubkey };
     // The session is marked attested, the TPM's clock state recorded as its
     // host's newest (tee `tpm`; a max-update, see `tpm_verifier`) and the
     // entry logged in one store transaction: no token is usable without its
@@ -366,22 +406,17 @@ fn attest_session(
         "reasons": appraisal.reasons.iter().take(token::MAX_TOKEN_REASONS).collect::<Vec<_>>(),
         "token_sha256": token_digest(&token),
     });
-    let subject = format!("session:{prefix}");
-    let entry = super::audit_entry(state, AuditEvent::AttestationVerified, &subject, &detail);
-    let found = state
-        .store
-        .mark_attested(&session.id, &attested, expires_at_ms, claims.tpm_clock.as_ref(), &entry)
-        .map_err(|e| ApiError::internal("recording the attestation", e))?;
-    if !found {
-        return Err(ApiError::unauthenticated(
-            "the session ended during attestation; start again with POST /kbs/v0/auth",
-        ));
-    }
-    state.metrics.attest_ok.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(session = &session.id[..8], tee = %session.tee, status = appraisal.status, "attested");
-    let mut resp = json_response(StatusCode::OK, &json!({"token": token}));
-    resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&session.id, expires_at_ms)?);
-    Ok(resp)
+    let audit =
+        audit_maker(state, AuditEvent::AttestationVerified, format!("session:{prefix}"), detail);
+    Ok(Judged::Record(Box::new(Accepted {
+        session_id: session.id,
+        tee: session.tee,
+        status: appraisal.status,
+        attested: Attested { token, tee_pubkey },
+        expires_at_ms,
+        host_clock: claims.tpm_clock,
+        audit,
+    })))
 }
 
 /// The bearer token of an `Authorization` header, if any.
@@ -451,27 +486,49 @@ fn token_digest(token: &str) -> String {
 
 /// `GET /kbs/v0/resource/{repo}/{type}/{tag}`. Requests that carry a valid
 /// token or attested session are audited: `resource.released`, or
-/// `resource.denied` with the reason.
+/// `resource.denied` with the reason. The resource leaves only once its
+/// `resource.released` entry is committed (queued for the store's group
+/// commit).
 pub async fn get_resource(
     State(state): State<AppState>,
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    run_sync(&state, "releasing a resource", move |state| {
+    let subject = format!("{repo}/{kind}/{tag}");
+    let (requester, released) = run_sync(&state, "releasing a resource", move |state| {
         let (ear, requester) = requester(state, &headers)?;
-        let subject = format!("{repo}/{kind}/{tag}");
-        match release(state, ear, &requester, &repo, &kind, &tag) {
-            Ok(resp) => Ok(resp),
-            Err(err) => {
-                let mut detail = requester.clone();
-                detail["kind"] = json!(err.kind.as_str());
-                detail["error"] = json!(err.detail);
-                audit_blocking(state, AuditEvent::ResourceDenied, &subject, detail)?;
-                Err(err)
-            }
-        }
+        let released = release(state, ear, &requester, &repo, &kind, &tag);
+        Ok((requester, released))
     })
-    .await
+    .await?;
+    let result = match released {
+        Ok(r) => {
+            audit(&state, AuditEvent::ResourceReleased, r.path.clone(), r.detail).await.map(|()| {
+                state.metrics.resources_released.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(resource = %r.path, "released");
+                r.response
+            })
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => Ok(resp),
+        Err(err) => {
+            let mut detail = requester;
+            detail["kind"] = json!(err.kind.as_str());
+            detail["error"] = json!(err.detail);
+            audit(&state, AuditEvent::ResourceDenied, subject, detail).await?;
+            Err(err)
+        }
+    }
+}
+
+/// A release decided: the answer (the JWE) and its audit entry's subject
+/// and detail.
+struct Released {
+    response: Response,
+    path: String,
+    detail: Value,
 }
 
 /// The EAR claims a resource request presents and who presented them
@@ -516,7 +573,8 @@ fn requester(
     }
 }
 
-/// The release itself, once the requester is known.
+/// The release itself, once the requester is known (its audit entry is
+/// left to the caller).
 fn release(
     state: &AppState,
     ear: Map<String, Value>,
@@ -524,7 +582,7 @@ fn release(
     repo: &str,
     kind: &str,
     tag: &str,
-) -> Result<Response, ApiError> {
+) -> Result<Released, ApiError> {
     let v = token::tee_pubkey_of(&ear).ok_or_else(|| {
         ApiError::unauthenticated(
             "the token carries no tee-pubkey; send a token from POST /kbs/v0/attest",
@@ -574,10 +632,7 @@ fn release(
     let mut detail = requester.clone();
     detail["bytes"] = json!(plaintext.len());
     detail["status"] = ear_status(&ear);
-    audit_blocking(state, AuditEvent::ResourceReleased, &path.to_string(), detail)?;
-    state.metrics.resources_released.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(resource = %path, "released");
-    Ok(json_response(StatusCode::OK, &jwe))
+    Ok(Released { response: json_response(StatusCode::OK, &jwe), path: path.to_string(), detail })
 }
 
 /// The EAR status a token carries, for the audit log.

@@ -262,15 +262,47 @@ pub(crate) fn audit_entry<'a>(
     }
 }
 
-/// [`audit_blocking`] from async code (see [`run_sync`]).
+/// [`audit_entry`], owned, for a queued write.
+pub(crate) fn audit_maker(
+    state: &AppState,
+    event: crate::audit::AuditEvent,
+    subject: String,
+    detail: serde_json::Value,
+) -> crate::storage::AuditMaker {
+    let signer = state.signer.clone();
+    Box::new(move |prev| {
+        crate::audit::AuditEntry::next(prev, now_ms(), event, &subject, detail.clone(), &*signer)
+    })
+}
+
+/// Waits for a queued store write (`Store::queue_*`) without holding the
+/// runtime worker, so that other requests run meanwhile and their writes
+/// join the same group commit. `submit` queues the write with the `done`
+/// it is given.
+pub(crate) async fn queued<T: Send + 'static>(
+    what: &'static str,
+    submit: impl FnOnce(crate::storage::Done<T>),
+) -> Result<T, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    submit(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    match rx.await {
+        Ok(r) => r.map_err(|e| ApiError::internal(what, e)),
+        Err(_) => Err(ApiError::internal(what, StoreError::WriterGone)),
+    }
+}
+
+/// [`audit_blocking`] from async code: the entry is queued and the call
+/// returns once it is committed.
 pub(crate) async fn audit(
     state: &AppState,
     event: crate::audit::AuditEvent,
     subject: impl Into<String>,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    let subject = subject.into();
-    run_sync(state, "audit log", move |st| audit_blocking(st, event, &subject, detail)).await
+    let make = audit_maker(state, event, subject.into(), detail);
+    queued("audit log", |done| state.store.queue_append_audit(make, done)).await.map(|_| ())
 }
 
 async fn healthz() -> &'static str {

@@ -50,7 +50,22 @@ pub enum StoreError {
     Audit(#[from] crate::audit::AuditError),
     #[error("cannot start the SQLite checkpoint thread: {0}; check the process's thread limit")]
     CheckpointThread(#[source] std::io::Error),
+    #[error("cannot start the SQLite writer thread: {0}; check the process's thread limit")]
+    WriterThread(#[source] std::io::Error),
+    #[error("the database did not commit the group of writes this one was in ({0}); nothing of it is stored: check the disk and retry")]
+    GroupCommit(String),
+    #[error("the store's writer thread has stopped; restart the verifier")]
+    WriterGone,
 }
+
+/// An audit entry maker that a queued write owns (see
+/// [`Store::append_audit`] for what it is given and must return).
+pub type AuditMaker =
+    Box<dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError> + Send + 'static>;
+
+/// Where a queued write's result goes: called once, when the group commit
+/// its write was part of has ended (or when the write failed on its own).
+pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send + 'static>;
 
 /// A resource path `repo/type/tag`, each segment non-empty, at most
 /// [`MAX_SEGMENT_LEN`] bytes of `[A-Za-z0-9._-]`, and not `.` or `..`.
@@ -283,6 +298,35 @@ pub trait Store: Send + Sync {
     ) -> Result<AuditEntry, StoreError>;
     /// Up to `limit` audit entries with `seq >= from_seq`, in order.
     fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    // Queued writes: the KBS round trip's three writes, for a store that
+    // commits concurrent writes together (group commit). Each is still all
+    // or nothing on its own; `done` hears of it once its group has
+    // committed (or failed), so a caller answers only after that. These
+    // defaults write at once, on the calling thread.
+
+    /// [`Store::create_session`], queued.
+    fn queue_create_session(&self, session: Session, done: Done<()>) {
+        done(self.create_session(&session))
+    }
+
+    /// [`Store::mark_attested`], queued.
+    fn queue_mark_attested(
+        &self,
+        id: String,
+        attested: Attested,
+        expires_at_ms: i64,
+        host_clock: Option<HostClock>,
+        audit: AuditMaker,
+        done: Done<bool>,
+    ) {
+        done(self.mark_attested(&id, &attested, expires_at_ms, host_clock.as_ref(), &*audit))
+    }
+
+    /// [`Store::append_audit`], queued.
+    fn queue_append_audit(&self, make: AuditMaker, done: Done<AuditEntry>) {
+        done(self.append_audit(&*make))
+    }
 }
 
 #[cfg(test)]

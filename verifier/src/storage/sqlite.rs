@@ -1,9 +1,11 @@
 //! [`Store`] on one SQLite file.
 //!
-//! Connection handling: one connection behind a `Mutex`. SQLite serialises
-//! writers anyway and every operation here is a short transaction, so a
-//! pool would buy little; WAL mode keeps readers in *other* processes
-//! (backups, `sqlite3`) from blocking the verifier. Several verifier
+//! Connection handling: one connection behind a `Mutex` for reads and the
+//! writes that are not queued, and one on the writer thread for queued
+//! writes (group commit, below). SQLite serialises writers anyway and every
+//! operation here is a short transaction, so a pool would buy little; WAL
+//! mode lets reads run while the writer commits, and keeps readers in
+//! *other* processes (backups, `sqlite3`) from blocking the verifier. Several verifier
 //! replicas share state through the PostgreSQL store (to come), not through
 //! one SQLite file.
 //!
@@ -16,14 +18,26 @@
 //! connection runs a passive checkpoint every [`CHECKPOINT_INTERVAL`] and
 //! one last time when the store is dropped.
 //!
+//! Group commit: the KBS round trip's writes (session insert, attestation,
+//! audit entry) are queued (`Store::queue_*`) to a writer thread with a
+//! connection of its own. It takes whatever is queued (up to
+//! [`MAX_GROUP`]) into one write transaction, each write under its own
+//! savepoint so that one that fails leaves nothing and the others stay,
+//! commits once, and then tells every writer its result. Requests wait for
+//! that without holding a runtime worker, so under load many writes share a
+//! commit: one WAL append of the pages they touch instead of one each. The
+//! other writes (administration, registrar, the synchronous methods) run on
+//! the request connection and wait for SQLite's write lock like any other
+//! process's would (`busy_timeout`).
+//!
 //! Schema: versioned migrations in [`MIGRATIONS`]; the table
 //! `schema_version` holds one row per applied migration. Opening a database
 //! applies the missing ones, each in its own transaction, and refuses a
 //! database newer than this code.
 
 use super::{
-    Attested, AuditEntry, AuditError, HostClock, HostRecord, PendingEnrollment, PolicyKind,
-    ResourcePath, SealedResource, Session, Store, StoreError, StoredResource, TpmClock,
+    Attested, AuditEntry, AuditError, AuditMaker, Done, HostClock, HostRecord, PendingEnrollment,
+    PolicyKind, ResourcePath, SealedResource, Session, Store, StoreError, StoredResource, TpmClock,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
@@ -139,13 +153,159 @@ pub const MIGRATIONS: &[&str] = &[
 /// How often the checkpoint thread copies the WAL into the database.
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// The most writes one group commit takes.
+pub const MAX_GROUP: usize = 64;
+
 /// The SQLite store.
 pub struct SqliteStore {
     // Dropped before `_checkpoints`, whose last checkpoint then closes the
-    // database's last connection.
+    // database's last connection; `writer` first, so that what is queued
+    // is committed before that.
+    writer: Writer,
     conn: Mutex<Connection>,
     path: PathBuf,
     _checkpoints: Checkpoints,
+}
+
+/// One queued write (see the module documentation).
+trait Job: Send {
+    /// Runs the write inside the group's transaction (under its savepoint);
+    /// whether it succeeded, i.e. its savepoint is to be kept.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Fails the write (its savepoint could not be made or kept).
+    fn fail(&mut self, e: StoreError);
+    /// Reports the result, given how the group's commit ended.
+    fn finish(self: Box<Self>, commit: &Result<(), String>);
+}
+
+struct Queued<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    done: Done<T>,
+}
+
+impl<T: Send, F: FnOnce(&Connection) -> Result<T, StoreError> + Send> Job for Queued<T, F> {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else { return false };
+        // A panic (say, in an audit signer) fails this write, not the
+        // writer thread and every write after it.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+            .unwrap_or_else(|_| Err(StoreError::GroupCommit("a write panicked".into())));
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn fail(&mut self, e: StoreError) {
+        self.result = Some(Err(e));
+    }
+
+    fn finish(self: Box<Self>, commit: &Result<(), String>) {
+        let r = match (self.result, commit) {
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (Some(Ok(_)), Err(e)) => Err(StoreError::GroupCommit(e.clone())),
+            (Some(Err(e)), _) => Err(e),
+            (None, Err(e)) => Err(StoreError::GroupCommit(e.clone())),
+            (None, Ok(())) => Err(StoreError::WriterGone),
+        };
+        (self.done)(r)
+    }
+}
+
+/// The writer thread: it ends (after committing what is queued) when
+/// `jobs` is dropped, and dropping this waits for it.
+struct Writer {
+    jobs: Option<std::sync::mpsc::Sender<Box<dyn Job>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Group commits run so far (transactions begun).
+    groups: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Writer {
+    fn start(path: &Path) -> Result<Writer, StoreError> {
+        let mut conn = open_connection(path)?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn Job>>();
+        let groups = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = groups.clone();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match queue.try_recv() {
+                            Ok(j) => group.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    commit_group(&mut conn, group);
+                }
+            })
+            .map_err(StoreError::WriterThread)?;
+        Ok(Writer { jobs: Some(jobs), thread: Some(thread), groups })
+    }
+
+    fn queue(&self, job: Box<dyn Job>) {
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(job).map_err(|e| e.0),
+            None => Err(job),
+        };
+        if let Err(mut job) = sent {
+            job.fail(StoreError::WriterGone);
+            job.finish(&Ok(()));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs `group` in one IMMEDIATE transaction (each write under a savepoint)
+/// and reports every write's result once the commit has ended.
+fn commit_group(conn: &mut Connection, mut group: Vec<Box<dyn Job>>) {
+    let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Err(e) => Err(e.to_string()),
+        Ok(mut tx) => {
+            for job in group.iter_mut() {
+                match tx.savepoint() {
+                    Ok(sp) => {
+                        if job.run(&sp) {
+                            if let Err(e) = sp.commit() {
+                                job.fail(e.into());
+                            }
+                        }
+                        // A savepoint dropped uncommitted rolls back.
+                    }
+                    Err(e) => job.fail(e.into()),
+                }
+            }
+            tx.commit().map_err(|e| e.to_string())
+        }
+    };
+    for job in group {
+        job.finish(&commit);
+    }
+}
+
+/// Opens a connection to the database at `path` with this store's
+/// settings: WAL, `synchronous = NORMAL`, no automatic checkpoints (the
+/// checkpoint thread runs them), a 5 s wait for another writer's lock.
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // journal_mode returns a row, so it is a query.
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+    )?;
+    Ok(conn)
 }
 
 /// The checkpoint thread: it stops (after a last checkpoint) when `stop`
@@ -221,16 +381,29 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // journal_mode returns a row, so it is a query.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
-        )?;
+        let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
         let checkpoints = Checkpoints::start(path)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), path: path.to_owned(), _checkpoints: checkpoints })
+        let writer = Writer::start(path)?;
+        Ok(SqliteStore {
+            writer,
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+            _checkpoints: checkpoints,
+        })
+    }
+
+    /// Group commits the writer has run so far.
+    pub fn group_commits(&self) -> u64 {
+        self.writer.groups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn queue<T, F>(&self, work: F, done: Done<T>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.queue(Box::new(Queued { work: Some(work), result: None, done }));
     }
 
     /// The database file.
@@ -329,9 +502,10 @@ fn begin_audit(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, Store
     Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
 
-/// Appends `make(last entry)` inside `tx` (see [`begin_audit`]).
+/// Appends `make(last entry)` inside a write transaction on `tx` (see
+/// [`begin_audit`]; a group commit's transaction is one too).
 fn append_audit_in(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     make: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
 ) -> Result<AuditEntry, StoreError> {
     let last = tx
@@ -365,30 +539,80 @@ fn append_audit_in(
     Ok(entry)
 }
 
+fn insert_session(conn: &Connection, s: &Session) -> Result<(), StoreError> {
+    let (token, pubkey) = match &s.attested {
+        Some(a) => (Some(a.token.as_str()), Some(a.tee_pubkey.as_str())),
+        None => (None, None),
+    };
+    let r = conn
+        .prepare_cached(
+            "INSERT INTO sessions (id, nonce, tee, expires_at_ms, token, tee_pubkey)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![s.id, s.nonce, s.tee, s.expires_at_ms, token, pubkey])
+        });
+    match r {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::DuplicateSession(s.id.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`Store::mark_attested`] inside a write transaction on `tx`: false, and
+/// nothing written, when there is no session `id`.
+fn attest_in(
+    tx: &Connection,
+    id: &str,
+    a: &Attested,
+    expires_at_ms: i64,
+    host_clock: Option<&HostClock>,
+    audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
+) -> Result<bool, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4 WHERE id = ?1",
+        )?
+        .execute(params![id, a.token, a.tee_pubkey, expires_at_ms])?;
+    if n != 1 {
+        return Ok(false);
+    }
+    if let Some(h) = host_clock {
+        // Max-update: the row changes only when the new state is greater
+        // in (reset_count, restart_count, clock) order, the order of
+        // `TpmClock` (row-value comparison, in PostgreSQL too).
+        // `clock` is a u64 of milliseconds; one beyond i64::MAX (292
+        // million years) is refused by the verifier before it gets here,
+        // and saturating keeps the order should one arrive all the same.
+        let c = &h.clock;
+        tx.prepare_cached(
+            "INSERT INTO tpm_clocks (host_id, reset_count, restart_count, clock, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (host_id) DO UPDATE SET reset_count = excluded.reset_count,
+                restart_count = excluded.restart_count, clock = excluded.clock,
+                updated_ms = excluded.updated_ms
+             WHERE (excluded.reset_count, excluded.restart_count, excluded.clock)
+                 > (tpm_clocks.reset_count, tpm_clocks.restart_count, tpm_clocks.clock)",
+        )?
+        .execute(params![
+            h.host_id,
+            c.reset_count,
+            c.restart_count,
+            i64::try_from(c.clock).unwrap_or(i64::MAX),
+            now_ms()
+        ])?;
+    }
+    append_audit_in(tx, audit)?;
+    Ok(true)
+}
+
 impl Store for SqliteStore {
     fn create_session(&self, s: &Session) -> Result<(), StoreError> {
-        let conn = self.lock()?;
-        let (token, pubkey) = match &s.attested {
-            Some(a) => (Some(a.token.as_str()), Some(a.tee_pubkey.as_str())),
-            None => (None, None),
-        };
-        let r = conn
-            .prepare_cached(
-                "INSERT INTO sessions (id, nonce, tee, expires_at_ms, token, tee_pubkey)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![s.id, s.nonce, s.tee, s.expires_at_ms, token, pubkey])
-            });
-        match r {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::DuplicateSession(s.id.clone()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        insert_session(&*self.lock()?, s)
     }
 
     fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
@@ -432,43 +656,11 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.lock()?;
         let tx = begin_audit(&mut conn)?;
-        let n = tx
-            .prepare_cached(
-                "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4 WHERE id = ?1",
-            )?
-            .execute(params![id, a.token, a.tee_pubkey, expires_at_ms])?;
-        if n != 1 {
-            // Dropping `tx` rolls back: nothing is stored.
-            return Ok(false);
-        }
-        if let Some(h) = host_clock {
-            // Max-update: the row changes only when the new state is greater
-            // in (reset_count, restart_count, clock) order, the order of
-            // `TpmClock` (row-value comparison, in PostgreSQL too).
-            // `clock` is a u64 of milliseconds; one beyond i64::MAX (292
-            // million years) is refused by the verifier before it gets here,
-            // and saturating keeps the order should one arrive all the same.
-            let c = &h.clock;
-            tx.prepare_cached(
-                "INSERT INTO tpm_clocks (host_id, reset_count, restart_count, clock, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (host_id) DO UPDATE SET reset_count = excluded.reset_count,
-                    restart_count = excluded.restart_count, clock = excluded.clock,
-                    updated_ms = excluded.updated_ms
-                 WHERE (excluded.reset_count, excluded.restart_count, excluded.clock)
-                     > (tpm_clocks.reset_count, tpm_clocks.restart_count, tpm_clocks.clock)",
-            )?
-            .execute(params![
-                h.host_id,
-                c.reset_count,
-                c.restart_count,
-                i64::try_from(c.clock).unwrap_or(i64::MAX),
-                now_ms()
-            ])?;
-        }
-        append_audit_in(&tx, audit)?;
+        let found = attest_in(&tx, id, a, expires_at_ms, host_clock, audit)?;
+        // Not found: nothing was written; committing the empty transaction
+        // is the same as rolling it back.
         tx.commit()?;
-        Ok(true)
+        Ok(found)
     }
 
     fn forget_tpm_clock(&self, host_id: &str) -> Result<bool, StoreError> {
@@ -734,6 +926,31 @@ impl Store for SqliteStore {
         Ok(entry)
     }
 
+    fn queue_create_session(&self, session: Session, done: Done<()>) {
+        self.queue(move |conn| insert_session(conn, &session), done);
+    }
+
+    fn queue_mark_attested(
+        &self,
+        id: String,
+        attested: Attested,
+        expires_at_ms: i64,
+        host_clock: Option<HostClock>,
+        audit: AuditMaker,
+        done: Done<bool>,
+    ) {
+        self.queue(
+            move |conn| {
+                attest_in(conn, &id, &attested, expires_at_ms, host_clock.as_ref(), &*audit)
+            },
+            done,
+        );
+    }
+
+    fn queue_append_audit(&self, make: AuditMaker, done: Done<AuditEntry>) {
+        self.queue(move |conn| append_audit_in(conn, &*make), done);
+    }
+
     fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -973,6 +1190,127 @@ mod tests {
         assert!(s.set_host_labels("host-1", &labels).unwrap());
         assert!(!s.set_host_labels("host-2", &labels).unwrap());
         assert_eq!(s.get_host("host-1").unwrap().unwrap().labels, labels);
+    }
+
+    /// Sends a queued write's result down a channel.
+    fn to<T: Send + 'static>(
+        tx: &std::sync::mpsc::Sender<(usize, Result<T, StoreError>)>,
+        i: usize,
+    ) -> Done<T> {
+        let tx = tx.clone();
+        Box::new(move |r| {
+            let _ = tx.send((i, r));
+        })
+    }
+
+    #[test]
+    fn queued_writes_share_a_commit_and_each_stays_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let sess = |c: char| Session {
+            id: c.to_string().repeat(32),
+            nonce: "n".into(),
+            tee: "tpm".into(),
+            expires_at_ms: 1000,
+            attested: None,
+        };
+        let (ctx, crx) = std::sync::mpsc::channel();
+        s.queue_create_session(sess('a'), to(&ctx, 0));
+        assert!(crx.recv().unwrap().1.is_ok());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let before = s.group_commits();
+
+        // A first write that holds the writer until released, so that all
+        // of the next ones are queued by the time it is free.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        s.queue_append_audit(
+            Box::new(move |prev| {
+                let _ = released.lock().unwrap().recv();
+                test_entry(prev)
+            }),
+            to(&tx, 0),
+        );
+        let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
+        let clock = HostClock {
+            host_id: "h".into(),
+            clock: TpmClock { reset_count: 1, restart_count: 0, clock: 5 },
+        };
+        let (ttx, trx) = std::sync::mpsc::channel();
+        let (btx, brx) = std::sync::mpsc::channel();
+        let (utx, urx) = std::sync::mpsc::channel();
+        for i in 1..=20 {
+            s.queue_append_audit(Box::new(test_entry), to(&tx, i));
+        }
+        // Refused by its audit entry: neither the session nor the clock
+        // change, and the writes around it are not affected.
+        s.queue_mark_attested(
+            sess('a').id,
+            a.clone(),
+            2000,
+            Some(clock.clone()),
+            Box::new(|_| Err(AuditError::Full)),
+            to(&btx, 0),
+        );
+        s.queue_mark_attested(
+            "nope".into(),
+            a.clone(),
+            2000,
+            None,
+            Box::new(test_entry),
+            to(&btx, 1),
+        );
+        s.queue_create_session(sess('a'), to(&utx, 0));
+        s.queue_create_session(sess('b'), to(&utx, 1));
+        s.queue_mark_attested(
+            sess('b').id,
+            a.clone(),
+            3000,
+            Some(clock.clone()),
+            Box::new(test_entry),
+            to(&ttx, 0),
+        );
+        release.send(()).unwrap();
+
+        for _ in 0..21 {
+            let (i, r) = rx.recv().unwrap();
+            assert_eq!(r.unwrap().seq, i as u64, "audit entry {i}");
+        }
+        let mut refused: Vec<_> = (0..2).map(|_| brx.recv().unwrap()).collect();
+        refused.sort_by_key(|(i, _)| *i);
+        assert!(
+            matches!(refused[0].1, Err(StoreError::Audit(AuditError::Full))),
+            "{:?}",
+            refused[0].1
+        );
+        assert!(!refused[1].1.as_ref().unwrap(), "no session nope: false");
+        let mut created: Vec<_> = (0..2).map(|_| urx.recv().unwrap()).collect();
+        created.sort_by_key(|(i, _)| *i);
+        assert!(matches!(created[0].1, Err(StoreError::DuplicateSession(_))));
+        assert!(created[1].1.is_ok());
+        assert!(trx.recv().unwrap().1.unwrap());
+
+        // 26 writes, 2 commits at most: the held write's group (with what
+        // had been queued when it started), then one for all the rest.
+        let groups = s.group_commits() - before;
+        assert!((1..=2).contains(&groups), "{groups} group commits for 26 writes");
+        assert_eq!(s.get_session(&sess('a').id).unwrap().unwrap().attested, None);
+        assert_eq!(s.get_session(&sess('b').id).unwrap().unwrap().attested, Some(a));
+        assert_eq!(s.tpm_clock("h").unwrap(), Some(clock.clock));
+        let log = s.audit_entries(0, 100).unwrap();
+        let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (0..=21).collect::<Vec<u64>>(), "one chain, no gap, no fork");
+    }
+
+    #[test]
+    fn a_queued_write_that_panics_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.queue_append_audit(Box::new(|_| panic!("signer bug")), to(&tx, 0));
+        assert!(matches!(rx.recv().unwrap().1, Err(StoreError::GroupCommit(_))));
+        s.queue_append_audit(Box::new(test_entry), to(&tx, 1));
+        assert_eq!(rx.recv().unwrap().1.unwrap().seq, 0, "the writer lives on; nothing was stored");
     }
 
     /// An `attestation.verified` entry after `prev` (unsigned: the store
