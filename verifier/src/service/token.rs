@@ -27,6 +27,7 @@ use ring::signature::{
     EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
     ECDSA_P256_SHA256_FIXED_SIGNING,
 };
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::OnceLock;
 
@@ -292,7 +293,7 @@ fn same_map(a: &RawValue, b: &RawValue) -> bool {
 
 /// A JSON value as an `ear` raw value.
 fn raw(v: &Value) -> Result<RawValue, TokenError> {
-    serde_json::from_value(v.clone()).map_err(|e| TokenError::BuildEar(e.to_string()))
+    RawValue::deserialize(v).map_err(|e| TokenError::BuildEar(e.to_string()))
 }
 
 /// The tier of an appraisal status (`none`, `affirming`, `warning`,
