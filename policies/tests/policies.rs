@@ -118,6 +118,21 @@ fn tpm_launch_denies_each_tampered_variant_with_its_reason() {
         ("kernel record missing", Box::new(|c: &mut Value, _: &mut ReferenceSet, _: &mut Value| {
             c["launch"]["records"].as_array_mut().unwrap().retain(|r| r["kind"] != "kernel");
         }), "kernel", "the launch has no kernel record, but reference values \"kernel\" require one".into(), "executables"),
+        // A good copy after the separator does not stand in for the
+        // launched one (the separator ends what was launched).
+        ("kernel changed, good kernel after the separator", Box::new(|c: &mut Value, _: &mut ReferenceSet, _: &mut Value| {
+            let mut good = record_mut(c, "kernel").clone();
+            change_file("kernel")(c, &mut refs(), &mut json!({}));
+            let last = c["launch"]["records"].as_array().unwrap().iter().map(|r| r["recnum"].as_u64().unwrap()).max().unwrap();
+            good.insert("recnum".into(), json!(last + 1));
+            c["launch"]["records"].as_array_mut().unwrap().push(Value::Object(good));
+        }), "kernel", "kernel digest sha384:222222222222… not in reference values \"kernel\"".into(), "executables"),
+        ("kernel record without file digests", Box::new(|c: &mut Value, _: &mut ReferenceSet, _: &mut Value| {
+            record_mut(c, "kernel").remove("file");
+        }), "kernel", "the launch's kernel record carries no digest to compare with reference values \"kernel\"".into(), "executables"),
+        ("cmdline record without record digests", Box::new(|c: &mut Value, _: &mut ReferenceSet, _: &mut Value| {
+            record_mut(c, "cmdline").remove("record_digests");
+        }), "cmdline", "the launch's cmdline record carries no digest".into(), "configuration"),
         ("log does not replay", Box::new(|c: &mut Value, _: &mut ReferenceSet, _: &mut Value| {
             c["pcr_replay"]["verdict"] = json!("mismatch");
         }), "pcr-replay", "does not replay to the quoted launch PCR".into(), "hardware"),

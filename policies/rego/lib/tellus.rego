@@ -30,21 +30,35 @@ reason(rule, claim, expected, found, message) := {
 # Kinds that may occur more than once in a launch (after its separator).
 repeatable_kinds := {"stop", "reboot", "console-log"}
 
-# The record of `kind` in the attested launch (undefined when it has none;
-# each kind occurs once before the separator: the verifier refuses a launch
-# that repeats one).
+# Record number of the launch's separator: what comes after it (stop,
+# reboot, console log) is not part of what was launched. Undefined without
+# one; two make evaluation fail (the verifier refuses both).
+separator_recnum := r.recnum if {
+	some r in input.launch.records
+	r.kind == "separator"
+}
+
+# The record of `kind` in the attested launch, before its separator
+# (undefined when it has none; each kind occurs once there: the verifier
+# refuses a launch that repeats one).
 record(kind) := r if {
 	not kind in repeatable_kinds
 	some r in input.launch.records
 	r.kind == kind
+	r.recnum < separator_recnum
 }
 
 # The digests compared with reference values for `kind`: file digests for
-# file records, record digests otherwise ({alg: "alg:hex"}).
+# file records, record digests otherwise ({alg: "alg:hex"}). Undefined when
+# the record has none.
 compared_digests(kind) := {"sha256": r.file.sha256, "sha384": r.file.sha384} if {
 	kind in file_kinds
 	r := record(kind)
-} else := record(kind).record_digests
+}
+
+compared_digests(kind) := record(kind).record_digests if {
+	not kind in file_kinds
+}
 
 # Kinds one of whose compared digests (see `compared_digests`) is a live
 # reference value of the same name: the fast path of a policy, one pass
@@ -54,6 +68,7 @@ digest_ok contains r.kind if {
 	some r in input.launch.records
 	r.kind in file_kinds
 	not r.kind in repeatable_kinds
+	r.recnum < separator_recnum
 	some d in [r.file.sha256, r.file.sha384]
 	d in data.reference_live[r.kind]
 }
@@ -62,6 +77,7 @@ digest_ok contains r.kind if {
 	some r in input.launch.records
 	not r.kind in file_kinds
 	not r.kind in repeatable_kinds
+	r.recnum < separator_recnum
 	some d in r.record_digests
 	d in data.reference_live[r.kind]
 }
@@ -113,6 +129,15 @@ digest_reason(kind, name) := r if {
 	not record(kind)
 	r := reason(kind, sprintf("launch.records[%s]", [kind]), live(name), null, sprintf(
 		"the launch has no %s record, but reference values \"%s\" require one",
+		[kind, name],
+	))
+}
+
+digest_reason(kind, name) := r if {
+	record(kind)
+	not compared_digests(kind)
+	r := reason(kind, digest_claim(kind), live(name), null, sprintf(
+		"the launch's %s record carries no digest to compare with reference values \"%s\"",
 		[kind, name],
 	))
 }

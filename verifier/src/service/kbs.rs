@@ -214,23 +214,28 @@ pub async fn attest(
         })?;
     let prefix = session.id[..8].to_owned();
     let tee = session.tee.clone();
-    let result =
-        match run_sync(&state, "attesting", move |st| attest_session(st, session, body)).await {
+    let judged = run_sync(&state, "attesting", move |st| attest_session(st, session, body)).await;
+    // The rest is a task of its own, so that a client that goes away while
+    // the store commits cannot leave a refusal unaudited.
+    let task = tokio::spawn(async move {
+        let result = match judged {
             Ok(Judged::Answer(resp)) => Ok(resp),
             Ok(Judged::Record(r)) => record_attestation(&state, *r).await,
             Err(e) => Err(e),
         };
-    match result {
-        Ok(resp) => Ok(resp),
-        Err(err) => {
-            let detail = json!({
-                "session": prefix, "tee": tee, "kind": err.kind.as_str(), "error": err.detail,
-            });
-            audit(&state, AuditEvent::AttestationRefused, format!("session:{prefix}"), detail)
-                .await?;
-            Err(err)
+        match result {
+            Ok(resp) => Ok(resp),
+            Err(err) => {
+                let detail = json!({
+                    "session": prefix, "tee": tee, "kind": err.kind.as_str(), "error": err.detail,
+                });
+                audit(&state, AuditEvent::AttestationRefused, format!("session:{prefix}"), detail)
+                    .await?;
+                Err(err)
+            }
         }
-    }
+    });
+    task.await.map_err(|e| ApiError::internal("attesting", e))?
 }
 
 /// What is left once the evidence is judged.
@@ -501,26 +506,31 @@ pub async fn get_resource(
         Ok((requester, released))
     })
     .await?;
-    let result = match released {
-        Ok(r) => {
-            audit(&state, AuditEvent::ResourceReleased, r.path.clone(), r.detail).await.map(|()| {
-                state.metrics.resources_released.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(resource = %r.path, "released");
-                r.response
-            })
+    // A task of its own, so that a client that goes away while the store
+    // commits cannot leave a denial unaudited.
+    let task = tokio::spawn(async move {
+        let result = match released {
+            Ok(r) => audit(&state, AuditEvent::ResourceReleased, r.path.clone(), r.detail)
+                .await
+                .map(|()| {
+                    state.metrics.resources_released.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(resource = %r.path, "released");
+                    r.response
+                }),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(resp) => Ok(resp),
+            Err(err) => {
+                let mut detail = requester;
+                detail["kind"] = json!(err.kind.as_str());
+                detail["error"] = json!(err.detail);
+                audit(&state, AuditEvent::ResourceDenied, subject, detail).await?;
+                Err(err)
+            }
         }
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(resp) => Ok(resp),
-        Err(err) => {
-            let mut detail = requester;
-            detail["kind"] = json!(err.kind.as_str());
-            detail["error"] = json!(err.detail);
-            audit(&state, AuditEvent::ResourceDenied, subject, detail).await?;
-            Err(err)
-        }
-    }
+    });
+    task.await.map_err(|e| ApiError::internal("releasing a resource", e))?
 }
 
 /// A release decided: the answer (the JWE) and its audit entry's subject

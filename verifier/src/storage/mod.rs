@@ -56,6 +56,8 @@ pub enum StoreError {
     GroupCommit(String),
     #[error("the store's writer thread has stopped; restart the verifier")]
     WriterGone,
+    #[error("a store write panicked (a bug in the verifier: report it); nothing of it is stored")]
+    WritePanicked,
 }
 
 /// An audit entry maker that a queued write owns (see

@@ -190,7 +190,7 @@ impl<T: Send, F: FnOnce(&Connection) -> Result<T, StoreError> + Send> Job for Qu
         // A panic (say, in an audit signer) fails this write, not the
         // writer thread and every write after it.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
-            .unwrap_or_else(|_| Err(StoreError::GroupCommit("a write panicked".into())));
+            .unwrap_or_else(|_| Err(StoreError::WritePanicked));
         let ok = r.is_ok();
         self.result = Some(r);
         ok
@@ -273,20 +273,38 @@ fn commit_group(conn: &mut Connection, mut group: Vec<Box<dyn Job>>) {
     let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Err(e) => Err(e.to_string()),
         Ok(mut tx) => {
+            // Set when nothing of the group may be committed any more.
+            let mut aborted: Option<String> = None;
             for job in group.iter_mut() {
+                if let Some(why) = &aborted {
+                    job.fail(StoreError::GroupCommit(why.clone()));
+                    continue;
+                }
                 match tx.savepoint() {
-                    Ok(sp) => {
+                    Ok(mut sp) => {
                         if job.run(&sp) {
                             if let Err(e) = sp.commit() {
                                 job.fail(e.into());
                             }
+                        } else if let Err(e) = sp.rollback() {
+                            // Its writes may still be there: commit nothing.
+                            aborted = Some(format!("a failed write could not be undone ({e})"));
                         }
-                        // A savepoint dropped uncommitted rolls back.
                     }
                     Err(e) => job.fail(e.into()),
                 }
+                // Some errors (disk full, I/O) roll the whole transaction
+                // back; a savepoint after that would begin a transaction of
+                // its own and commit on release.
+                if aborted.is_none() && tx.is_autocommit() {
+                    aborted = Some("an error rolled the group's transaction back".into());
+                }
             }
-            tx.commit().map_err(|e| e.to_string())
+            match aborted {
+                // Dropping `tx` rolls back whatever is left of it.
+                Some(why) => Err(why),
+                None => tx.commit().map_err(|e| e.to_string()),
+            }
         }
     };
     for job in group {
@@ -734,7 +752,7 @@ impl Store for SqliteStore {
 
     fn put_policy(&self, kind: PolicyKind, id: &str, text: &str) -> Result<i64, StoreError> {
         let mut conn = self.lock()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
         tx.execute(
             "INSERT INTO policies (kind, id, text, updated_ms) VALUES (?1, ?2, ?3, ?4)
@@ -772,7 +790,7 @@ impl Store for SqliteStore {
 
     fn merge_reference_values(&self, add: &ReferenceSet) -> Result<(), StoreError> {
         let mut conn = self.lock()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
         for (name, values) in &add.values {
             let old: Option<String> = tx
@@ -893,7 +911,7 @@ impl Store for SqliteStore {
 
     fn take_pending(&self, id: &str) -> Result<Option<PendingEnrollment>, StoreError> {
         let mut conn = self.lock()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let text: Option<String> = tx
             .query_row(
                 "SELECT pending FROM pending_enrollments WHERE enrollment_id = ?1",
@@ -1303,12 +1321,46 @@ mod tests {
     }
 
     #[test]
+    fn an_error_that_ends_the_transaction_fails_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let mut conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let append = |c: &Connection| append_audit_in(c, &test_entry);
+        // The second write fails the way disk full does: SQLite has rolled
+        // the whole transaction back. Nothing of the group may be stored
+        // or reported stored, and the third write must not run on its own.
+        let ends_it = |c: &Connection| -> Result<AuditEntry, StoreError> {
+            c.execute_batch("ROLLBACK")?;
+            Err(StoreError::Corrupt { what: "test", detail: "disk full".into() })
+        };
+        let group: Vec<Box<dyn Job>> = vec![
+            Box::new(Queued { work: Some(append), result: None, done: to(&tx, 0) }),
+            Box::new(Queued { work: Some(ends_it), result: None, done: to(&tx, 1) }),
+            Box::new(Queued { work: Some(append), result: None, done: to(&tx, 2) }),
+        ];
+        commit_group(&mut conn, group);
+        let mut got: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        got.sort_by_key(|(i, _)| *i);
+        assert!(matches!(got[0].1, Err(StoreError::GroupCommit(_))), "{:?}", got[0].1);
+        assert!(matches!(got[1].1, Err(StoreError::Corrupt { .. })), "{:?}", got[1].1);
+        assert!(matches!(got[2].1, Err(StoreError::GroupCommit(_))), "{:?}", got[2].1);
+        assert!(s.audit_entries(0, 10).unwrap().is_empty());
+        // The connection is usable for the next group.
+        let group: Vec<Box<dyn Job>> =
+            vec![Box::new(Queued { work: Some(append), result: None, done: to(&tx, 3) })];
+        commit_group(&mut conn, group);
+        assert_eq!(rx.recv().unwrap().1.unwrap().seq, 0);
+        assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_queued_write_that_panics_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_in(dir.path()).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         s.queue_append_audit(Box::new(|_| panic!("signer bug")), to(&tx, 0));
-        assert!(matches!(rx.recv().unwrap().1, Err(StoreError::GroupCommit(_))));
+        assert!(matches!(rx.recv().unwrap().1, Err(StoreError::WritePanicked)));
         s.queue_append_audit(Box::new(test_entry), to(&tx, 1));
         assert_eq!(rx.recv().unwrap().1.unwrap().seq, 0, "the writer lives on; nothing was stored");
     }
