@@ -336,6 +336,35 @@ async fn policy_uploads_are_checked_and_the_policy_in_force_stays() {
 }
 
 #[tokio::test]
+async fn only_events_may_follow_a_launchs_separator() {
+    let host = new_host();
+    let app = app_with(Some(record(&host, true)));
+    app.upload("default/key/disk", SECRET).await;
+    app.add_predicted_refs(&host.predict).await;
+    // A copy of the launch's kernel record measured after its separator
+    // (a policy reading the records could take it for the launched one).
+    let records = host.records.clone();
+    let mut kernel = records
+        .iter()
+        .find(|r| r.launch_record().unwrap().unwrap().kind.name() == "kernel")
+        .unwrap()
+        .clone();
+    kernel.recnum = records.len() as u64;
+    host.tpm
+        .tpm2("tpm2_pcrextend", &[&format!("13:sha256={}", hex::encode(&kernel.digests[0].bytes))]);
+    let mut log = records.clone();
+    log.push(kernel.clone());
+    let (s, v, _, _) =
+        attest(&app, &host, &host.state(), with_log(B64.encode(cel::encode(&log)), None)).await;
+    refused(
+        "kernel record after the separator",
+        s,
+        &v,
+        &format!("has a kernel record after its separator (record {})", kernel.recnum),
+    );
+}
+
+#[tokio::test]
 async fn launch_groups_pick_the_attested_launch() {
     let host = new_host();
     let app = app_with(Some(record(&host, true)));

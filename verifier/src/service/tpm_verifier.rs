@@ -468,6 +468,21 @@ pub fn launch_claims(
     let Some(sep) = group.iter().position(|(_, rec)| rec.kind == RecordKind::Separator) else {
         return Err(VerifyError::LaunchIncomplete { recnum: first_recnum });
     };
+    // After the separator only the launch's events follow (stop, reboot,
+    // console log): a measured part of the launch there would stand outside
+    // what was launched, and a policy reading the records could take it for
+    // the launched one.
+    for (r, rec) in &group[sep + 1..] {
+        if !matches!(rec.kind, RecordKind::Stop | RecordKind::Reboot | RecordKind::ConsoleLog) {
+            return Err(VerifyError::LaunchLogInvalid {
+                detail: format!(
+                    "the launch starting at record {first_recnum} has a {} record after its separator (record {}); only stop, reboot and console-log records may follow it",
+                    rec.kind.name(),
+                    r.recnum
+                ),
+            });
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (r, rec) in &group[..sep] {
         if !seen.insert(rec.kind.name()) {
