@@ -239,30 +239,15 @@ pub(crate) fn audit_blocking(
 ) -> Result<(), ApiError> {
     state
         .store
-        .append_audit(&audit_entry(state, event, subject, &detail))
+        .append_audit(&*audit_maker(state, event, subject.to_owned(), detail))
         .map(|_| ())
         .map_err(|e| ApiError::internal("audit log", e))
 }
 
 /// How the store makes the audit entry that follows `prev`: `event` on
 /// `subject` with `detail`, now, signed with the token-signing key. (The
-/// store calls it inside its transaction, so the chain has no gaps.)
-pub(crate) fn audit_entry<'a>(
-    state: &'a AppState,
-    event: crate::audit::AuditEvent,
-    subject: &'a str,
-    detail: &'a serde_json::Value,
-) -> impl Fn(
-    Option<&crate::audit::AuditEntry>,
-) -> Result<crate::audit::AuditEntry, crate::audit::AuditError>
-       + 'a {
-    let signer = state.signer.as_ref();
-    move |prev| {
-        crate::audit::AuditEntry::next(prev, now_ms(), event, subject, detail.clone(), signer)
-    }
-}
-
-/// [`audit_entry`], owned, for a queued write.
+/// store calls it inside its transaction, so the chain has no gaps.) Owned,
+/// so that a queued write can carry it to the store's writer thread.
 pub(crate) fn audit_maker(
     state: &AppState,
     event: crate::audit::AuditEvent,
