@@ -5,6 +5,11 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# CI disks can be nearly full: the workspace's test build with full debug
+# info and incremental state took 9.6 GB, and a linker ran out of room
+# (SIGBUS) once. Line tables keep file:line in panics and backtraces.
+export CARGO_INCREMENTAL=0
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -134,11 +134,16 @@ impl Launch {
                     self.stderr().join("\n")
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needle:?}:\n{}",
-                self.stderr().join("\n")
-            );
+            if Instant::now() >= deadline {
+                let console =
+                    std::fs::read(self.dir.path().join("console.log")).unwrap_or_default();
+                let tail = &console[console.len().saturating_sub(4096)..];
+                panic!(
+                    "timed out waiting for {needle:?}:\n{}\n--- guest console (last 4 KiB) ---\n{}",
+                    self.stderr().join("\n"),
+                    String::from_utf8_lossy(tail)
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
