@@ -285,7 +285,12 @@ impl Prepared {
     /// Evaluates `input`: `allow`, then `reasons` and `trust_vector`.
     pub fn evaluate(&self, input: &Value) -> Result<Decision, PolicyError> {
         let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input.clone()));
+        // Converted from the borrowed JSON, without cloning it first.
+        let input = regorus::Value::deserialize(input).map_err(|e| PolicyError::Eval {
+            file: self.file.clone(),
+            detail: format!("the input is not a Rego value: {e}"),
+        })?;
+        engine.set_input(input);
         let eval_err = |e: anyhow::Error| PolicyError::Eval {
             file: self.file.clone(),
             detail: e.to_string().trim().to_owned(),
