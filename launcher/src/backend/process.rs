@@ -103,8 +103,13 @@ impl Pidfd {
     /// at most `timeout`; whether it has.
     pub(crate) fn exited_within(&self, timeout: std::time::Duration) -> std::io::Result<bool> {
         let mut pfd = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        let deadline = std::time::Instant::now() + timeout;
         loop {
+            // After a signal, wait only for what is left of `timeout`
+            // (rounded up, so that a wait never ends early).
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms =
+                libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
             // SAFETY: poll(2) on one pollfd that lives on this stack frame
             // for the call; a pidfd turns readable when its process exits.
             let r = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -188,10 +193,14 @@ pub(crate) fn spawn_stderr_relay(
 /// so every kill names this process and never a reused pid) and its stderr,
 /// relayed to the launcher's with the tail kept for error messages. Both
 /// backends start their VMM through it and hand it to [`VmmProcess::supervise`]
-/// once the VM runs, or [`VmmProcess::stop`] it when starting fails.
+/// once the VM runs, or [`VmmProcess::stop`] it when starting fails. One
+/// dropped in any other way (an error path, a panic) is killed and reaped:
+/// no VM outlives the launch that started it unsupervised.
 pub(crate) struct VmmProcess {
     name: &'static str,
-    child: Child,
+    /// `None` only once [`VmmProcess::supervise`] has handed it on.
+    child: Option<Child>,
+    pid: u32,
     pidfd: Arc<Pidfd>,
     tail: Arc<Mutex<String>>,
     stderr: Option<JoinHandle<()>>,
@@ -217,11 +226,12 @@ impl VmmProcess {
         };
         let tail = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().map(|e| spawn_stderr_relay(name, e, tail.clone()));
-        Ok(VmmProcess { name, child, pidfd, tail, stderr })
+        let pid = child.id();
+        Ok(VmmProcess { name, child: Some(child), pid, pidfd, tail, stderr })
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// The pidfd, for power control and readers that end the VMM.
@@ -236,14 +246,21 @@ impl VmmProcess {
 
     /// Its exit status, once it has exited (reaped), or `None`.
     pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        self.child.try_wait()
+        match self.child.as_mut() {
+            Some(c) => c.try_wait(),
+            None => Ok(None),
+        }
     }
 
     /// Ends the VMM (if it still runs), reaps it and lets its stderr relay
     /// finish, so that [`VmmProcess::stderr_tail`] holds all it said.
     pub(crate) fn stop(&mut self) -> std::io::Result<ExitStatus> {
         let _ = self.pidfd.kill();
-        let status = self.child.wait();
+        // Waiting again (after a stop, in drop) returns the same status.
+        let status = match self.child.as_mut() {
+            Some(c) => c.wait(),
+            None => Err(std::io::Error::other("the VMM is supervised by its waiter thread")),
+        };
         if let Some(t) = self.stderr.take() {
             let _ = t.join();
         }
@@ -259,9 +276,18 @@ impl VmmProcess {
         events: EventSink,
         keep: K,
     ) {
-        let VmmProcess { name, child, tail, stderr, .. } = self;
-        let first = stderr.into_iter().chain(readers).collect();
-        spawn_waiter(name, child, exited, first, tail, events, keep);
+        let mut this = self;
+        let Some(child) = this.child.take() else { return };
+        let first = this.stderr.take().into_iter().chain(readers).collect();
+        spawn_waiter(this.name, child, exited, first, this.tail.clone(), events, keep);
+    }
+}
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
     }
 }
 
@@ -328,5 +354,20 @@ mod tests {
         pidfd.kill().unwrap();
         assert!(pidfd.exited_within(std::time::Duration::from_secs(10)).unwrap());
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_vmm_process_dropped_unsupervised_is_killed_and_reaped() {
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("60").stderr(std::process::Stdio::piped());
+        let vmm = VmmProcess::spawn(&mut cmd, "test-vmm", || "sleep".into()).unwrap();
+        let (pidfd, pid) = (vmm.pidfd(), vmm.pid());
+        let t0 = std::time::Instant::now();
+        drop(vmm);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "drop waited for sleep 60");
+        assert!(pidfd.exited_within(std::time::Duration::ZERO).unwrap());
+        // Reaped: no zombie is left under its pid.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(!stat.contains(") Z "), "left a zombie: {stat}");
     }
 }
