@@ -4,7 +4,12 @@
 //! [`AuditEntry`]. An entry's `hash` is SHA-256 over the RFC 8785 canonical
 //! JSON of its body (sequence number, time, event, subject, detail, the
 //! previous entry's hash and the signing key's id), and `signature` is the
-//! verifier's ES256 signature over that hash. So:
+//! verifier's ES256 signature over that hash. An entry may be stored
+//! unsigned (empty `signature`) when a later entry written in the same
+//! transaction is signed: that signature covers it through the hash chain.
+//! The store's group commit signs only the newest entry of each
+//! transaction, so the log's newest entry is always signed, and a log whose
+//! tail is unsigned does not verify. So:
 //!
 //! - changing, inserting, reordering or deleting an entry breaks the chain at
 //!   that entry ([`verify_chain`] names it and why);
@@ -113,7 +118,9 @@ pub struct AuditEntry {
     pub kid: String,
     /// Hex SHA-256 of the canonical JSON of the fields above.
     pub hash: String,
-    /// Base64url ES256 (P-256, fixed-length r‖s) signature over `hash`'s bytes.
+    /// Base64url ES256 (P-256, fixed-length r‖s) signature over `hash`'s
+    /// bytes; empty when a later entry's signature covers this one (see
+    /// the module documentation).
     pub signature: String,
 }
 
@@ -134,6 +141,8 @@ pub enum AuditError {
     Sign,
     #[error("the audit log's last entry has sequence number u64::MAX; start a new log")]
     Full,
+    #[error("an audit entry made for key {kid} was to be signed with key {signer} (a bug in the verifier: report it)")]
+    WrongSigner { kid: String, signer: String },
 }
 
 /// Where and why a chain does not verify.
@@ -155,6 +164,8 @@ pub enum ChainError {
     Malformed { seq: u64, detail: String },
     #[error("the head recorded earlier (entry {seq}, hash {hash}) is not in this log: {why}; entries were cut off or the log was replaced")]
     HeadMissing { seq: u64, hash: String, why: &'static str },
+    #[error("the log ends with unsigned entries (from entry {from}): no signature covers them; entries were cut off after them or their signature was removed")]
+    UnsignedTail { from: u64 },
 }
 
 /// A verified chain: how many entries and its head.
@@ -215,6 +226,22 @@ impl AuditEntry {
         detail: Value,
         signer: &dyn AuditSigner,
     ) -> Result<AuditEntry, AuditError> {
+        let mut entry = AuditEntry::next_unsigned(prev, time_ms, event, subject, detail, signer)?;
+        entry.sign(signer)?;
+        Ok(entry)
+    }
+
+    /// The entry that follows `prev`, with `signer`'s key id but no
+    /// signature yet: it must be signed, or followed by a signed entry,
+    /// before its transaction commits.
+    pub fn next_unsigned(
+        prev: Option<&AuditEntry>,
+        time_ms: i64,
+        event: AuditEvent,
+        subject: &str,
+        detail: Value,
+        signer: &dyn AuditSigner,
+    ) -> Result<AuditEntry, AuditError> {
         let (seq, prev_hash) = match prev {
             None => (0, GENESIS_HASH.to_owned()),
             Some(p) => (p.seq.checked_add(1).ok_or(AuditError::Full)?, p.hash.clone()),
@@ -223,8 +250,6 @@ impl AuditEntry {
         let detail = bounded_detail(detail);
         let kid = signer.kid().to_owned();
         let hash = body_hash(seq, time_ms, event.as_str(), &subject, &detail, &prev_hash, &kid)?;
-        let raw = hex::decode(&hash).map_err(|e| AuditError::Canonical(e.to_string()))?;
-        let signature = B64URL.encode(signer.sign(&raw)?);
         Ok(AuditEntry {
             seq,
             time_ms,
@@ -234,8 +259,21 @@ impl AuditEntry {
             prev_hash,
             kid,
             hash,
-            signature,
+            signature: String::new(),
         })
+    }
+
+    /// Signs this entry's hash with `signer`, whose key id it must carry.
+    pub fn sign(&mut self, signer: &dyn AuditSigner) -> Result<(), AuditError> {
+        if signer.kid() != self.kid {
+            return Err(AuditError::WrongSigner {
+                kid: self.kid.clone(),
+                signer: signer.kid().to_owned(),
+            });
+        }
+        let raw = hex::decode(&self.hash).map_err(|e| AuditError::Canonical(e.to_string()))?;
+        self.signature = B64URL.encode(signer.sign(&raw)?);
+        Ok(())
     }
 }
 
@@ -276,8 +314,9 @@ impl AuditKeys {
 
 /// Checks a whole log, in order: sequence numbers from 0 without gaps, each
 /// entry linked to the one before, each hash recomputed, each signature
-/// verified; and, if `expect_head` (`(seq, hash)` recorded earlier) is
-/// given, that entry is still there unchanged.
+/// verified, the last entry signed (an unsigned entry is covered by the
+/// next signed one); and, if `expect_head` (`(seq, hash)` recorded
+/// earlier) is given, that entry is still there unchanged.
 pub fn verify_chain<I>(
     entries: I,
     keys: &AuditKeys,
@@ -289,6 +328,8 @@ where
     let mut prev: Option<(u64, String)> = None;
     let mut count = 0u64;
     let mut head_seen = false;
+    // The first of the entries since the last signed one.
+    let mut unsigned_from: Option<u64> = None;
     for e in entries {
         let expected = prev.as_ref().map_or(0, |(s, _)| s + 1);
         if e.seq != expected {
@@ -312,14 +353,12 @@ where
             .0
             .get(&e.kid)
             .ok_or_else(|| ChainError::UnknownKey { seq: e.seq, kid: e.kid.clone() })?;
-        let sig = B64URL
-            .decode(&e.signature)
-            .map_err(|_| ChainError::BadSignature { seq: e.seq, kid: e.kid.clone() })?;
-        let raw = hex::decode(&e.hash)
-            .map_err(|err| ChainError::Malformed { seq: e.seq, detail: err.to_string() })?;
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
-            .verify(&raw, &sig)
-            .map_err(|_| ChainError::BadSignature { seq: e.seq, kid: e.kid.clone() })?;
+        if e.signature.is_empty() {
+            unsigned_from.get_or_insert(e.seq);
+        } else {
+            unsigned_from = None;
+            verify_signature(&e, key)?;
+        }
         if let Some((s, h)) = expect_head {
             if e.seq == s {
                 if e.hash != h {
@@ -335,6 +374,9 @@ where
         count += 1;
         prev = Some((e.seq, e.hash));
     }
+    if let Some(from) = unsigned_from {
+        return Err(ChainError::UnsignedTail { from });
+    }
     if let Some((s, h)) = expect_head {
         if !head_seen {
             return Err(ChainError::HeadMissing {
@@ -345,6 +387,16 @@ where
         }
     }
     Ok(ChainSummary { entries: count, head: prev })
+}
+
+/// Checks `e`'s signature over its hash with `key` (an uncompressed P-256
+/// point).
+fn verify_signature(e: &AuditEntry, key: &[u8]) -> Result<(), ChainError> {
+    let bad = || ChainError::BadSignature { seq: e.seq, kid: e.kid.clone() };
+    let sig = B64URL.decode(&e.signature).map_err(|_| bad())?;
+    let raw = hex::decode(&e.hash)
+        .map_err(|err| ChainError::Malformed { seq: e.seq, detail: err.to_string() })?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key).verify(&raw, &sig).map_err(|_| bad())
 }
 
 /// Parses `seq:hash` (the form `audit verify` prints).
@@ -413,6 +465,58 @@ mod tests {
             out.push(e);
         }
         out
+    }
+
+    #[test]
+    fn an_unsigned_entry_is_covered_by_the_next_signature_and_never_ends_the_log() {
+        let s = TestSigner::new("k1");
+        let keys = AuditKeys::from_jwks(&s.jwks());
+        // Two group commits: entries 0–2 (2 signed) and 3–4 (4 signed).
+        let mut log = log(&s, 5);
+        for i in [0, 1, 3] {
+            log[i].signature.clear();
+        }
+        assert_eq!(verify_chain(log.clone(), &keys, None).unwrap().entries, 5);
+
+        // The newest signature removed, or the log cut after an unsigned
+        // entry: nothing covers the tail.
+        let mut stripped = log.clone();
+        stripped[4].signature.clear();
+        assert_eq!(verify_chain(stripped, &keys, None), Err(ChainError::UnsignedTail { from: 3 }));
+        assert_eq!(
+            verify_chain(log[..4].to_vec(), &keys, None),
+            Err(ChainError::UnsignedTail { from: 3 })
+        );
+
+        // An unsigned entry rewritten with every hash after it recomputed:
+        // the signature that covered it no longer verifies.
+        let mut forged = log.clone();
+        forged[3].detail = json!({"session": "forged"});
+        for i in 3..5 {
+            let prev = forged[i - 1].hash.clone();
+            let e = &mut forged[i];
+            e.prev_hash = prev;
+            e.hash =
+                body_hash(e.seq, e.time_ms, &e.event, &e.subject, &e.detail, &e.prev_hash, &e.kid)
+                    .unwrap();
+        }
+        assert_eq!(
+            verify_chain(forged, &keys, None),
+            Err(ChainError::BadSignature { seq: 4, kid: "k1".into() })
+        );
+
+        // An entry is signed only with the key it names.
+        let mut e = AuditEntry::next_unsigned(
+            None,
+            1,
+            AuditEvent::PolicyChanged,
+            "p",
+            json!({}),
+            &TestSigner::new("k2"),
+        )
+        .unwrap();
+        assert!(matches!(e.sign(&s), Err(AuditError::WrongSigner { .. })));
+        assert!(e.signature.is_empty());
     }
 
     #[test]

@@ -237,17 +237,20 @@ pub(crate) fn audit_blocking(
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
+    let make = audit_maker(state, event, subject.to_owned(), detail);
     state
         .store
-        .append_audit(&*audit_maker(state, event, subject.to_owned(), detail))
+        .append_audit(&|last| make.signed(last))
         .map(|_| ())
         .map_err(|e| ApiError::internal("audit log", e))
 }
 
-/// How the store makes the audit entry that follows `prev`: `event` on
-/// `subject` with `detail`, now, signed with the token-signing key. (The
-/// store calls it inside its transaction, so the chain has no gaps.) Owned,
-/// so that a queued write can carry it to the store's writer thread.
+/// How the store makes the audit entry that follows the log's last one:
+/// `event` on `subject` with `detail`, now, for the token-signing key,
+/// which signs it (or, in a group commit, a later entry of the same
+/// transaction). The store calls it inside its transaction, so the chain
+/// has no gaps. Owned, so that a queued write can carry it to the store's
+/// writer thread.
 pub(crate) fn audit_maker(
     state: &AppState,
     event: crate::audit::AuditEvent,
@@ -255,9 +258,20 @@ pub(crate) fn audit_maker(
     detail: serde_json::Value,
 ) -> crate::storage::AuditMaker {
     let signer = state.signer.clone();
-    Box::new(move |prev| {
-        crate::audit::AuditEntry::next(prev, now_ms(), event, &subject, detail.clone(), &*signer)
-    })
+    let key = signer.clone();
+    crate::storage::AuditMaker::new(
+        move |last| {
+            crate::audit::AuditEntry::next_unsigned(
+                last,
+                now_ms(),
+                event,
+                &subject,
+                detail.clone(),
+                &*key,
+            )
+        },
+        signer,
+    )
 }
 
 /// Waits for a queued store write (`Store::queue_*`) without holding the

@@ -16,10 +16,11 @@ pub mod sqlite;
 pub use sealing::{ResourceKey, SealError, SealedResource};
 pub use sqlite::SqliteStore;
 
-use crate::audit::{AuditEntry, AuditError};
+use crate::audit::{AuditEntry, AuditError, AuditSigner};
 pub use crate::registrar::enrollment::PendingEnrollment;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tellus_policies::ReferenceSet;
 
 /// Longest `repo`, `type` or `tag` segment of a resource path.
@@ -60,10 +61,49 @@ pub enum StoreError {
     WritePanicked,
 }
 
-/// An audit entry maker that a queued write owns (see
-/// [`Store::append_audit`] for what it is given and must return).
-pub type AuditMaker =
-    Box<dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError> + Send + 'static>;
+/// The audit entry of a queued write: it makes the entry that follows the
+/// log's last one (see [`Store::append_audit`]) without a signature, and
+/// names the signer. A store signs every entry before its transaction
+/// commits ([`AuditMaker::signed`]), or only the newest entry of the
+/// transaction, whose signature covers the ones before it through the hash
+/// chain (`crate::audit`; the SQLite store's group commit does this).
+pub struct AuditMaker {
+    unsigned: Box<MakeEntry>,
+    signer: Arc<dyn AuditSigner + Send + Sync>,
+}
+
+/// Makes the entry that follows the log's last one (or starts the log).
+type MakeEntry = dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError> + Send;
+
+impl AuditMaker {
+    /// `unsigned(last)` must return the entry that follows `last`, made
+    /// with `signer`'s key id and left unsigned
+    /// ([`AuditEntry::next_unsigned`]).
+    pub fn new(
+        unsigned: impl Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError> + Send + 'static,
+        signer: Arc<dyn AuditSigner + Send + Sync>,
+    ) -> AuditMaker {
+        AuditMaker { unsigned: Box::new(unsigned), signer }
+    }
+
+    /// The entry after `last`, unsigned: to be signed, or followed by a
+    /// signed entry, in the same transaction.
+    pub fn unsigned(&self, last: Option<&AuditEntry>) -> Result<AuditEntry, AuditError> {
+        (self.unsigned)(last)
+    }
+
+    /// The entry after `last`, signed.
+    pub fn signed(&self, last: Option<&AuditEntry>) -> Result<AuditEntry, AuditError> {
+        let mut entry = self.unsigned(last)?;
+        entry.sign(&*self.signer)?;
+        Ok(entry)
+    }
+
+    /// Who signs this entry.
+    pub fn signer(&self) -> &Arc<dyn AuditSigner + Send + Sync> {
+        &self.signer
+    }
+}
 
 /// Where a queued write's result goes: called once, when the group commit
 /// its write was part of has ended (or when the write failed on its own).
@@ -322,12 +362,14 @@ pub trait Store: Send + Sync {
         audit: AuditMaker,
         done: Done<bool>,
     ) {
-        done(self.mark_attested(&id, &attested, expires_at_ms, host_clock.as_ref(), &*audit))
+        done(self.mark_attested(&id, &attested, expires_at_ms, host_clock.as_ref(), &|last| {
+            audit.signed(last)
+        }))
     }
 
     /// [`Store::append_audit`], queued.
     fn queue_append_audit(&self, make: AuditMaker, done: Done<AuditEntry>) {
-        done(self.append_audit(&*make))
+        done(self.append_audit(&|last| make.signed(last)))
     }
 }
 

@@ -23,7 +23,11 @@
 //! connection of its own. It takes whatever is queued (up to
 //! [`MAX_GROUP`]) into one write transaction, each write under its own
 //! savepoint so that one that fails leaves nothing and the others stay,
-//! commits once, and then tells every writer its result. Requests wait for
+//! commits once, and then tells every writer its result. Of the audit
+//! entries a group appends, only the newest is signed (just before the
+//! commit): its signature covers the others through the hash chain, so a
+//! group costs one signature however many entries it holds, and the log's
+//! newest entry is always signed. Requests wait for
 //! that without holding a runtime worker, so under load many writes share a
 //! commit: one WAL append of the pages they touch instead of one each. The
 //! other writes (administration, registrar, the synchronous methods) run on
@@ -39,10 +43,11 @@ use super::{
     Attested, AuditEntry, AuditError, AuditMaker, Done, HostClock, HostRecord, PendingEnrollment,
     PolicyKind, ResourcePath, SealedResource, Session, Store, StoreError, StoredResource, TpmClock,
 };
+use crate::audit::AuditSigner;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tellus_policies::ReferenceSet;
 
 /// The database file name inside the state directory.
@@ -167,11 +172,32 @@ pub struct SqliteStore {
     _checkpoints: Checkpoints,
 }
 
+/// The newest audit entry a group commit has written, still unsigned, and
+/// who signs it before the group commits: its signature covers every
+/// entry of the group before it through the hash chain (`crate::audit`).
+#[derive(Clone)]
+struct UnsignedTail {
+    seq: u64,
+    hash: String,
+    signer: Arc<dyn AuditSigner + Send + Sync>,
+}
+
+impl UnsignedTail {
+    fn of(entry: &AuditEntry, maker: &AuditMaker) -> Option<UnsignedTail> {
+        Some(UnsignedTail {
+            seq: entry.seq,
+            hash: entry.hash.clone(),
+            signer: maker.signer().clone(),
+        })
+    }
+}
+
 /// One queued write (see the module documentation).
 trait Job: Send {
     /// Runs the write inside the group's transaction (under its savepoint);
-    /// whether it succeeded, i.e. its savepoint is to be kept.
-    fn run(&mut self, conn: &Connection) -> bool;
+    /// whether it succeeded, i.e. its savepoint is to be kept. A write that
+    /// appends an audit entry leaves it unsigned and notes it in `tail`.
+    fn run(&mut self, conn: &Connection, tail: &mut Option<UnsignedTail>) -> bool;
     /// Fails the write (its savepoint could not be made or kept).
     fn fail(&mut self, e: StoreError);
     /// Reports the result, given how the group's commit ended.
@@ -184,12 +210,16 @@ struct Queued<T, F> {
     done: Done<T>,
 }
 
-impl<T: Send, F: FnOnce(&Connection) -> Result<T, StoreError> + Send> Job for Queued<T, F> {
-    fn run(&mut self, conn: &Connection) -> bool {
+impl<T, F> Job for Queued<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, &mut Option<UnsignedTail>) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection, tail: &mut Option<UnsignedTail>) -> bool {
         let Some(work) = self.work.take() else { return false };
-        // A panic (say, in an audit signer) fails this write, not the
+        // A panic (say, in an audit entry maker) fails this write, not the
         // writer thread and every write after it.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn, tail)))
             .unwrap_or_else(|_| Err(StoreError::WritePanicked));
         let ok = r.is_ok();
         self.result = Some(r);
@@ -267,28 +297,36 @@ impl Drop for Writer {
     }
 }
 
-/// Runs `group` in one IMMEDIATE transaction (each write under a savepoint)
-/// and reports every write's result once the commit has ended.
+/// Runs `group` in one IMMEDIATE transaction (each write under a savepoint),
+/// signs the newest audit entry it wrote, and reports every write's result
+/// once the commit has ended.
 fn commit_group(conn: &mut Connection, mut group: Vec<Box<dyn Job>>) {
     let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Err(e) => Err(e.to_string()),
         Ok(mut tx) => {
             // Set when nothing of the group may be committed any more.
             let mut aborted: Option<String> = None;
+            let mut tail: Option<UnsignedTail> = None;
             for job in group.iter_mut() {
                 if let Some(why) = &aborted {
                     job.fail(StoreError::GroupCommit(why.clone()));
                     continue;
                 }
+                // A write undone takes its audit entry with it.
+                let before = tail.clone();
                 match tx.savepoint() {
                     Ok(mut sp) => {
-                        if job.run(&sp) {
+                        if job.run(&sp, &mut tail) {
                             if let Err(e) = sp.commit() {
                                 job.fail(e.into());
+                                tail = before;
                             }
-                        } else if let Err(e) = sp.rollback() {
-                            // Its writes may still be there: commit nothing.
-                            aborted = Some(format!("a failed write could not be undone ({e})"));
+                        } else {
+                            tail = before;
+                            if let Err(e) = sp.rollback() {
+                                // Its writes may still be there: commit nothing.
+                                aborted = Some(format!("a failed write could not be undone ({e})"));
+                            }
                         }
                     }
                     Err(e) => job.fail(e.into()),
@@ -303,13 +341,36 @@ fn commit_group(conn: &mut Connection, mut group: Vec<Box<dyn Job>>) {
             match aborted {
                 // Dropping `tx` rolls back whatever is left of it.
                 Some(why) => Err(why),
-                None => tx.commit().map_err(|e| e.to_string()),
+                None => sign_tail(&tx, tail).and_then(|()| tx.commit().map_err(|e| e.to_string())),
             }
         }
     };
     for job in group {
         job.finish(&commit);
     }
+}
+
+/// Signs the group's newest audit entry, if it wrote any, in its row. An
+/// error (or a panicking signer) fails the whole group: no unsigned tail
+/// is ever committed.
+fn sign_tail(tx: &Connection, tail: Option<UnsignedTail>) -> Result<(), String> {
+    let Some(t) = tail else { return Ok(()) };
+    let sign = || -> Result<String, String> {
+        let raw = hex::decode(&t.hash).map_err(|e| format!("audit entry {}: {e}", t.seq))?;
+        let sig = t.signer.sign(&raw).map_err(|e| e.to_string())?;
+        Ok(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig))
+    };
+    let sig = std::panic::catch_unwind(std::panic::AssertUnwindSafe(sign))
+        .unwrap_or_else(|_| Err("the audit signer panicked".into()))?;
+    let seq = i64::try_from(t.seq).map_err(|_| AuditError::Full.to_string())?;
+    let n = tx
+        .prepare_cached("UPDATE audit_log SET signature = ?1 WHERE seq = ?2 AND hash = ?3")
+        .and_then(|mut st| st.execute(params![sig, seq, t.hash]))
+        .map_err(|e| format!("signing audit entry {}: {e}", t.seq))?;
+    if n != 1 {
+        return Err(format!("audit entry {} to sign is not in the log", t.seq));
+    }
+    Ok(())
 }
 
 /// Opens a connection to the database at `path` with this store's
@@ -419,7 +480,7 @@ impl SqliteStore {
     fn queue<T, F>(&self, work: F, done: Done<T>)
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection, &mut Option<UnsignedTail>) -> Result<T, StoreError> + Send + 'static,
     {
         self.writer.queue(Box::new(Queued { work: Some(work), result: None, done }));
     }
@@ -945,7 +1006,7 @@ impl Store for SqliteStore {
     }
 
     fn queue_create_session(&self, session: Session, done: Done<()>) {
-        self.queue(move |conn| insert_session(conn, &session), done);
+        self.queue(move |conn, _| insert_session(conn, &session), done);
     }
 
     fn queue_mark_attested(
@@ -958,15 +1019,33 @@ impl Store for SqliteStore {
         done: Done<bool>,
     ) {
         self.queue(
-            move |conn| {
-                attest_in(conn, &id, &attested, expires_at_ms, host_clock.as_ref(), &*audit)
+            move |conn, tail| {
+                let made = std::cell::RefCell::new(None);
+                let unsigned = |last: Option<&AuditEntry>| {
+                    let e = audit.unsigned(last)?;
+                    *made.borrow_mut() = UnsignedTail::of(&e, &audit);
+                    Ok(e)
+                };
+                let found =
+                    attest_in(conn, &id, &attested, expires_at_ms, host_clock.as_ref(), &unsigned)?;
+                if found {
+                    *tail = made.into_inner();
+                }
+                Ok(found)
             },
             done,
         );
     }
 
     fn queue_append_audit(&self, make: AuditMaker, done: Done<AuditEntry>) {
-        self.queue(move |conn| append_audit_in(conn, &*make), done);
+        self.queue(
+            move |conn, tail| {
+                let e = append_audit_in(conn, &|last| make.unsigned(last))?;
+                *tail = UnsignedTail::of(&e, &make);
+                Ok(e)
+            },
+            done,
+        );
     }
 
     fn audit_entries(&self, from_seq: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -1243,7 +1322,7 @@ mod tests {
         let (release, released) = std::sync::mpsc::channel::<()>();
         let released = Mutex::new(released);
         s.queue_append_audit(
-            Box::new(move |prev| {
+            test_maker(move |prev| {
                 let _ = released.lock().unwrap().recv();
                 test_entry(prev)
             }),
@@ -1258,7 +1337,7 @@ mod tests {
         let (btx, brx) = std::sync::mpsc::channel();
         let (utx, urx) = std::sync::mpsc::channel();
         for i in 1..=20 {
-            s.queue_append_audit(Box::new(test_entry), to(&tx, i));
+            s.queue_append_audit(test_maker(test_entry), to(&tx, i));
         }
         // Refused by its audit entry: neither the session nor the clock
         // change, and the writes around it are not affected.
@@ -1267,7 +1346,7 @@ mod tests {
             a.clone(),
             2000,
             Some(clock.clone()),
-            Box::new(|_| Err(AuditError::Full)),
+            test_maker(|_| Err(AuditError::Full)),
             to(&btx, 0),
         );
         s.queue_mark_attested(
@@ -1275,7 +1354,7 @@ mod tests {
             a.clone(),
             2000,
             None,
-            Box::new(test_entry),
+            test_maker(test_entry),
             to(&btx, 1),
         );
         s.queue_create_session(sess('a'), to(&utx, 0));
@@ -1285,7 +1364,7 @@ mod tests {
             a.clone(),
             3000,
             Some(clock.clone()),
-            Box::new(test_entry),
+            test_maker(test_entry),
             to(&ttx, 0),
         );
         release.send(()).unwrap();
@@ -1318,6 +1397,90 @@ mod tests {
         let log = s.audit_entries(0, 100).unwrap();
         let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (0..=21).collect::<Vec<u64>>(), "one chain, no gap, no fork");
+        // One signature per group: its newest entry's, which covers the
+        // others through the chain.
+        let signed: Vec<u64> =
+            log.iter().filter(|e| !e.signature.is_empty()).map(|e| e.seq).collect();
+        assert_eq!(signed.last(), Some(&21), "the log's newest entry is signed: {signed:?}");
+        assert!(signed.len() as u64 <= groups, "{signed:?} signed in {groups} group commits");
+    }
+
+    /// A queued append of [`test_entry`] through `maker`, as the store's
+    /// `queue_append_audit` runs it.
+    fn appended(
+        maker: AuditMaker,
+        fail_after: bool,
+    ) -> impl FnOnce(&Connection, &mut Option<UnsignedTail>) -> Result<AuditEntry, StoreError> {
+        move |c, tail| {
+            let e = append_audit_in(c, &|last| maker.unsigned(last))?;
+            *tail = UnsignedTail::of(&e, &maker);
+            if fail_after {
+                return Err(StoreError::Corrupt { what: "test", detail: "after the entry".into() });
+            }
+            Ok(e)
+        }
+    }
+
+    #[test]
+    fn a_group_signs_its_newest_kept_entry_and_fails_whole_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        let mut conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = |maker, fail_after, i| -> Box<dyn Job> {
+            Box::new(Queued {
+                work: Some(appended(maker, fail_after)),
+                result: None,
+                done: to(&tx, i),
+            })
+        };
+        // The third write appends its entry and then fails: it is undone,
+        // and the second write's entry is the one signed.
+        let group = vec![
+            job(test_maker(test_entry), false, 0),
+            job(test_maker(test_entry), false, 1),
+            job(test_maker(test_entry), true, 2),
+        ];
+        commit_group(&mut conn, group);
+        let mut got: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        got.sort_by_key(|(i, _)| *i);
+        assert!(got[0].1.is_ok() && got[1].1.is_ok());
+        assert!(matches!(got[2].1, Err(StoreError::Corrupt { .. })), "{:?}", got[2].1);
+        let log = s.audit_entries(0, 10).unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].signature, "");
+        let want = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            [b"sig:", &hex::decode(&log[1].hash).unwrap()[..1]].concat(),
+        );
+        assert_eq!(log[1].signature, want);
+
+        // A signer that fails (or panics) fails the whole group: no
+        // unsigned tail is committed.
+        struct Broken(bool);
+        impl AuditSigner for Broken {
+            fn kid(&self) -> &str {
+                "k"
+            }
+            fn sign(&self, _: &[u8]) -> Result<Vec<u8>, AuditError> {
+                if self.0 {
+                    panic!("signer bug")
+                }
+                Err(AuditError::Sign)
+            }
+        }
+        for panics in [false, true] {
+            let broken = AuditMaker::new(test_entry, Arc::new(Broken(panics)));
+            commit_group(
+                &mut conn,
+                vec![job(test_maker(test_entry), false, 3), job(broken, false, 4)],
+            );
+            for _ in 0..2 {
+                let (i, r) = rx.recv().unwrap();
+                assert!(matches!(r, Err(StoreError::GroupCommit(_))), "write {i}: {r:?}");
+            }
+            assert_eq!(s.audit_entries(0, 10).unwrap().len(), 2, "nothing of the group stored");
+        }
     }
 
     #[test]
@@ -1326,14 +1489,15 @@ mod tests {
         let s = SqliteStore::open_in(dir.path()).unwrap();
         let mut conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let append = |c: &Connection| append_audit_in(c, &test_entry);
+        let append = |c: &Connection, _: &mut Option<UnsignedTail>| append_audit_in(c, &test_entry);
         // The second write fails the way disk full does: SQLite has rolled
         // the whole transaction back. Nothing of the group may be stored
         // or reported stored, and the third write must not run on its own.
-        let ends_it = |c: &Connection| -> Result<AuditEntry, StoreError> {
-            c.execute_batch("ROLLBACK")?;
-            Err(StoreError::Corrupt { what: "test", detail: "disk full".into() })
-        };
+        let ends_it =
+            |c: &Connection, _: &mut Option<UnsignedTail>| -> Result<AuditEntry, StoreError> {
+                c.execute_batch("ROLLBACK")?;
+                Err(StoreError::Corrupt { what: "test", detail: "disk full".into() })
+            };
         let group: Vec<Box<dyn Job>> = vec![
             Box::new(Queued { work: Some(append), result: None, done: to(&tx, 0) }),
             Box::new(Queued { work: Some(ends_it), result: None, done: to(&tx, 1) }),
@@ -1359,26 +1523,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_in(dir.path()).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        s.queue_append_audit(Box::new(|_| panic!("signer bug")), to(&tx, 0));
+        s.queue_append_audit(test_maker(|_| panic!("entry maker bug")), to(&tx, 0));
         assert!(matches!(rx.recv().unwrap().1, Err(StoreError::WritePanicked)));
-        s.queue_append_audit(Box::new(test_entry), to(&tx, 1));
+        s.queue_append_audit(test_maker(test_entry), to(&tx, 1));
         assert_eq!(rx.recv().unwrap().1.unwrap().seq, 0, "the writer lives on; nothing was stored");
     }
 
-    /// An `attestation.verified` entry after `prev` (unsigned: the store
-    /// does not check entries).
+    /// An unsigned `attestation.verified` entry after `prev` (the store
+    /// does not check entries; the hash only has to be hex).
     fn test_entry(prev: Option<&AuditEntry>) -> Result<AuditEntry, AuditError> {
+        let seq = prev.map_or(0, |p| p.seq + 1);
         Ok(AuditEntry {
-            seq: prev.map_or(0, |p| p.seq + 1),
+            seq,
             time_ms: 1,
             event: "attestation.verified".into(),
             subject: "session:aaaaaaaa".into(),
             detail: serde_json::json!({}),
             prev_hash: String::new(),
             kid: "k".into(),
-            hash: "h".into(),
-            signature: "s".into(),
+            hash: format!("{seq:064x}"),
+            signature: String::new(),
         })
+    }
+
+    /// Signs with "sig:" and the message's first byte.
+    struct TestKey;
+
+    impl AuditSigner for TestKey {
+        fn kid(&self) -> &str {
+            "k"
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
+            Ok([b"sig:", &message[..1]].concat())
+        }
+    }
+
+    fn test_maker(
+        f: impl Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError> + Send + 'static,
+    ) -> AuditMaker {
+        AuditMaker::new(f, Arc::new(TestKey))
     }
 
     #[test]
