@@ -166,6 +166,8 @@ pub enum ChainError {
     HeadMissing { seq: u64, hash: String, why: &'static str },
     #[error("the log ends with unsigned entries (from entry {from}): no signature covers them; entries were cut off after them or their signature was removed")]
     UnsignedTail { from: u64 },
+    #[error("entry {seq} is made for key {kid}, but the unsigned entries before it (from entry {from}) for key {other}: a signature covers only entries made for its own key; the log was rewritten")]
+    KeyChange { seq: u64, kid: String, from: u64, other: String },
 }
 
 /// A verified chain: how many entries and its head.
@@ -328,8 +330,8 @@ where
     let mut prev: Option<(u64, String)> = None;
     let mut count = 0u64;
     let mut head_seen = false;
-    // The first of the entries since the last signed one.
-    let mut unsigned_from: Option<u64> = None;
+    // The first of the entries since the last signed one, and its key.
+    let mut unsigned_from: Option<(u64, String)> = None;
     for e in entries {
         let expected = prev.as_ref().map_or(0, |(s, _)| s + 1);
         if e.seq != expected {
@@ -353,8 +355,18 @@ where
             .0
             .get(&e.kid)
             .ok_or_else(|| ChainError::UnknownKey { seq: e.seq, kid: e.kid.clone() })?;
+        if let Some((from, other)) = &unsigned_from {
+            if *other != e.kid {
+                return Err(ChainError::KeyChange {
+                    seq: e.seq,
+                    kid: e.kid.clone(),
+                    from: *from,
+                    other: other.clone(),
+                });
+            }
+        }
         if e.signature.is_empty() {
-            unsigned_from.get_or_insert(e.seq);
+            unsigned_from.get_or_insert_with(|| (e.seq, e.kid.clone()));
         } else {
             unsigned_from = None;
             verify_signature(&e, key)?;
@@ -374,7 +386,7 @@ where
         count += 1;
         prev = Some((e.seq, e.hash));
     }
-    if let Some(from) = unsigned_from {
+    if let Some((from, _)) = unsigned_from {
         return Err(ChainError::UnsignedTail { from });
     }
     if let Some((s, h)) = expect_head {
@@ -504,6 +516,21 @@ mod tests {
             verify_chain(forged, &keys, None),
             Err(ChainError::BadSignature { seq: 4, kid: "k1".into() })
         );
+
+        // An unsigned entry of another key is not covered: its run must
+        // end with a signature by that key.
+        let k2 = TestSigner::new("k2");
+        let mut keys2 = keys.clone();
+        keys2.0.extend(AuditKeys::from_jwks(&k2.jwks()).0);
+        let mut mixed = log[..4].to_vec();
+        let e =
+            AuditEntry::next(Some(&mixed[3]), 9, AuditEvent::PolicyChanged, "p", json!({}), &k2)
+                .unwrap();
+        mixed.push(e);
+        assert!(matches!(
+            verify_chain(mixed, &keys2, None),
+            Err(ChainError::KeyChange { seq: 4, from: 3, .. })
+        ));
 
         // An entry is signed only with the key it names.
         let mut e = AuditEntry::next_unsigned(

@@ -4,7 +4,8 @@
 //! audit verify` binary then finds the chain valid with exactly those
 //! events, and names the entry after the database is tampered with.
 //! Also: many threads (each with its own connection, as separate
-//! processes would) appending at once leave one unbroken chain.
+//! processes would) appending at once leave one unbroken chain, and group
+//! commits, which sign only their newest entry, leave a chain that verifies.
 
 mod registrar_support;
 mod service_support;
@@ -23,7 +24,7 @@ use std::process::{Command, Output};
 use tellus_protocol::enrollment::{ActivationProof, EnrollChallenge};
 use tellus_verifier::audit::{verify_chain, AuditEntry, AuditEvent, AuditKeys};
 use tellus_verifier::service::token::TokenSigner;
-use tellus_verifier::storage::{SqliteStore, Store};
+use tellus_verifier::storage::{AuditMaker, SqliteStore, Store};
 
 fn audit_cli(state_dir: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tellus-verifier"))
@@ -280,6 +281,69 @@ fn concurrent_appends_make_one_chain() {
     // Paged reads return the same entries.
     let page = shared.audit_entries(100, 10).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), (100..110).collect::<Vec<_>>());
+}
+
+/// Queued appends (the KBS round trip's) share group commits, and each
+/// group signs only its newest entry: the log verifies with the real key,
+/// holds unsigned entries, and ends signed.
+#[test]
+fn group_commits_sign_once_and_the_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let rng = SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let signer = std::sync::Arc::new(TokenSigner::from_pkcs8(doc.as_ref()).unwrap());
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    let maker = |i: usize, gate: Option<std::sync::mpsc::Receiver<()>>| {
+        let key = signer.clone();
+        let gate = std::sync::Mutex::new(gate);
+        AuditMaker::new(
+            move |last| {
+                if let Some(g) = gate.lock().unwrap().take() {
+                    let _ = g.recv();
+                }
+                AuditEntry::next_unsigned(
+                    last,
+                    0,
+                    AuditEvent::ResourceReleased,
+                    "default/key/disk",
+                    json!({"i": i}),
+                    key.as_ref(),
+                )
+            },
+            signer.clone(),
+        )
+    };
+    type Stored = Result<AuditEntry, tellus_verifier::storage::StoreError>;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Stored>();
+    let done = |tx: &std::sync::mpsc::Sender<Stored>| {
+        let tx = tx.clone();
+        Box::new(move |r: Stored| tx.send(r).unwrap()) as tellus_verifier::storage::Done<AuditEntry>
+    };
+    // The first write holds the writer until the other 30 are queued.
+    let (open, gate) = std::sync::mpsc::channel();
+    store.queue_append_audit(maker(0, Some(gate)), done(&done_tx));
+    for i in 1..=30 {
+        store.queue_append_audit(maker(i, None), done(&done_tx));
+    }
+    open.send(()).unwrap();
+    for _ in 0..=30 {
+        done_rx.recv().unwrap().unwrap();
+    }
+    let entries = store.audit_entries(0, usize::MAX).unwrap();
+    let signed = entries.iter().filter(|e| !e.signature.is_empty()).count();
+    assert_eq!(entries.len(), 31);
+    assert!(signed <= 2 && !entries[30].signature.is_empty(), "{signed} signed");
+    let keys = AuditKeys::from_jwks(&signer.jwks());
+    let sum = verify_chain(entries, &keys, None).unwrap();
+    assert_eq!(sum.entries, 31);
+    // A synchronous append follows the signed tail.
+    store
+        .append_audit(&|last| {
+            AuditEntry::next(last, 0, AuditEvent::PolicyChanged, "default", json!({}), &*signer)
+        })
+        .unwrap();
+    let entries = store.audit_entries(0, usize::MAX).unwrap();
+    assert_eq!(verify_chain(entries, &keys, None).unwrap().entries, 32);
 }
 
 #[test]

@@ -367,7 +367,9 @@ pub trait Store: Send + Sync {
         }))
     }
 
-    /// [`Store::append_audit`], queued.
+    /// [`Store::append_audit`], queued. The entry reported is the one
+    /// written, which a group commit leaves unsigned when it is not the
+    /// group's newest (that one's signature covers it).
     fn queue_append_audit(&self, make: AuditMaker, done: Done<AuditEntry>) {
         done(self.append_audit(&|last| make.signed(last)))
     }

@@ -179,6 +179,7 @@ pub struct SqliteStore {
 struct UnsignedTail {
     seq: u64,
     hash: String,
+    kid: String,
     signer: Arc<dyn AuditSigner + Send + Sync>,
 }
 
@@ -187,6 +188,7 @@ impl UnsignedTail {
         Some(UnsignedTail {
             seq: entry.seq,
             hash: entry.hash.clone(),
+            kid: entry.kid.clone(),
             signer: maker.signer().clone(),
         })
     }
@@ -318,8 +320,12 @@ fn commit_group(conn: &mut Connection, mut group: Vec<Box<dyn Job>>) {
                     Ok(mut sp) => {
                         if job.run(&sp, &mut tail) {
                             if let Err(e) = sp.commit() {
+                                // Its writes are undone only by the
+                                // savepoint's drop, which cannot report
+                                // failure: commit nothing.
                                 job.fail(e.into());
                                 tail = before;
+                                aborted = Some("a write's savepoint could not be released".into());
                             }
                         } else {
                             tail = before;
@@ -355,6 +361,10 @@ fn commit_group(conn: &mut Connection, mut group: Vec<Box<dyn Job>>) {
 /// is ever committed.
 fn sign_tail(tx: &Connection, tail: Option<UnsignedTail>) -> Result<(), String> {
     let Some(t) = tail else { return Ok(()) };
+    if t.signer.kid() != t.kid {
+        let e = AuditError::WrongSigner { kid: t.kid.clone(), signer: t.signer.kid().to_owned() };
+        return Err(e.to_string());
+    }
     let sign = || -> Result<String, String> {
         let raw = hex::decode(&t.hash).map_err(|e| format!("audit entry {}: {e}", t.seq))?;
         let sig = t.signer.sign(&raw).map_err(|e| e.to_string())?;
@@ -363,12 +373,16 @@ fn sign_tail(tx: &Connection, tail: Option<UnsignedTail>) -> Result<(), String> 
     let sig = std::panic::catch_unwind(std::panic::AssertUnwindSafe(sign))
         .unwrap_or_else(|_| Err("the audit signer panicked".into()))?;
     let seq = i64::try_from(t.seq).map_err(|_| AuditError::Full.to_string())?;
+    // Only the log's newest entry: every entry before it is covered.
     let n = tx
-        .prepare_cached("UPDATE audit_log SET signature = ?1 WHERE seq = ?2 AND hash = ?3")
+        .prepare_cached(
+            "UPDATE audit_log SET signature = ?1 WHERE seq = ?2 AND hash = ?3
+             AND seq = (SELECT MAX(seq) FROM audit_log)",
+        )
         .and_then(|mut st| st.execute(params![sig, seq, t.hash]))
         .map_err(|e| format!("signing audit entry {}: {e}", t.seq))?;
     if n != 1 {
-        return Err(format!("audit entry {} to sign is not in the log", t.seq));
+        return Err(format!("audit entry {} to sign is not the log's newest", t.seq));
     }
     Ok(())
 }
@@ -582,10 +596,16 @@ fn begin_audit(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, Store
 }
 
 /// Appends `make(last entry)` inside a write transaction on `tx` (see
-/// [`begin_audit`]; a group commit's transaction is one too).
+/// [`begin_audit`]; a group commit's transaction is one too). `own` is the
+/// entry this transaction appended unsigned and will sign or cover (a group
+/// commit's tail): the only unsigned entry a new one may follow. Any other
+/// unsigned last entry was not written by this store's commit path (which
+/// never commits an unsigned tail), and building on it would lend it the
+/// next signature, so the append is refused.
 fn append_audit_in(
     tx: &Connection,
     make: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
+    own: Option<u64>,
 ) -> Result<AuditEntry, StoreError> {
     let last = tx
         .prepare_cached(concat!(
@@ -596,6 +616,14 @@ fn append_audit_in(
         .query_row([], audit_row)
         .optional()?
         .transpose()?;
+    if let Some(l) = &last {
+        if l.signature.is_empty() && own != Some(l.seq) {
+            return Err(corrupt(
+                "audit log",
+                format!("its newest entry ({}) is unsigned, which this verifier never commits: the database was written by something else; run `tellus-verifier audit verify` and restore the log from a backup", l.seq),
+            ));
+        }
+    }
     let entry = make(last.as_ref())?;
     let seq = i64::try_from(entry.seq).map_err(|_| AuditError::Full)?;
     let detail = serde_json::to_string(&entry.detail).map_err(|e| corrupt("audit entry", e))?;
@@ -651,6 +679,7 @@ fn attest_in(
     expires_at_ms: i64,
     host_clock: Option<&HostClock>,
     audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
+    own: Option<u64>,
 ) -> Result<bool, StoreError> {
     let n = tx
         .prepare_cached(
@@ -685,7 +714,7 @@ fn attest_in(
             now_ms()
         ])?;
     }
-    append_audit_in(tx, audit)?;
+    append_audit_in(tx, audit, own)?;
     Ok(true)
 }
 
@@ -735,7 +764,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.lock()?;
         let tx = begin_audit(&mut conn)?;
-        let found = attest_in(&tx, id, a, expires_at_ms, host_clock, audit)?;
+        let found = attest_in(&tx, id, a, expires_at_ms, host_clock, audit, None)?;
         // Not found: nothing was written; committing the empty transaction
         // is the same as rolling it back.
         tx.commit()?;
@@ -1000,7 +1029,7 @@ impl Store for SqliteStore {
     ) -> Result<AuditEntry, StoreError> {
         let mut conn = self.lock()?;
         let tx = begin_audit(&mut conn)?;
-        let entry = append_audit_in(&tx, make)?;
+        let entry = append_audit_in(&tx, make, None)?;
         tx.commit()?;
         Ok(entry)
     }
@@ -1026,8 +1055,9 @@ impl Store for SqliteStore {
                     *made.borrow_mut() = UnsignedTail::of(&e, &audit);
                     Ok(e)
                 };
-                let found =
-                    attest_in(conn, &id, &attested, expires_at_ms, host_clock.as_ref(), &unsigned)?;
+                let own = tail.as_ref().map(|t| t.seq);
+                let clock = host_clock.as_ref();
+                let found = attest_in(conn, &id, &attested, expires_at_ms, clock, &unsigned, own)?;
                 if found {
                     *tail = made.into_inner();
                 }
@@ -1040,7 +1070,8 @@ impl Store for SqliteStore {
     fn queue_append_audit(&self, make: AuditMaker, done: Done<AuditEntry>) {
         self.queue(
             move |conn, tail| {
-                let e = append_audit_in(conn, &|last| make.unsigned(last))?;
+                let own = tail.as_ref().map(|t| t.seq);
+                let e = append_audit_in(conn, &|last| make.unsigned(last), own)?;
                 *tail = UnsignedTail::of(&e, &make);
                 Ok(e)
             },
@@ -1235,9 +1266,9 @@ mod tests {
         let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
         // The attestation and its audit entry are stored together, or not
         // at all (no such session: the transaction rolls back).
-        assert!(s.mark_attested(&sess.id, &a, 2000, None, &test_entry).unwrap());
+        assert!(s.mark_attested(&sess.id, &a, 2000, None, &test_signed).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
-        assert!(!s.mark_attested("nope", &a, 2000, None, &test_entry).unwrap());
+        assert!(!s.mark_attested("nope", &a, 2000, None, &test_signed).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
         let got = s.get_session(&sess.id).unwrap().unwrap();
         assert_eq!(got.attested, Some(a));
@@ -1402,7 +1433,7 @@ mod tests {
         let signed: Vec<u64> =
             log.iter().filter(|e| !e.signature.is_empty()).map(|e| e.seq).collect();
         assert_eq!(signed.last(), Some(&21), "the log's newest entry is signed: {signed:?}");
-        assert!(signed.len() as u64 <= groups, "{signed:?} signed in {groups} group commits");
+        assert_eq!(signed.len() as u64, groups, "one signature per group commit: {signed:?}");
     }
 
     /// A queued append of [`test_entry`] through `maker`, as the store's
@@ -1412,13 +1443,49 @@ mod tests {
         fail_after: bool,
     ) -> impl FnOnce(&Connection, &mut Option<UnsignedTail>) -> Result<AuditEntry, StoreError> {
         move |c, tail| {
-            let e = append_audit_in(c, &|last| maker.unsigned(last))?;
+            let own = tail.as_ref().map(|t| t.seq);
+            let e = append_audit_in(c, &|last| maker.unsigned(last), own)?;
             *tail = UnsignedTail::of(&e, &maker);
             if fail_after {
                 return Err(StoreError::Corrupt { what: "test", detail: "after the entry".into() });
             }
             Ok(e)
         }
+    }
+
+    #[test]
+    fn an_unsigned_entry_this_store_did_not_write_is_never_built_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_in(dir.path()).unwrap();
+        s.append_audit(&test_signed).unwrap();
+        // Planted by something else that can write the database: an
+        // unsigned entry 1, which the next signature would cover.
+        let conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        append_audit_in(&conn, &test_entry, None).unwrap();
+        drop(conn);
+        let e = s.append_audit(&test_signed).unwrap_err();
+        assert!(matches!(&e, StoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("newest entry (1) is unsigned"), "{e}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.queue_append_audit(test_maker(test_entry), to(&tx, 0));
+        let r = rx.recv().unwrap().1;
+        assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        let id = "c".repeat(32);
+        let sess = Session {
+            id: id.clone(),
+            nonce: "n".into(),
+            tee: "tpm".into(),
+            expires_at_ms: 1000,
+            attested: None,
+        };
+        s.create_session(&sess).unwrap();
+        let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
+        let (btx, brx) = std::sync::mpsc::channel();
+        s.queue_mark_attested(id.clone(), a, 2000, None, test_maker(test_entry), to(&btx, 1));
+        let r = brx.recv().unwrap().1;
+        assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        assert_eq!(s.get_session(&id).unwrap().unwrap().attested, None, "nothing of it stored");
+        assert_eq!(s.audit_entries(0, 10).unwrap().len(), 2);
     }
 
     #[test]
@@ -1451,7 +1518,7 @@ mod tests {
         assert_eq!(log[0].signature, "");
         let want = base64::Engine::encode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            [b"sig:", &hex::decode(&log[1].hash).unwrap()[..1]].concat(),
+            [b"sig:", &hex::decode(&log[1].hash).unwrap()[..]].concat(),
         );
         assert_eq!(log[1].signature, want);
 
@@ -1489,7 +1556,9 @@ mod tests {
         let s = SqliteStore::open_in(dir.path()).unwrap();
         let mut conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let append = |c: &Connection, _: &mut Option<UnsignedTail>| append_audit_in(c, &test_entry);
+        let append = |c: &Connection, _: &mut Option<UnsignedTail>| {
+            append_audit_in(c, &|last| test_signed(last), None)
+        };
         // The second write fails the way disk full does: SQLite has rolled
         // the whole transaction back. Nothing of the group may be stored
         // or reported stored, and the third write must not run on its own.
@@ -1546,7 +1615,7 @@ mod tests {
         })
     }
 
-    /// Signs with "sig:" and the message's first byte.
+    /// Signs with "sig:" and the message.
     struct TestKey;
 
     impl AuditSigner for TestKey {
@@ -1554,8 +1623,15 @@ mod tests {
             "k"
         }
         fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
-            Ok([b"sig:", &message[..1]].concat())
+            Ok([b"sig:", message].concat())
         }
+    }
+
+    /// [`test_entry`], signed by [`TestKey`] (as a synchronous append is).
+    fn test_signed(prev: Option<&AuditEntry>) -> Result<AuditEntry, AuditError> {
+        let mut e = test_entry(prev)?;
+        e.sign(&TestKey)?;
+        Ok(e)
     }
 
     fn test_maker(
@@ -1595,15 +1671,15 @@ mod tests {
         ];
         for (case, recorded, stored) in cases {
             assert!(s
-                .mark_attested(&sess.id, &a, 2000, Some(&at("h1", recorded)), &test_entry)
+                .mark_attested(&sess.id, &a, 2000, Some(&at("h1", recorded)), &test_signed)
                 .unwrap());
             assert_eq!(s.tpm_clock("h1").unwrap(), Some(stored), "{case}");
         }
         // Hosts are independent; no clock (tee `sample`) changes none.
         assert!(s
-            .mark_attested(&sess.id, &a, 2000, Some(&at("h2", clock(0, 0, 1))), &test_entry)
+            .mark_attested(&sess.id, &a, 2000, Some(&at("h2", clock(0, 0, 1))), &test_signed)
             .unwrap());
-        assert!(s.mark_attested(&sess.id, &a, 2000, None, &test_entry).unwrap());
+        assert!(s.mark_attested(&sess.id, &a, 2000, None, &test_signed).unwrap());
         assert_eq!(s.tpm_clock("h2").unwrap(), Some(clock(0, 0, 1)));
         assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
         let entries = s.audit_entries(0, 100).unwrap().len();
@@ -1612,7 +1688,7 @@ mod tests {
         // All or nothing: no session, or an audit entry that cannot be
         // made, and the clock is not recorded either.
         let newer = at("h1", clock(4, 0, 0));
-        assert!(!s.mark_attested("nope", &a, 2000, Some(&newer), &test_entry).unwrap());
+        assert!(!s.mark_attested("nope", &a, 2000, Some(&newer), &test_signed).unwrap());
         let e = s.mark_attested(&sess.id, &a, 3000, Some(&newer), &|_| Err(AuditError::Full));
         assert!(matches!(e, Err(StoreError::Audit(AuditError::Full))), "{e:?}");
         assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
@@ -1621,7 +1697,7 @@ mod tests {
 
         // Survives reopening; a value no TPM reports saturates, in order.
         assert!(s
-            .mark_attested(&sess.id, &a, 2000, Some(&at("h3", clock(1, 0, u64::MAX))), &test_entry)
+            .mark_attested(&sess.id, &a, 2000, Some(&at("h3", clock(1, 0, u64::MAX))), &test_signed)
             .unwrap());
         drop(s);
         let s = SqliteStore::open_in(dir.path()).unwrap();
@@ -1661,7 +1737,7 @@ mod tests {
                 &Attested { token: "t".into(), tee_pubkey: "{}".into() },
                 9,
                 Some(&c),
-                &test_entry
+                &test_signed
             )
             .unwrap());
         assert_eq!(s.tpm_clock("h").unwrap(), Some(c.clock));
