@@ -9,7 +9,9 @@
 //! transaction is signed: that signature covers it through the hash chain.
 //! The store's group commit signs only the newest entry of each
 //! transaction, so the log's newest entry is always signed, and a log whose
-//! tail is unsigned does not verify. So:
+//! tail is unsigned does not verify. An append refuses to build on an
+//! unsigned newest entry that its own transaction did not write, so an
+//! entry planted unsigned never borrows the verifier's next signature. So:
 //!
 //! - changing, inserting, reordering or deleting an entry breaks the chain at
 //!   that entry ([`verify_chain`] names it and why);
