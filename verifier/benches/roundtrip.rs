@@ -501,6 +501,16 @@ fn main() {
         auth.clone(),
         Some(sizes.clone()),
     ));
+    // The audit entries the timed phase wrote (attestations and releases),
+    // and how many of them carry a signature (one per group commit).
+    let (audit_entries, audit_signed) = {
+        let all = state.store.audit_entries(0, usize::MAX).unwrap();
+        let round: Vec<_> = all
+            .iter()
+            .filter(|e| e.event == "attestation.verified" || e.event == "resource.released")
+            .collect();
+        (round.len(), round.iter().filter(|e| !e.signature.is_empty()).count())
+    };
 
     // ---- HTTP floor: the same load generator against a server that only
     // speaks HTTP (no JSON, store, crypto or policy), answering with bodies
@@ -689,6 +699,10 @@ fn main() {
         cpu_per_rt * 1e6,
         cores as f64 / cpu_per_rt,
         cpu_secs / elapsed.as_secs_f64()
+    );
+    println!(
+        "  audit entries: {audit_entries} written, {audit_signed} signed ({:.2} ES256 signatures per round trip for the log; 2 if each entry were signed)",
+        audit_signed as f64 / n as f64
     );
     for (name, v) in [
         ("round trip", &mut round),
