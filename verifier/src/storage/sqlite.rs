@@ -1136,13 +1136,7 @@ mod tests {
             s.lock().unwrap().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
         assert_eq!(autocheckpoint, 0, "the request connection never checkpoints");
         let id = "c".repeat(32);
-        let sess = Session {
-            id: id.clone(),
-            nonce: "n".into(),
-            tee: "sample".into(),
-            expires_at_ms: 1000,
-            attested: None,
-        };
+        let sess = test_session('c', "sample");
         s.create_session(&sess).unwrap();
         let db = dir.path().join(DB_FILE);
         let in_db_file = || -> i64 {
@@ -1253,13 +1247,7 @@ mod tests {
     fn sessions_policies_reference_values_hosts() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_in(dir.path()).unwrap();
-        let sess = Session {
-            id: "a".repeat(32),
-            nonce: "n".into(),
-            tee: "sample".into(),
-            expires_at_ms: 1000,
-            attested: None,
-        };
+        let sess = test_session('a', "sample");
         s.create_session(&sess).unwrap();
         assert!(matches!(s.create_session(&sess), Err(StoreError::DuplicateSession(_))));
         assert_eq!(s.get_session(&sess.id).unwrap().unwrap(), sess);
@@ -1335,13 +1323,7 @@ mod tests {
     fn queued_writes_share_a_commit_and_each_stays_all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_in(dir.path()).unwrap();
-        let sess = |c: char| Session {
-            id: c.to_string().repeat(32),
-            nonce: "n".into(),
-            tee: "tpm".into(),
-            expires_at_ms: 1000,
-            attested: None,
-        };
+        let sess = |c: char| test_session(c, "tpm");
         let (ctx, crx) = std::sync::mpsc::channel();
         s.queue_create_session(sess('a'), to(&ctx, 0));
         assert!(crx.recv().unwrap().1.is_ok());
@@ -1471,14 +1453,7 @@ mod tests {
         let r = rx.recv().unwrap().1;
         assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
         let id = "c".repeat(32);
-        let sess = Session {
-            id: id.clone(),
-            nonce: "n".into(),
-            tee: "tpm".into(),
-            expires_at_ms: 1000,
-            attested: None,
-        };
-        s.create_session(&sess).unwrap();
+        s.create_session(&test_session('c', "tpm")).unwrap();
         let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
         let (btx, brx) = std::sync::mpsc::channel();
         s.queue_mark_attested(id.clone(), a, 2000, None, test_maker(test_entry), to(&btx, 1));
@@ -1598,6 +1573,17 @@ mod tests {
         assert_eq!(rx.recv().unwrap().1.unwrap().seq, 0, "the writer lives on; nothing was stored");
     }
 
+    /// A session of `tee` whose id is `c` 32 times; not attested, expiring at 1 s.
+    fn test_session(c: char, tee: &str) -> Session {
+        Session {
+            id: c.to_string().repeat(32),
+            nonce: "n".into(),
+            tee: tee.into(),
+            expires_at_ms: 1000,
+            attested: None,
+        }
+    }
+
     /// An unsigned `attestation.verified` entry after `prev` (the store
     /// does not check entries; the hash only has to be hex).
     fn test_entry(prev: Option<&AuditEntry>) -> Result<AuditEntry, AuditError> {
@@ -1644,13 +1630,7 @@ mod tests {
     fn tpm_clocks_only_grow_and_are_stored_with_the_attestation() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_in(dir.path()).unwrap();
-        let sess = Session {
-            id: "b".repeat(32),
-            nonce: "n".into(),
-            tee: "tpm".into(),
-            expires_at_ms: 1000,
-            attested: None,
-        };
+        let sess = test_session('b', "tpm");
         s.create_session(&sess).unwrap();
         let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
         let clock =
