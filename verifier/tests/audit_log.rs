@@ -207,12 +207,13 @@ async fn every_event_is_logged_and_tampering_is_named() {
     assert!(stdout(&out).contains("the log ends before it"), "{}", stdout(&out));
     println!("cut tail with --expect-head -> {}", stdout(&out).trim());
 
-    // A signature by another key: named as such.
+    // An entry moved to another key id: the key id is part of the hashed
+    // body, so the entry is named as changed.
     let copy = dir.path().join("other-key");
     tampered(&state_dir, &copy, "UPDATE audit_log SET kid = 'other' WHERE seq = 3");
     let out = audit_cli(&copy, &["verify"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("entry 3"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("entry 3 was changed"), "{}", stdout(&out));
 
     // Usage and IO errors: exit 2.
     let out = audit_cli(&dir.path().join("nowhere"), &["verify"]);
