@@ -269,16 +269,26 @@ impl AuditEntry {
 
     /// Signs this entry's hash with `signer`, whose key id it must carry.
     pub fn sign(&mut self, signer: &dyn AuditSigner) -> Result<(), AuditError> {
-        if signer.kid() != self.kid {
-            return Err(AuditError::WrongSigner {
-                kid: self.kid.clone(),
-                signer: signer.kid().to_owned(),
-            });
-        }
-        let raw = hex::decode(&self.hash).map_err(|e| AuditError::Canonical(e.to_string()))?;
-        self.signature = B64URL.encode(signer.sign(&raw)?);
+        self.signature = signature_over(&self.kid, &self.hash, signer)?;
         Ok(())
     }
+}
+
+/// The `signature` of an entry with key id `kid` and hash `hash` (hex),
+/// made by `signer`, which must hold that key id.
+pub fn signature_over(
+    kid: &str,
+    hash: &str,
+    signer: &dyn AuditSigner,
+) -> Result<String, AuditError> {
+    if signer.kid() != kid {
+        return Err(AuditError::WrongSigner {
+            kid: kid.to_owned(),
+            signer: signer.kid().to_owned(),
+        });
+    }
+    let raw = hex::decode(hash).map_err(|e| AuditError::Canonical(e.to_string()))?;
+    Ok(B64URL.encode(signer.sign(&raw)?))
 }
 
 /// Public keys by key id, as uncompressed P-256 points.

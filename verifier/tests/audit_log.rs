@@ -295,10 +295,9 @@ fn group_commits_sign_once_and_the_log_verifies() {
     let signer = std::sync::Arc::new(TokenSigner::from_pkcs8(doc.as_ref()).unwrap());
     let store = SqliteStore::open_in(dir.path()).unwrap();
     let maker = |i: usize, gate: Option<std::sync::mpsc::Receiver<()>>| {
-        let key = signer.clone();
         let gate = std::sync::Mutex::new(gate);
         AuditMaker::new(
-            move |last| {
+            move |last, key| {
                 if let Some(g) = gate.lock().unwrap().take() {
                     let _ = g.recv();
                 }
@@ -308,7 +307,7 @@ fn group_commits_sign_once_and_the_log_verifies() {
                     AuditEvent::ResourceReleased,
                     "default/key/disk",
                     json!({"i": i}),
-                    key.as_ref(),
+                    key,
                 )
             },
             signer.clone(),

@@ -257,20 +257,18 @@ pub(crate) fn audit_maker(
     subject: String,
     detail: serde_json::Value,
 ) -> crate::storage::AuditMaker {
-    let signer = state.signer.clone();
-    let key = signer.clone();
     crate::storage::AuditMaker::new(
-        move |last| {
+        move |last, signer| {
             crate::audit::AuditEntry::next_unsigned(
                 last,
                 now_ms(),
                 event,
                 &subject,
                 detail.clone(),
-                &*key,
+                signer,
             )
         },
-        signer,
+        state.signer.clone(),
     )
 }
 

@@ -72,15 +72,18 @@ pub struct AuditMaker {
     signer: Arc<dyn AuditSigner + Send + Sync>,
 }
 
-/// Makes the entry that follows the log's last one (or starts the log).
-type MakeEntry = dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError> + Send;
+/// Makes the entry that follows the log's last one (or starts the log),
+/// unsigned, for the signer it is given.
+type MakeEntry =
+    dyn Fn(Option<&AuditEntry>, &dyn AuditSigner) -> Result<AuditEntry, AuditError> + Send;
 
 impl AuditMaker {
-    /// `unsigned(last)` must return the entry that follows `last`, made
-    /// with `signer`'s key id and left unsigned
-    /// ([`AuditEntry::next_unsigned`]).
+    /// `unsigned(last, signer)` must return the entry that follows `last`,
+    /// made for `signer` and left unsigned ([`AuditEntry::next_unsigned`]).
     pub fn new(
-        unsigned: impl Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError> + Send + 'static,
+        unsigned: impl Fn(Option<&AuditEntry>, &dyn AuditSigner) -> Result<AuditEntry, AuditError>
+            + Send
+            + 'static,
         signer: Arc<dyn AuditSigner + Send + Sync>,
     ) -> AuditMaker {
         AuditMaker { unsigned: Box::new(unsigned), signer }
@@ -89,7 +92,7 @@ impl AuditMaker {
     /// The entry after `last`, unsigned: to be signed, or followed by a
     /// signed entry, in the same transaction.
     pub fn unsigned(&self, last: Option<&AuditEntry>) -> Result<AuditEntry, AuditError> {
-        (self.unsigned)(last)
+        (self.unsigned)(last, &*self.signer)
     }
 
     /// The entry after `last`, signed.

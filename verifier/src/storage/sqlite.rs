@@ -43,7 +43,7 @@ use super::{
     Attested, AuditEntry, AuditError, AuditMaker, Done, HostClock, HostRecord, PendingEnrollment,
     PolicyKind, ResourcePath, SealedResource, Session, Store, StoreError, StoredResource, TpmClock,
 };
-use crate::audit::AuditSigner;
+use crate::audit::{signature_over, AuditSigner};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -184,13 +184,13 @@ struct UnsignedTail {
 }
 
 impl UnsignedTail {
-    fn of(entry: &AuditEntry, maker: &AuditMaker) -> Option<UnsignedTail> {
-        Some(UnsignedTail {
+    fn of(entry: &AuditEntry, maker: &AuditMaker) -> UnsignedTail {
+        UnsignedTail {
             seq: entry.seq,
             hash: entry.hash.clone(),
             kid: entry.kid.clone(),
             signer: maker.signer().clone(),
-        })
+        }
     }
 }
 
@@ -361,15 +361,7 @@ fn commit_group(conn: &mut Connection, mut group: Vec<Box<dyn Job>>) {
 /// is ever committed.
 fn sign_tail(tx: &Connection, tail: Option<UnsignedTail>) -> Result<(), String> {
     let Some(t) = tail else { return Ok(()) };
-    if t.signer.kid() != t.kid {
-        let e = AuditError::WrongSigner { kid: t.kid.clone(), signer: t.signer.kid().to_owned() };
-        return Err(e.to_string());
-    }
-    let sign = || -> Result<String, String> {
-        let raw = hex::decode(&t.hash).map_err(|e| format!("audit entry {}: {e}", t.seq))?;
-        let sig = t.signer.sign(&raw).map_err(|e| e.to_string())?;
-        Ok(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig))
-    };
+    let sign = || signature_over(&t.kid, &t.hash, &*t.signer).map_err(|e| e.to_string());
     let sig = std::panic::catch_unwind(std::panic::AssertUnwindSafe(sign))
         .unwrap_or_else(|_| Err("the audit signer panicked".into()))?;
     let seq = i64::try_from(t.seq).map_err(|_| AuditError::Full.to_string())?;
@@ -1052,7 +1044,7 @@ impl Store for SqliteStore {
                 let made = std::cell::RefCell::new(None);
                 let unsigned = |last: Option<&AuditEntry>| {
                     let e = audit.unsigned(last)?;
-                    *made.borrow_mut() = UnsignedTail::of(&e, &audit);
+                    *made.borrow_mut() = Some(UnsignedTail::of(&e, &audit));
                     Ok(e)
                 };
                 let own = tail.as_ref().map(|t| t.seq);
@@ -1072,7 +1064,7 @@ impl Store for SqliteStore {
             move |conn, tail| {
                 let own = tail.as_ref().map(|t| t.seq);
                 let e = append_audit_in(conn, &|last| make.unsigned(last), own)?;
-                *tail = UnsignedTail::of(&e, &make);
+                *tail = Some(UnsignedTail::of(&e, &make));
                 Ok(e)
             },
             done,
@@ -1427,7 +1419,7 @@ mod tests {
         move |c, tail| {
             let own = tail.as_ref().map(|t| t.seq);
             let e = append_audit_in(c, &|last| maker.unsigned(last), own)?;
-            *tail = UnsignedTail::of(&e, &maker);
+            *tail = Some(UnsignedTail::of(&e, &maker));
             if fail_after {
                 return Err(StoreError::Corrupt { what: "test", detail: "after the entry".into() });
             }
@@ -1512,7 +1504,7 @@ mod tests {
             }
         }
         for panics in [false, true] {
-            let broken = AuditMaker::new(test_entry, Arc::new(Broken(panics)));
+            let broken = AuditMaker::new(|last, _| test_entry(last), Arc::new(Broken(panics)));
             commit_group(
                 &mut conn,
                 vec![job(test_maker(test_entry), false, 3), job(broken, false, 4)],
@@ -1623,7 +1615,7 @@ mod tests {
     fn test_maker(
         f: impl Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError> + Send + 'static,
     ) -> AuditMaker {
-        AuditMaker::new(f, Arc::new(TestKey))
+        AuditMaker::new(move |last, _| f(last), Arc::new(TestKey))
     }
 
     #[test]
