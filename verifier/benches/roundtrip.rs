@@ -57,7 +57,9 @@ use tellus_verifier::audit::{AuditEntry, AuditError, AuditEvent, AuditSigner};
 use tellus_verifier::config::Config;
 use tellus_verifier::service::policy::policy_input;
 use tellus_verifier::service::{self, jwe, token};
-use tellus_verifier::storage::{Attested, HostClock, HostRecord, ResourcePath, Session, TpmClock};
+use tellus_verifier::storage::{
+    AttestationRecord, Attested, HostClock, HostRecord, ResourcePath, Session, TpmClock,
+};
 use tellus_verifier::tpm::binding::runtime_data_binding;
 use tellus_verifier::tpm::evidence::{evidence_from_json, verify_evidence};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -645,7 +647,12 @@ fn main() {
         std::hint::black_box(store.get_host(&record.host_id).unwrap());
         std::hint::black_box(store.tpm_clock(&record.host_id).unwrap());
         std::hint::black_box(store.policy_revision().unwrap());
-        let attested = Attested { token: token.clone(), tee_pubkey: tee_pubkey.clone() };
+        let attestation = AttestationRecord {
+            session_id: id.clone(),
+            attested: Attested { token: token.clone(), tee_pubkey: tee_pubkey.clone() },
+            expires_at_ms: now + 3_600_000,
+            host_clock: Some(host_clock.clone()),
+        };
         let entry = |prev: Option<&AuditEntry>| {
             AuditEntry::next(
                 prev,
@@ -656,9 +663,7 @@ fn main() {
                 signer,
             )
         };
-        assert!(store
-            .mark_attested(&id, &attested, now + 3_600_000, Some(&host_clock), &entry)
-            .unwrap());
+        assert!(store.mark_attested(&attestation, &entry).unwrap());
         std::hint::black_box(store.get_session(&id).unwrap());
         std::hint::black_box(store.get_resource(&path).unwrap());
         std::hint::black_box(store.policy_revision().unwrap());

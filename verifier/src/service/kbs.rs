@@ -21,7 +21,7 @@ use super::error::{ApiError, ErrorKind};
 use super::verifier::VerifyError;
 use super::{audit, audit_maker, jwe, now_ms, queued, run_sync, token, AppState};
 use crate::audit::AuditEvent;
-use crate::storage::{Attested, AuditMaker, HostClock, ResourcePath, Session};
+use crate::storage::{AttestationRecord, Attested, AuditMaker, ResourcePath, Session};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -249,12 +249,9 @@ enum Judged {
 /// An attestation to record ([`crate::storage::Store::mark_attested`]) and
 /// the answer that follows.
 struct Accepted {
-    session_id: String,
+    record: AttestationRecord,
     tee: String,
     status: &'static str,
-    attested: Attested,
-    expires_at_ms: i64,
-    host_clock: Option<HostClock>,
     audit: AuditMaker,
 }
 
@@ -262,11 +259,11 @@ struct Accepted {
 /// token: no token leaves before its session, clock and audit entry are
 /// stored.
 async fn record_attestation(state: &AppState, a: Accepted) -> Result<Response, ApiError> {
-    let Accepted { session_id, tee, status, attested, expires_at_ms, host_clock, audit } = a;
-    let token = attested.token.clone();
-    let id = session_id.clone();
+    let Accepted { record, tee, status, audit } = a;
+    let token = record.attested.token.clone();
+    let (session_id, expires_at_ms) = (record.session_id.clone(), record.expires_at_ms);
     let found = queued("recording the attestation", |done| {
-        state.store.queue_mark_attested(id, attested, expires_at_ms, host_clock, audit, done)
+        state.store.queue_mark_attested(record, audit, done)
     })
     .await?;
     if !found {
@@ -414,12 +411,14 @@ fn attest_session(
     let audit =
         audit_maker(state, AuditEvent::AttestationVerified, format!("session:{prefix}"), detail);
     Ok(Judged::Record(Box::new(Accepted {
-        session_id: session.id,
+        record: AttestationRecord {
+            session_id: session.id,
+            attested: Attested { token, tee_pubkey },
+            expires_at_ms,
+            host_clock: claims.tpm_clock,
+        },
         tee: session.tee,
         status: appraisal.status,
-        attested: Attested { token, tee_pubkey },
-        expires_at_ms,
-        host_clock: claims.tpm_clock,
         audit,
     })))
 }

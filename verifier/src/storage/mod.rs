@@ -108,6 +108,19 @@ impl AuditMaker {
     }
 }
 
+/// An accepted attestation, as [`Store::mark_attested`] records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttestationRecord {
+    /// The session it marks attested.
+    pub session_id: String,
+    /// The session's token and tee key.
+    pub attested: Attested,
+    /// The session's new expiry.
+    pub expires_at_ms: i64,
+    /// The attested TPM's clock state, if the tee has one.
+    pub host_clock: Option<HostClock>,
+}
+
 /// Where a queued write's result goes: called once, when the group commit
 /// its write was part of has ended (or when the write failed on its own).
 pub type Done<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send + 'static>;
@@ -256,19 +269,16 @@ pub trait Store: Send + Sync {
     fn create_session(&self, session: &Session) -> Result<(), StoreError>;
     /// The session with this id, expired or not (callers check expiry).
     fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError>;
-    /// Records a successful attestation, moves the expiry, records
-    /// `host_clock` (the attested TPM's clock state, if the tee has one) as
-    /// its host's newest and appends the attestation's audit entry (`audit`,
-    /// as for [`Store::append_audit`]) in one transaction: all or nothing.
-    /// The clock is a monotone max-update: the stored one is replaced only
-    /// by a greater [`TpmClock`], never lowered. Returns false, and stores
+    /// Records a successful attestation: marks the session attested, moves
+    /// its expiry, records the host clock as its host's newest and appends
+    /// the attestation's audit entry (`audit`, as for
+    /// [`Store::append_audit`]) in one transaction: all or nothing. The
+    /// clock is a monotone max-update: the stored one is replaced only by a
+    /// greater [`TpmClock`], never lowered. Returns false, and stores
     /// nothing, when no such session exists.
     fn mark_attested(
         &self,
-        id: &str,
-        attested: &Attested,
-        expires_at_ms: i64,
-        host_clock: Option<&HostClock>,
+        record: &AttestationRecord,
         audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
     ) -> Result<bool, StoreError>;
     /// The newest TPM clock state recorded for `host_id` by
@@ -356,18 +366,8 @@ pub trait Store: Send + Sync {
     }
 
     /// [`Store::mark_attested`], queued.
-    fn queue_mark_attested(
-        &self,
-        id: String,
-        attested: Attested,
-        expires_at_ms: i64,
-        host_clock: Option<HostClock>,
-        audit: AuditMaker,
-        done: Done<bool>,
-    ) {
-        done(self.mark_attested(&id, &attested, expires_at_ms, host_clock.as_ref(), &|last| {
-            audit.signed(last)
-        }))
+    fn queue_mark_attested(&self, record: AttestationRecord, audit: AuditMaker, done: Done<bool>) {
+        done(self.mark_attested(&record, &|last| audit.signed(last)))
     }
 
     /// [`Store::append_audit`], queued. The entry reported is the one

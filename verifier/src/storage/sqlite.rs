@@ -40,8 +40,9 @@
 //! database newer than this code.
 
 use super::{
-    Attested, AuditEntry, AuditError, AuditMaker, Done, HostClock, HostRecord, PendingEnrollment,
-    PolicyKind, ResourcePath, SealedResource, Session, Store, StoreError, StoredResource, TpmClock,
+    AttestationRecord, Attested, AuditEntry, AuditError, AuditMaker, Done, HostRecord,
+    PendingEnrollment, PolicyKind, ResourcePath, SealedResource, Session, Store, StoreError,
+    StoredResource, TpmClock,
 };
 use crate::audit::{signature_over, AuditSigner};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -666,13 +667,11 @@ fn insert_session(conn: &Connection, s: &Session) -> Result<(), StoreError> {
 /// nothing written, when there is no session `id`.
 fn attest_in(
     tx: &Connection,
-    id: &str,
-    a: &Attested,
-    expires_at_ms: i64,
-    host_clock: Option<&HostClock>,
+    record: &AttestationRecord,
     audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
     own: Option<u64>,
 ) -> Result<bool, StoreError> {
+    let AttestationRecord { session_id: id, attested: a, expires_at_ms, host_clock } = record;
     let n = tx
         .prepare_cached(
             "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4 WHERE id = ?1",
@@ -748,15 +747,12 @@ impl Store for SqliteStore {
 
     fn mark_attested(
         &self,
-        id: &str,
-        a: &Attested,
-        expires_at_ms: i64,
-        host_clock: Option<&HostClock>,
+        record: &AttestationRecord,
         audit: &dyn Fn(Option<&AuditEntry>) -> Result<AuditEntry, AuditError>,
     ) -> Result<bool, StoreError> {
         let mut conn = self.lock()?;
         let tx = begin_audit(&mut conn)?;
-        let found = attest_in(&tx, id, a, expires_at_ms, host_clock, audit, None)?;
+        let found = attest_in(&tx, record, audit, None)?;
         // Not found: nothing was written; committing the empty transaction
         // is the same as rolling it back.
         tx.commit()?;
@@ -1030,15 +1026,7 @@ impl Store for SqliteStore {
         self.queue(move |conn, _| insert_session(conn, &session), done);
     }
 
-    fn queue_mark_attested(
-        &self,
-        id: String,
-        attested: Attested,
-        expires_at_ms: i64,
-        host_clock: Option<HostClock>,
-        audit: AuditMaker,
-        done: Done<bool>,
-    ) {
+    fn queue_mark_attested(&self, record: AttestationRecord, audit: AuditMaker, done: Done<bool>) {
         self.queue(
             move |conn, tail| {
                 let made = std::cell::RefCell::new(None);
@@ -1048,8 +1036,7 @@ impl Store for SqliteStore {
                     Ok(e)
                 };
                 let own = tail.as_ref().map(|t| t.seq);
-                let clock = host_clock.as_ref();
-                let found = attest_in(conn, &id, &attested, expires_at_ms, clock, &unsigned, own)?;
+                let found = attest_in(conn, &record, &unsigned, own)?;
                 if found {
                     *tail = made.into_inner();
                 }
@@ -1092,7 +1079,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::ResourceKey;
+    use crate::storage::{HostClock, ResourceKey};
     use ring::rand::SystemRandom;
 
     #[test]
@@ -1246,9 +1233,9 @@ mod tests {
         let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
         // The attestation and its audit entry are stored together, or not
         // at all (no such session: the transaction rolls back).
-        assert!(s.mark_attested(&sess.id, &a, 2000, None, &test_signed).unwrap());
+        assert!(s.mark_attested(&test_record(&sess.id, &a, 2000, None), &test_signed).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
-        assert!(!s.mark_attested("nope", &a, 2000, None, &test_signed).unwrap());
+        assert!(!s.mark_attested(&test_record("nope", &a, 2000, None), &test_signed).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
         let got = s.get_session(&sess.id).unwrap().unwrap();
         assert_eq!(got.attested, Some(a));
@@ -1347,28 +1334,19 @@ mod tests {
         // Refused by its audit entry: neither the session nor the clock
         // change, and the writes around it are not affected.
         s.queue_mark_attested(
-            sess('a').id,
-            a.clone(),
-            2000,
-            Some(clock.clone()),
+            test_record_owned(sess('a').id, a.clone(), 2000, Some(clock.clone())),
             test_maker(|_| Err(AuditError::Full)),
             to(&btx, 0),
         );
         s.queue_mark_attested(
-            "nope".into(),
-            a.clone(),
-            2000,
-            None,
+            test_record_owned("nope".into(), a.clone(), 2000, None),
             test_maker(test_entry),
             to(&btx, 1),
         );
         s.queue_create_session(sess('a'), to(&utx, 0));
         s.queue_create_session(sess('b'), to(&utx, 1));
         s.queue_mark_attested(
-            sess('b').id,
-            a.clone(),
-            3000,
-            Some(clock.clone()),
+            test_record_owned(sess('b').id, a.clone(), 3000, Some(clock.clone())),
             test_maker(test_entry),
             to(&ttx, 0),
         );
@@ -1448,7 +1426,11 @@ mod tests {
         s.create_session(&test_session('c', "tpm")).unwrap();
         let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
         let (btx, brx) = std::sync::mpsc::channel();
-        s.queue_mark_attested(id.clone(), a, 2000, None, test_maker(test_entry), to(&btx, 1));
+        s.queue_mark_attested(
+            test_record_owned(id.clone(), a, 2000, None),
+            test_maker(test_entry),
+            to(&btx, 1),
+        );
         let r = brx.recv().unwrap().1;
         assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
         assert_eq!(s.get_session(&id).unwrap().unwrap().attested, None, "nothing of it stored");
@@ -1565,6 +1547,31 @@ mod tests {
         assert_eq!(rx.recv().unwrap().1.unwrap().seq, 0, "the writer lives on; nothing was stored");
     }
 
+    /// What [`Store::mark_attested`] records for session `id`.
+    fn test_record(
+        id: &str,
+        attested: &Attested,
+        expires_at_ms: i64,
+        host_clock: Option<&HostClock>,
+    ) -> AttestationRecord {
+        AttestationRecord {
+            session_id: id.into(),
+            attested: attested.clone(),
+            expires_at_ms,
+            host_clock: host_clock.cloned(),
+        }
+    }
+
+    /// [`test_record`] from owned parts, as the queued call takes them.
+    fn test_record_owned(
+        id: String,
+        attested: Attested,
+        expires_at_ms: i64,
+        host_clock: Option<HostClock>,
+    ) -> AttestationRecord {
+        AttestationRecord { session_id: id, attested, expires_at_ms, host_clock }
+    }
+
     /// A session of `tee` whose id is `c` 32 times; not attested, expiring at 1 s.
     fn test_session(c: char, tee: &str) -> Session {
         Session {
@@ -1643,15 +1650,21 @@ mod tests {
         ];
         for (case, recorded, stored) in cases {
             assert!(s
-                .mark_attested(&sess.id, &a, 2000, Some(&at("h1", recorded)), &test_signed)
+                .mark_attested(
+                    &test_record(&sess.id, &a, 2000, Some(&at("h1", recorded))),
+                    &test_signed
+                )
                 .unwrap());
             assert_eq!(s.tpm_clock("h1").unwrap(), Some(stored), "{case}");
         }
         // Hosts are independent; no clock (tee `sample`) changes none.
         assert!(s
-            .mark_attested(&sess.id, &a, 2000, Some(&at("h2", clock(0, 0, 1))), &test_signed)
+            .mark_attested(
+                &test_record(&sess.id, &a, 2000, Some(&at("h2", clock(0, 0, 1)))),
+                &test_signed
+            )
             .unwrap());
-        assert!(s.mark_attested(&sess.id, &a, 2000, None, &test_signed).unwrap());
+        assert!(s.mark_attested(&test_record(&sess.id, &a, 2000, None), &test_signed).unwrap());
         assert_eq!(s.tpm_clock("h2").unwrap(), Some(clock(0, 0, 1)));
         assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
         let entries = s.audit_entries(0, 100).unwrap().len();
@@ -1660,8 +1673,12 @@ mod tests {
         // All or nothing: no session, or an audit entry that cannot be
         // made, and the clock is not recorded either.
         let newer = at("h1", clock(4, 0, 0));
-        assert!(!s.mark_attested("nope", &a, 2000, Some(&newer), &test_signed).unwrap());
-        let e = s.mark_attested(&sess.id, &a, 3000, Some(&newer), &|_| Err(AuditError::Full));
+        assert!(!s
+            .mark_attested(&test_record("nope", &a, 2000, Some(&newer)), &test_signed)
+            .unwrap());
+        let e = s.mark_attested(&test_record(&sess.id, &a, 3000, Some(&newer)), &|_| {
+            Err(AuditError::Full)
+        });
         assert!(matches!(e, Err(StoreError::Audit(AuditError::Full))), "{e:?}");
         assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
         assert_eq!(s.get_session(&sess.id).unwrap().unwrap().expires_at_ms, 2000);
@@ -1669,7 +1686,10 @@ mod tests {
 
         // Survives reopening; a value no TPM reports saturates, in order.
         assert!(s
-            .mark_attested(&sess.id, &a, 2000, Some(&at("h3", clock(1, 0, u64::MAX))), &test_signed)
+            .mark_attested(
+                &test_record(&sess.id, &a, 2000, Some(&at("h3", clock(1, 0, u64::MAX)))),
+                &test_signed
+            )
             .unwrap());
         drop(s);
         let s = SqliteStore::open_in(dir.path()).unwrap();
@@ -1705,10 +1725,12 @@ mod tests {
         };
         assert!(s
             .mark_attested(
-                "s1",
-                &Attested { token: "t".into(), tee_pubkey: "{}".into() },
-                9,
-                Some(&c),
+                &test_record(
+                    "s1",
+                    &Attested { token: "t".into(), tee_pubkey: "{}".into() },
+                    9,
+                    Some(&c)
+                ),
                 &test_signed
             )
             .unwrap());
