@@ -286,6 +286,10 @@ async fn drive(
     for _ in 0..concurrency {
         conns.push(Conn::open(addr).await);
     }
+    let counted = sizes.is_some();
+    if counted {
+        on_phase("enable");
+    }
     let start = Instant::now();
     let cpu_start = process_cpu_secs();
     let deadline = start + seconds;
@@ -335,7 +339,24 @@ async fn drive(
         all.resource.extend(l.resource);
         all.round.extend(l.round);
     }
-    (all, start.elapsed(), process_cpu_secs() - cpu_start)
+    let result = (all, start.elapsed(), process_cpu_secs() - cpu_start);
+    if counted {
+        on_phase("disable");
+    }
+    result
+}
+
+/// Counters over the real server's timed phase only: when
+/// `ROUNDTRIP_ON_PHASE` is set, `sh -c "$ROUNDTRIP_ON_PHASE" phase enable`
+/// runs (and is waited for) just before the phase and `… phase disable`
+/// just after it, with `$PPID` the bench's pid. For instruction counts
+/// (which, unlike times, do not drift with the machine's speed), run the
+/// bench under `valgrind --tool=callgrind --instr-atstart=no` with
+/// `ROUNDTRIP_ON_PHASE='callgrind_control -i $([ $1 = enable ] && echo on || echo off) $PPID'`.
+fn on_phase(what: &str) {
+    let Ok(cmd) = std::env::var("ROUNDTRIP_ON_PHASE") else { return };
+    let status = std::process::Command::new("sh").args(["-c", &cmd, "phase", what]).status();
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "ROUNDTRIP_ON_PHASE {what}: {status:?}");
 }
 
 /// The HTTP floor's server: axum on loopback with the three KBS routes,

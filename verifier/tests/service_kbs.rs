@@ -343,3 +343,44 @@ async fn health_metrics_jwks_need_no_auth() {
     assert_eq!(v["keys"][0]["alg"], "ES256");
     assert_eq!(v["keys"][0]["crv"], "P-256");
 }
+
+/// Two replicas share one store, and each keeps the sessions it committed
+/// in memory: a session one of them attested is attested for the other
+/// too, whichever state the other last saw.
+#[tokio::test]
+async fn a_session_attested_by_another_replica_is_attested_here_too() {
+    let app = App::new(true);
+    let (s, v) = app.set_attestation_policy(ALLOW_SAMPLE).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    app.upload("default/key/disk", b"secret").await;
+    let other = App {
+        dir: tempfile::tempdir().unwrap(),
+        state: tellus_verifier::service::AppState {
+            sessions: Default::default(),
+            ..app.state.clone()
+        },
+    };
+    // `app` made the session (and keeps it, unattested); `other` attests it.
+    let (cookie, nonce) = app.auth("sample").await;
+    let key = TeeKey::new();
+    let b = key.binding(&nonce);
+    let attestation = key.sample_attestation(&nonce, &b);
+    let (s, _, v) =
+        other.json(with_cookie(post_json("/kbs/v0/attest", &attestation), &cookie)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    // `app` releases to the session, which it knew only unattested.
+    let (s, jwe) = get_disk(&app, &cookie).await;
+    assert_eq!(s, StatusCode::OK, "{jwe}");
+    assert_eq!(key.decrypt(&jwe), b"secret");
+    // An attest at `app` is a repeated attest: the store records the
+    // session's attestation once, and the answer is the token it holds.
+    let other_key = TeeKey::new();
+    let b = other_key.binding(&nonce);
+    let again = other_key.sample_attestation(&nonce, &b);
+    let (s, _, v) = app.json(with_cookie(post_json("/kbs/v0/attest", &again), &cookie)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["token"], token.as_str(), "the first attestation's token, not a second one");
+    let stored = app.state.store.get_session(cookie.split('=').nth(1).unwrap()).unwrap().unwrap();
+    assert_eq!(stored.attested.unwrap().token, token);
+}

@@ -18,6 +18,7 @@
 //!   expected value.
 
 use super::error::{ApiError, ErrorKind};
+use super::sessions::Wanted;
 use super::verifier::VerifyError;
 use super::{audit, audit_maker, jwe, now_ms, queued, run_sync, token, AppState};
 use crate::audit::AuditEvent;
@@ -161,17 +162,22 @@ pub async fn auth(
     let cookie = session_cookie(&session.id, session.expires_at_ms)?;
     let challenge =
         Challenge { nonce: session.nonce.clone(), extra_params: Value::String(String::new()) };
+    let kept = session.clone();
     queued("creating the session", |done| state.store.queue_create_session(session, done)).await?;
+    state.sessions.created(&kept);
     state.metrics.auth.fetch_add(1, Ordering::Relaxed);
     let mut resp = json_response(StatusCode::OK, &challenge);
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(resp)
 }
 
-/// The live session named by the request's cookie.
+/// The live session named by the request's cookie: from the sessions
+/// this process committed when it is there in a state `wanted` allows,
+/// else from the store.
 fn session_from_headers(
     state: &AppState,
     headers: &HeaderMap,
+    wanted: Wanted,
 ) -> Result<Option<Session>, ApiError> {
     let Some(id) = headers
         .get_all(header::COOKIE)
@@ -182,9 +188,13 @@ fn session_from_headers(
     else {
         return Ok(None);
     };
+    let now = now_ms();
+    if let Some(s) = state.sessions.get(&id, now, wanted) {
+        return Ok(Some(s));
+    }
     let session =
         state.store.get_session(&id).map_err(|e| ApiError::internal("reading the session", e))?;
-    Ok(session.filter(|s| s.expires_at_ms > now_ms()))
+    Ok(session.filter(|s| s.expires_at_ms > now))
 }
 
 fn attest_failed(state: &AppState, e: ApiError) -> ApiError {
@@ -202,7 +212,9 @@ pub async fn attest(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let session = run_sync(&state, "reading the session", |st| session_from_headers(st, &headers))
+    let session = run_sync(&state, "reading the session", |st| {
+        session_from_headers(st, &headers, Wanted::Any)
+    })
         .await?
         .ok_or_else(|| {
             attest_failed(
@@ -250,6 +262,7 @@ enum Judged {
 /// the answer that follows.
 struct Accepted {
     record: AttestationRecord,
+    nonce: String,
     tee: String,
     status: &'static str,
     audit: AuditMaker,
@@ -259,23 +272,45 @@ struct Accepted {
 /// token: no token leaves before its session, clock and audit entry are
 /// stored.
 async fn record_attestation(state: &AppState, a: Accepted) -> Result<Response, ApiError> {
-    let Accepted { record, tee, status, audit } = a;
-    let token = record.attested.token.clone();
+    let Accepted { record, nonce, tee, status, audit } = a;
+    let attested = record.attested.clone();
     let (session_id, expires_at_ms) = (record.session_id.clone(), record.expires_at_ms);
     let found = queued("recording the attestation", |done| {
         state.store.queue_mark_attested(record, audit, done)
     })
     .await?;
     if !found {
-        return Err(ApiError::unauthenticated(
-            "the session ended during attestation; start again with POST /kbs/v0/auth",
-        ));
+        return attested_elsewhere(state, &session_id).await;
     }
+    let resp_body = json!({"token": attested.token});
+    state.sessions.attested(&session_id, &nonce, &tee, attested, expires_at_ms);
     state.metrics.attest_ok.fetch_add(1, Ordering::Relaxed);
     tracing::info!(session = &session_id[..8], tee = %tee, status, "attested");
-    let mut resp = json_response(StatusCode::OK, &json!({"token": token}));
+    let mut resp = json_response(StatusCode::OK, &resp_body);
     resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&session_id, expires_at_ms)?);
     Ok(resp)
+}
+
+/// The answer to an attestation the store did not record: the session was
+/// attested meanwhile (by a concurrent request, or by another replica
+/// while this one still knew it unattested), and a repeated attest returns
+/// that token, as it does for a session known attested; or it is gone.
+async fn attested_elsewhere(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    let owned = id.to_owned();
+    let stored = super::db(state, "reading the session", move |s| s.get_session(&owned)).await?;
+    match stored {
+        Some(Session { attested: Some(a), expires_at_ms, nonce, tee, .. })
+            if expires_at_ms > now_ms() =>
+        {
+            let mut resp = json_response(StatusCode::OK, &json!({"token": a.token}));
+            resp.headers_mut().insert(header::SET_COOKIE, session_cookie(id, expires_at_ms)?);
+            state.sessions.attested(id, &nonce, &tee, a, expires_at_ms);
+            Ok(resp)
+        }
+        _ => Err(ApiError::unauthenticated(
+            "the session ended during attestation; start again with POST /kbs/v0/auth",
+        )),
+    }
 }
 
 /// `POST /kbs/v0/attest` once the session is known; every refusal it
@@ -417,6 +452,7 @@ fn attest_session(
             expires_at_ms,
             host_clock: claims.tpm_clock,
         },
+        nonce: session.nonce,
         tee: session.tee,
         status: appraisal.status,
         audit,
@@ -557,7 +593,7 @@ fn requester(
         Some(Err(())) => {
             Err(ApiError::unauthenticated("the Authorization header must be `Bearer <token from /kbs/v0/attest>`"))
         }
-        None => match session_from_headers(state, headers)? {
+        None => match session_from_headers(state, headers, Wanted::Attested)? {
             // The token was signed by this verifier and read back from its
             // own store.
             Some(Session { id, attested: Some(a), .. }) => {

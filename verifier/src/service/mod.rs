@@ -21,7 +21,8 @@
 //! Modules: [`kbs`] (client routes), [`admin`], [`policy`] (attestation and
 //! resource policies, prepared and cached), [`verifier`] (the
 //! [`EvidenceVerifier`] trait per tee; [`tpm_verifier`] for tee `tpm`), [`token`] (EAR JWTs, JWKS),
-//! [`jwe`] (ECDH-ES+A256KW), [`keys`] (generated secrets), [`metrics`],
+//! [`jwe`] (ECDH-ES+A256KW), [`keys`] (generated secrets), [`sessions`]
+//! (the sessions this process committed, in memory), [`metrics`],
 //! [`error`] (the KBS error body), [`cli`] (`serve` arguments).
 
 pub mod admin;
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod metrics;
 pub mod offline;
 pub mod policy;
+pub mod sessions;
 pub mod snp_verifier;
 pub mod token;
 pub mod tpm_verifier;
@@ -116,6 +118,8 @@ pub struct AppState {
     pub enrollment: Arc<hosts::EnrollmentSettings>,
     /// The attestation and resource policies, prepared and cached.
     pub policies: Arc<policy::PolicyEngine>,
+    /// The sessions this process committed, in memory ([`sessions`]).
+    pub sessions: Arc<sessions::LiveSessions>,
 }
 
 impl AppState {
@@ -171,6 +175,7 @@ impl AppState {
             rng,
             enrollment: Arc::new(hosts::EnrollmentSettings::load(config)),
             policies: Arc::new(policy::PolicyEngine::new(store, &config.required_host_labels)),
+            sessions: Arc::new(sessions::LiveSessions::default()),
         })
     }
 
@@ -502,6 +507,7 @@ async fn sweep_sessions(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
+        state.sessions.sweep(now_ms());
         match db(&state, "deleting expired sessions", |s| s.delete_expired_sessions(now_ms())).await
         {
             Ok(n) if n > 0 => tracing::debug!(n, "expired sessions deleted"),

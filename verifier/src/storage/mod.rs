@@ -275,7 +275,9 @@ pub trait Store: Send + Sync {
     /// [`Store::append_audit`]) in one transaction: all or nothing. The
     /// clock is a monotone max-update: the stored one is replaced only by a
     /// greater [`TpmClock`], never lowered. Returns false, and stores
-    /// nothing, when no such session exists.
+    /// nothing, when no such session exists or it is attested already (a
+    /// session's nonce is used once: of two attestations racing on one
+    /// session, only the first to commit is recorded).
     fn mark_attested(
         &self,
         record: &AttestationRecord,

@@ -306,6 +306,18 @@ impl Drop for Writer {
 fn commit_group(conn: &mut Connection, mut group: Vec<Box<dyn Job>>) {
     let commit = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Err(e) => Err(e.to_string()),
+        // A write alone needs no savepoint: the transaction is its own.
+        Ok(tx) if group.len() == 1 => {
+            let mut tail = None;
+            if group[0].run(&tx, &mut tail) {
+                sign_tail(&tx, tail).and_then(|()| tx.commit().map_err(|e| e.to_string()))
+            } else {
+                // The write's own error is what it reports; nothing of it
+                // is kept (dropping `tx` would roll back as well).
+                let _ = tx.rollback();
+                Ok(())
+            }
+        }
         Ok(mut tx) => {
             // Set when nothing of the group may be committed any more.
             let mut aborted: Option<String> = None;
@@ -664,7 +676,7 @@ fn insert_session(conn: &Connection, s: &Session) -> Result<(), StoreError> {
 }
 
 /// [`Store::mark_attested`] inside a write transaction on `tx`: false, and
-/// nothing written, when there is no session `id`.
+/// nothing written, when there is no session `id` that is not attested yet.
 fn attest_in(
     tx: &Connection,
     record: &AttestationRecord,
@@ -674,7 +686,8 @@ fn attest_in(
     let AttestationRecord { session_id: id, attested: a, expires_at_ms, host_clock } = record;
     let n = tx
         .prepare_cached(
-            "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4 WHERE id = ?1",
+            "UPDATE sessions SET token = ?2, tee_pubkey = ?3, expires_at_ms = ?4
+             WHERE id = ?1 AND token IS NULL",
         )?
         .execute(params![id, a.token, a.tee_pubkey, expires_at_ms])?;
     if n != 1 {
@@ -1237,6 +1250,13 @@ mod tests {
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
         assert!(!s.mark_attested(&test_record("nope", &a, 2000, None), &test_signed).unwrap());
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
+        // A session is attested once: a second attestation (a race of two
+        // requests on one nonce) is refused and changes nothing.
+        let second = Attested { token: "t2".into(), tee_pubkey: "{\"k\":2}".into() };
+        assert!(!s
+            .mark_attested(&test_record(&sess.id, &second, 9000, None), &test_signed)
+            .unwrap());
+        assert_eq!(s.audit_entries(0, 10).unwrap().len(), 1);
         let got = s.get_session(&sess.id).unwrap().unwrap();
         assert_eq!(got.attested, Some(a));
         assert_eq!(got.expires_at_ms, 2000);
@@ -1497,6 +1517,22 @@ mod tests {
             }
             assert_eq!(s.audit_entries(0, 10).unwrap().len(), 2, "nothing of the group stored");
         }
+
+        // A write alone (no savepoint): undone whole when it fails, or when
+        // its signer fails; signed when it succeeds.
+        commit_group(&mut conn, vec![job(test_maker(test_entry), true, 5)]);
+        let (_, r) = rx.recv().unwrap();
+        assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        let broken = AuditMaker::new(|last, _| test_entry(last), Arc::new(Broken(false)));
+        commit_group(&mut conn, vec![job(broken, false, 6)]);
+        let (_, r) = rx.recv().unwrap();
+        assert!(matches!(r, Err(StoreError::GroupCommit(_))), "{r:?}");
+        assert_eq!(s.audit_entries(0, 10).unwrap().len(), 2, "nothing of either stored");
+        commit_group(&mut conn, vec![job(test_maker(test_entry), false, 7)]);
+        assert!(rx.recv().unwrap().1.is_ok());
+        let log = s.audit_entries(0, 10).unwrap();
+        assert_eq!(log.len(), 3);
+        assert!(!log[2].signature.is_empty(), "a write alone signs its entry");
     }
 
     #[test]
@@ -1629,8 +1665,17 @@ mod tests {
     fn tpm_clocks_only_grow_and_are_stored_with_the_attestation() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_in(dir.path()).unwrap();
-        let sess = test_session('b', "tpm");
-        s.create_session(&sess).unwrap();
+        // A session is attested once: each attestation gets its own.
+        let fresh = {
+            let s = &s;
+            let n = std::cell::Cell::new(0u32);
+            move || {
+                n.set(n.get() + 1);
+                let sess = Session { id: format!("{:032x}", n.get()), ..test_session('b', "tpm") };
+                s.create_session(&sess).unwrap();
+                sess.id
+            }
+        };
         let a = Attested { token: "t".into(), tee_pubkey: "{}".into() };
         let clock =
             |reset_count, restart_count, clock| TpmClock { reset_count, restart_count, clock };
@@ -1651,7 +1696,7 @@ mod tests {
         for (case, recorded, stored) in cases {
             assert!(s
                 .mark_attested(
-                    &test_record(&sess.id, &a, 2000, Some(&at("h1", recorded))),
+                    &test_record(&fresh(), &a, 2000, Some(&at("h1", recorded))),
                     &test_signed
                 )
                 .unwrap());
@@ -1660,11 +1705,11 @@ mod tests {
         // Hosts are independent; no clock (tee `sample`) changes none.
         assert!(s
             .mark_attested(
-                &test_record(&sess.id, &a, 2000, Some(&at("h2", clock(0, 0, 1)))),
+                &test_record(&fresh(), &a, 2000, Some(&at("h2", clock(0, 0, 1)))),
                 &test_signed
             )
             .unwrap());
-        assert!(s.mark_attested(&test_record(&sess.id, &a, 2000, None), &test_signed).unwrap());
+        assert!(s.mark_attested(&test_record(&fresh(), &a, 2000, None), &test_signed).unwrap());
         assert_eq!(s.tpm_clock("h2").unwrap(), Some(clock(0, 0, 1)));
         assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
         let entries = s.audit_entries(0, 100).unwrap().len();
@@ -1676,18 +1721,20 @@ mod tests {
         assert!(!s
             .mark_attested(&test_record("nope", &a, 2000, Some(&newer)), &test_signed)
             .unwrap());
-        let e = s.mark_attested(&test_record(&sess.id, &a, 3000, Some(&newer)), &|_| {
+        let unattested = fresh();
+        let e = s.mark_attested(&test_record(&unattested, &a, 3000, Some(&newer)), &|_| {
             Err(AuditError::Full)
         });
         assert!(matches!(e, Err(StoreError::Audit(AuditError::Full))), "{e:?}");
         assert_eq!(s.tpm_clock("h1").unwrap(), Some(clock(3, 0, 10)));
-        assert_eq!(s.get_session(&sess.id).unwrap().unwrap().expires_at_ms, 2000);
+        let left = s.get_session(&unattested).unwrap().unwrap();
+        assert_eq!((left.expires_at_ms, left.attested), (1000, None));
         assert_eq!(s.audit_entries(0, 100).unwrap().len(), entries);
 
         // Survives reopening; a value no TPM reports saturates, in order.
         assert!(s
             .mark_attested(
-                &test_record(&sess.id, &a, 2000, Some(&at("h3", clock(1, 0, u64::MAX)))),
+                &test_record(&fresh(), &a, 2000, Some(&at("h3", clock(1, 0, u64::MAX)))),
                 &test_signed
             )
             .unwrap());
@@ -1706,6 +1753,8 @@ mod tests {
             // an attested session and its audit entry.
             let conn = database_at_version(&path, 4);
             conn.execute("INSERT INTO sessions VALUES ('s1', 'n', 'tpm', 9, 'token', '{}')", [])
+                .unwrap();
+            conn.execute("INSERT INTO sessions VALUES ('s2', 'n', 'tpm', 9, NULL, NULL)", [])
                 .unwrap();
             conn.execute(
                 "INSERT INTO audit_log VALUES (0, 1, 'attestation.verified', 's', '{}', '', 'k', 'h', 'x')",
@@ -1726,7 +1775,7 @@ mod tests {
         assert!(s
             .mark_attested(
                 &test_record(
-                    "s1",
+                    "s2",
                     &Attested { token: "t".into(), tee_pubkey: "{}".into() },
                     9,
                     Some(&c)
