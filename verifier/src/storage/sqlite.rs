@@ -1583,6 +1583,38 @@ mod tests {
         assert_eq!(rx.recv().unwrap().1.unwrap().seq, 0, "the writer lives on; nothing was stored");
     }
 
+    #[test]
+    fn writes_queued_from_many_threads_are_each_committed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open_in(dir.path()).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (threads, each) = (8, 150);
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (s, tx) = (s.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for i in 0..each {
+                        s.queue_append_audit(test_maker(test_entry), to(&tx, t * each + i));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        // Every write, from whichever thread, is committed and hears of it
+        // once, in one chain with no gap.
+        let mut seqs: Vec<u64> =
+            (0..threads * each).map(|_| rx.recv().unwrap().1.unwrap().seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..(threads * each) as u64).collect::<Vec<_>>());
+        assert!(rx.try_recv().is_err(), "each write reported once");
+        let log = s.audit_entries(0, usize::MAX).unwrap();
+        assert_eq!(log.len(), threads * each);
+        assert!(!log.last().unwrap().signature.is_empty(), "the newest entry is signed");
+        assert!(s.group_commits() <= (threads * each) as u64);
+    }
+
     /// What [`Store::mark_attested`] records for session `id`.
     fn test_record(
         id: &str,
