@@ -384,3 +384,44 @@ async fn a_session_attested_by_another_replica_is_attested_here_too() {
     let stored = app.state.store.get_session(cookie.split('=').nth(1).unwrap()).unwrap().unwrap();
     assert_eq!(stored.attested.unwrap().token, token);
 }
+
+/// A session's nonce is used once: attestations racing on one session,
+/// each with its own tee key, all get the one token the store recorded
+/// (the others are repeated attests), never one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attestations_racing_on_one_session_all_get_the_one_recorded_token() {
+    let app = App::new(true);
+    let (s, v) = app.set_attestation_policy(ALLOW_SAMPLE).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for _ in 0..5 {
+        let (cookie, nonce) = app.auth("sample").await;
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let key = TeeKey::new();
+                let b = key.binding(&nonce);
+                let req = with_cookie(
+                    post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)),
+                    &cookie,
+                );
+                let router = app.router();
+                tokio::spawn(async move {
+                    use tower::ServiceExt;
+                    let resp = router.oneshot(req).await.unwrap();
+                    let status = resp.status();
+                    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+                    (status, serde_json::from_slice::<Value>(&body).unwrap())
+                })
+            })
+            .collect();
+        let mut tokens = std::collections::BTreeSet::new();
+        for c in calls {
+            let (s, v) = c.await.unwrap();
+            assert_eq!(s, StatusCode::OK, "{v}");
+            tokens.insert(v["token"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(tokens.len(), 1, "one token for one session");
+        let id = cookie.split('=').nth(1).unwrap();
+        let stored = app.state.store.get_session(id).unwrap().unwrap().attested.unwrap();
+        assert!(tokens.contains(&stored.token));
+    }
+}
