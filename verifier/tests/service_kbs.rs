@@ -122,6 +122,40 @@ async fn expired_session_is_401() {
     assert_eq!(error_kind(&v), "UnAuthenticated");
 }
 
+/// A session that expires while its evidence is judged is not attested
+/// (its attestation would give it a new lifetime): 401, and nothing of it
+/// is recorded.
+#[tokio::test]
+async fn a_session_that_expires_during_attestation_is_not_attested() {
+    struct Slow;
+    impl tellus_verifier::service::EvidenceVerifier for Slow {
+        fn verify(
+            &self,
+            tee: &str,
+            evidence: &Value,
+            binding: &[u8; 48],
+        ) -> Result<tellus_verifier::service::Claims, tellus_verifier::service::VerifyError>
+        {
+            std::thread::sleep(Duration::from_millis(1500));
+            use tellus_verifier::service::SampleVerifier;
+            SampleVerifier.verify(tee, evidence, binding)
+        }
+    }
+    let mut app = App::new(true);
+    app.state = app.state.clone().with_verifier("sample", std::sync::Arc::new(Slow));
+    app.state.settings.session_lifetime = Duration::from_millis(1000);
+    let (cookie, nonce) = app.auth("sample").await;
+    let key = TeeKey::new();
+    let b = key.binding(&nonce);
+    let req =
+        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
+    let (s, _, v) = app.json(req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("expired during attestation"), "{v}");
+    let id = cookie.split('=').nth(1).unwrap();
+    assert_eq!(app.state.store.get_session(id).unwrap().unwrap().attested, None);
+}
+
 #[tokio::test]
 async fn nonce_mismatch_is_denied() {
     let app = App::new(true);
@@ -424,4 +458,15 @@ async fn attestations_racing_on_one_session_all_get_the_one_recorded_token() {
         let stored = app.state.store.get_session(id).unwrap().unwrap().attested.unwrap();
         assert!(tokens.contains(&stored.token));
     }
+    // One recorded (and audited) attestation per session, whichever
+    // requests lost the race.
+    let verified = app
+        .state
+        .store
+        .audit_entries(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event == "attestation.verified")
+        .count();
+    assert_eq!(verified, 5);
 }

@@ -414,6 +414,16 @@ fn attest_session(
     }
 
     let now = now_ms();
+    // Judging takes time: a session that has expired meanwhile is not
+    // attested (its attestation would give it a new lifetime).
+    if session.expires_at_ms <= now {
+        return Err(attest_failed(
+            state,
+            ApiError::unauthenticated(
+                "the session expired during attestation; start again with POST /kbs/v0/auth",
+            ),
+        ));
+    }
     let nonce_bytes = B64.decode(&session.nonce).unwrap_or_default();
     let token_lifetime = state.settings.token_lifetime.as_secs() as i64;
     let ear = token::ear_claims(
@@ -594,8 +604,8 @@ fn requester(
             Err(ApiError::unauthenticated("the Authorization header must be `Bearer <token from /kbs/v0/attest>`"))
         }
         None => match session_from_headers(state, headers, Wanted::Attested)? {
-            // The token was signed by this verifier and read back from its
-            // own store.
+            // The token was signed by this verifier and kept by it (in
+            // this process's memory or its store).
             Some(Session { id, attested: Some(a), .. }) => {
                 let ear = token::payload_unchecked(&a.token).ok_or_else(|| {
                     ApiError::internal("reading the session's token", "undecodable")

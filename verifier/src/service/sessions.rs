@@ -201,6 +201,27 @@ mod tests {
     }
 
     #[test]
+    fn an_attested_session_expires_and_is_kept_once() {
+        let live = LiveSessions::with_limits(10, 2);
+        let s = session(1, 100);
+        // Recorded twice (the attestation, then a repeated attest that
+        // found it in the store): one entry, one place in the order.
+        live.attested(&s.id, &s.nonce, &s.tee, attested(1), 500);
+        live.attested(&s.id, &s.nonce, &s.tee, attested(1), 500);
+        assert_eq!(live.get(&s.id, 499, Wanted::Attested).unwrap().expires_at_ms, 500);
+        assert_eq!(live.get(&s.id, 500, Wanted::Attested), None, "expired at its expiry");
+        assert_eq!(live.get(&s.id, 500, Wanted::Any), None);
+        for n in 2..4 {
+            let t = session(n, 1_000);
+            live.attested(&t.id, &t.nonce, &t.tee, attested(n), 1_000);
+        }
+        // The two newest are kept: 1 was the oldest, once.
+        assert_eq!(live.counts(), (0, 2));
+        assert_eq!(live.get(&s.id, 0, Wanted::Any), None);
+        assert!(live.get(&session(2, 0).id, 0, Wanted::Attested).is_some());
+    }
+
+    #[test]
     fn sweep_drops_expired_sessions_of_both_kinds() {
         let live = LiveSessions::default();
         live.created(&session(1, 100));
