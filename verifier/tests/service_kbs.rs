@@ -114,10 +114,7 @@ async fn expired_session_is_401() {
     let (cookie, nonce) = app.auth("sample").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let key = TeeKey::new();
-    let b = key.binding(&nonce);
-    let req =
-        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
-    let (s, _, v) = app.json(req).await;
+    let (s, _, v) = app.json(sample_attest(&key, &nonce, &cookie)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     assert_eq!(error_kind(&v), "UnAuthenticated");
 }
@@ -146,10 +143,7 @@ async fn a_session_that_expires_during_attestation_is_not_attested() {
     app.state.settings.session_lifetime = Duration::from_millis(1000);
     let (cookie, nonce) = app.auth("sample").await;
     let key = TeeKey::new();
-    let b = key.binding(&nonce);
-    let req =
-        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
-    let (s, _, v) = app.json(req).await;
+    let (s, _, v) = app.json(sample_attest(&key, &nonce, &cookie)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     assert!(v["detail"].as_str().unwrap().contains("expired during attestation"), "{v}");
     let id = cookie.split('=').nth(1).unwrap();
@@ -207,10 +201,7 @@ async fn tpm_refuses_sample_shaped_evidence() {
     let app = App::new(false);
     let (cookie, nonce) = app.auth("tpm").await;
     let key = TeeKey::new();
-    let b = key.binding(&nonce);
-    let req =
-        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
-    let (s, _, v) = app.json(req).await;
+    let (s, _, v) = app.json(sample_attest(&key, &nonce, &cookie)).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(error_kind(&v), "AttestationError");
     assert!(v["detail"].as_str().unwrap().contains("not tellus TPM evidence"), "{v}");
@@ -220,10 +211,7 @@ async fn tpm_refuses_sample_shaped_evidence() {
 async fn attest_sample(app: &App) -> (String, String, TeeKey) {
     let (cookie, nonce) = app.auth("sample").await;
     let key = TeeKey::new();
-    let b = key.binding(&nonce);
-    let req =
-        with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)), &cookie);
-    let (s, h, v) = app.json(req).await;
+    let (s, h, v) = app.json(sample_attest(&key, &nonce, &cookie)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(h.get("set-cookie").unwrap().to_str().unwrap().starts_with(&cookie));
     let token = v["token"].as_str().unwrap().to_owned();
@@ -397,10 +385,7 @@ async fn a_session_attested_by_another_replica_is_attested_here_too() {
     // `app` made the session (and keeps it, unattested); `other` attests it.
     let (cookie, nonce) = app.auth("sample").await;
     let key = TeeKey::new();
-    let b = key.binding(&nonce);
-    let attestation = key.sample_attestation(&nonce, &b);
-    let (s, _, v) =
-        other.json(with_cookie(post_json("/kbs/v0/attest", &attestation), &cookie)).await;
+    let (s, _, v) = other.json(sample_attest(&key, &nonce, &cookie)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let token = v["token"].as_str().unwrap().to_owned();
     // `app` releases to the session, which it knew only unattested.
@@ -409,10 +394,7 @@ async fn a_session_attested_by_another_replica_is_attested_here_too() {
     assert_eq!(key.decrypt(&jwe), b"secret");
     // An attest at `app` is a repeated attest: the store records the
     // session's attestation once, and the answer is the token it holds.
-    let other_key = TeeKey::new();
-    let b = other_key.binding(&nonce);
-    let again = other_key.sample_attestation(&nonce, &b);
-    let (s, _, v) = app.json(with_cookie(post_json("/kbs/v0/attest", &again), &cookie)).await;
+    let (s, _, v) = app.json(sample_attest(&TeeKey::new(), &nonce, &cookie)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["token"], token.as_str(), "the first attestation's token, not a second one");
     let stored = app.state.store.get_session(cookie.split('=').nth(1).unwrap()).unwrap().unwrap();
@@ -431,12 +413,7 @@ async fn attestations_racing_on_one_session_all_get_the_one_recorded_token() {
         let (cookie, nonce) = app.auth("sample").await;
         let calls: Vec<_> = (0..8)
             .map(|_| {
-                let key = TeeKey::new();
-                let b = key.binding(&nonce);
-                let req = with_cookie(
-                    post_json("/kbs/v0/attest", &key.sample_attestation(&nonce, &b)),
-                    &cookie,
-                );
+                let req = sample_attest(&TeeKey::new(), &nonce, &cookie);
                 let router = app.router();
                 tokio::spawn(async move {
                     use tower::ServiceExt;

@@ -108,6 +108,13 @@ impl App {
     }
 }
 
+/// `POST /kbs/v0/attest` in the session of `cookie` with sample-shaped
+/// evidence that binds `key` to `nonce`.
+pub fn sample_attest(key: &TeeKey, nonce: &str, cookie: &str) -> Request<Body> {
+    let b = key.binding(nonce);
+    with_cookie(post_json("/kbs/v0/attest", &key.sample_attestation(nonce, &b)), cookie)
+}
+
 /// `GET /kbs/v0/resource/default/key/disk` with `cookie`.
 pub async fn get_disk(app: &App, cookie: &str) -> (StatusCode, Value) {
     let req = with_cookie(
