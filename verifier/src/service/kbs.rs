@@ -164,7 +164,7 @@ pub async fn auth(
         Challenge { nonce: session.nonce.clone(), extra_params: Value::String(String::new()) };
     let kept = session.clone();
     queued("creating the session", |done| state.store.queue_create_session(session, done)).await?;
-    state.sessions.created(&kept);
+    state.sessions.created(kept);
     state.metrics.auth.fetch_add(1, Ordering::Relaxed);
     let mut resp = json_response(StatusCode::OK, &challenge);
     resp.headers_mut().insert(header::SET_COOKIE, cookie);

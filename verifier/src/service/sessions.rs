@@ -81,13 +81,13 @@ impl LiveSessions {
     }
 
     /// A session this process has committed (`POST /kbs/v0/auth`).
-    pub fn created(&self, session: &Session) {
+    pub fn created(&self, session: Session) {
         if session.attested.is_some() {
             return;
         }
         let mut inner = self.lock();
         if inner.pending.len() < self.max_pending {
-            inner.pending.insert(session.id.clone(), session.clone());
+            inner.pending.insert(session.id.clone(), session);
         }
     }
 
@@ -140,7 +140,8 @@ impl LiveSessions {
     }
 
     /// (unattested, attested) sessions kept.
-    pub fn counts(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.pending.len(), inner.attested.len())
     }
@@ -168,7 +169,7 @@ mod tests {
     fn a_resource_lookup_sees_only_attested_sessions_and_nothing_expired() {
         let live = LiveSessions::default();
         let s = session(1, 1_000);
-        live.created(&s);
+        live.created(s.clone());
         assert_eq!(live.get(&s.id, 500, Wanted::Any), Some(s.clone()));
         // Unattested here may be attested by another replica: the store
         // must be asked.
@@ -187,7 +188,7 @@ mod tests {
     fn bounds_keep_the_newest_attested_and_refuse_pending_beyond_the_limit() {
         let live = LiveSessions::with_limits(2, 2);
         for n in 0..3 {
-            live.created(&session(n, 10_000));
+            live.created(session(n, 10_000));
         }
         assert_eq!(live.counts(), (2, 0));
         assert_eq!(live.get(&session(2, 0).id, 0, Wanted::Any), None, "not kept when full");
@@ -224,8 +225,8 @@ mod tests {
     #[test]
     fn sweep_drops_expired_sessions_of_both_kinds() {
         let live = LiveSessions::default();
-        live.created(&session(1, 100));
-        live.created(&session(2, 300));
+        live.created(session(1, 100));
+        live.created(session(2, 300));
         let s = session(3, 100);
         live.attested(&s.id, &s.nonce, &s.tee, attested(3), 100);
         live.sweep(200);

@@ -1459,11 +1459,18 @@ mod tests {
         assert_eq!(s.audit_entries(0, 10).unwrap().len(), 2);
     }
 
-    #[test]
-    fn a_group_signs_its_newest_kept_entry_and_fails_whole_when_it_cannot() {
+    /// A store in a fresh directory and a second connection to its
+    /// database, to run group commits on directly.
+    fn store_and_connection() -> (tempfile::TempDir, SqliteStore, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_in(dir.path()).unwrap();
-        let mut conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        let conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        (dir, s, conn)
+    }
+
+    #[test]
+    fn a_group_signs_its_newest_kept_entry_and_fails_whole_when_it_cannot() {
+        let (_dir, s, mut conn) = store_and_connection();
         let (tx, rx) = std::sync::mpsc::channel();
         let job = |maker, fail_after, i| -> Box<dyn Job> {
             Box::new(Queued {
@@ -1539,9 +1546,7 @@ mod tests {
 
     #[test]
     fn an_error_that_ends_the_transaction_fails_the_whole_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open_in(dir.path()).unwrap();
-        let mut conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        let (_dir, s, mut conn) = store_and_connection();
         let (tx, rx) = std::sync::mpsc::channel();
         let append = |c: &Connection, _: &mut Option<UnsignedTail>| {
             append_audit_in(c, &|last| test_signed(last), None)
