@@ -6,14 +6,27 @@
 //! Every policy is loaded beside the helper library
 //! [`LIB_REGO`] (`package tellus.lib`).
 //!
-//! Cost: [`Policy::compile`] parses; [`Policy::prepare`] adds the data
+//! Cost: [`Policy::compile`] parses and finds which parts of the input the
+//! policy can read ([`InputReads`]); [`Policy::prepare`] adds the data
 //! document (reference values, requirements) and runs regorus' analysis
 //! once; [`Prepared::evaluate`] clones that prepared engine (cheap:
 //! copy-on-write) and evaluates one input. The verifier keeps one
 //! [`Prepared`] per (policy version, reference-value version).
+//!
+//! Memo: a [`Prepared`] keeps the decisions of its last
+//! [`MAX_MEMOISED`] distinct inputs, keyed by the digest of the input's
+//! values at the paths the policy can read ([`InputReads::digest`]). An
+//! input that differs from an earlier one only where the policy cannot
+//! look (a quote's clock, when no rule reads `input.host.clock`) gets the
+//! earlier decision without an evaluation. A policy that calls a
+//! nondeterministic built-in or uses `with` is always evaluated.
 
+use crate::reads::InputReads;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The helper library every policy can import as `data.tellus.lib`.
 pub const LIB_REGO: &str = include_str!("../rego/lib/tellus.rego");
@@ -48,6 +61,9 @@ pub fn policy_data(
 
 /// Most reasons kept from one evaluation.
 pub const MAX_REASONS: usize = 64;
+
+/// Most decisions a [`Prepared`] memoises (the oldest goes first).
+pub const MAX_MEMOISED: usize = 1024;
 
 /// Why a policy was refused or could not be evaluated.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -134,6 +150,7 @@ impl Decision {
 pub struct Policy {
     file: String,
     engine: regorus::Engine,
+    reads: Arc<InputReads>,
 }
 
 /// Which optional rules a policy defines (referring to an undeclared rule
@@ -223,7 +240,8 @@ impl Policy {
         engine
             .add_policy(DECISION_PATH.into(), decision)
             .map_err(|e| PolicyError::Syntax(format!("the decision module does not parse: {e}")))?;
-        let policy = Policy { file: file.into(), engine };
+        let reads = Arc::new(InputReads::of(engine.get_modules()));
+        let policy = Policy { file: file.into(), engine, reads };
         // Semantic errors (unknown functions, unsafe variables) surface
         // only when regorus analyses the modules: do it now, with no data.
         policy.prepare(&Value::Object(Map::new()))?;
@@ -247,6 +265,11 @@ impl Policy {
         &self.file
     }
 
+    /// What the policy (with the helper library) can read of its input.
+    pub fn input_reads(&self) -> &InputReads {
+        &self.reads
+    }
+
     /// Adds the data document and prepares the engine for evaluation.
     pub fn prepare(&self, data: &Value) -> Result<Prepared, PolicyError> {
         let mut engine = self.engine.clone();
@@ -257,15 +280,73 @@ impl Policy {
         // Runs the analysis and leaves the engine prepared; clones keep it.
         engine.set_input(regorus::Value::new_object());
         engine.eval_rule(format!("data.{PACKAGE}.{ALLOW_RULE}")).map_err(|e| syntax_error(&e))?;
-        Ok(Prepared { file: self.file.clone(), engine })
+        Ok(Prepared {
+            file: self.file.clone(),
+            engine,
+            memo: Arc::new(Memo {
+                reads: self.reads.clone(),
+                kept: Mutex::default(),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+            }),
+        })
     }
 }
 
-/// A policy with its data, ready to evaluate inputs. Cheap to clone.
+/// A policy with its data, ready to evaluate inputs. Cheap to clone;
+/// clones share one memo.
 #[derive(Clone)]
 pub struct Prepared {
     file: String,
     engine: regorus::Engine,
+    memo: Arc<Memo>,
+}
+
+/// Decisions by input digest, bounded (first in, first out).
+struct Memo {
+    reads: Arc<InputReads>,
+    kept: Mutex<Kept>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Default)]
+struct Kept {
+    decisions: HashMap<[u8; 32], Decision>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Memo {
+    fn get(&self, key: &[u8; 32]) -> Option<Decision> {
+        // A poisoned lock only means a panic elsewhere mid-insert: evaluate.
+        let d = self.kept.lock().ok()?.decisions.get(key).cloned();
+        match d {
+            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
+            None => self.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        d
+    }
+
+    fn put(&self, key: [u8; 32], d: &Decision) {
+        let Ok(mut kept) = self.kept.lock() else { return };
+        if kept.decisions.insert(key, d.clone()).is_none() {
+            kept.order.push_back(key);
+        }
+        while kept.order.len() > MAX_MEMOISED {
+            if let Some(old) = kept.order.pop_front() {
+                kept.decisions.remove(&old);
+            }
+        }
+    }
+}
+
+/// How often a [`Prepared`] answered from its memo.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoStats {
+    /// Inputs answered from the memo.
+    pub hits: u64,
+    /// Memoisable inputs that were evaluated.
+    pub misses: u64,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -282,8 +363,39 @@ fn to_json(v: &regorus::Value) -> Value {
 }
 
 impl Prepared {
-    /// Evaluates `input`: `allow`, then `reasons` and `trust_vector`.
+    /// The decision on `input`: from the memo when an input with the same
+    /// values at every path the policy can read was decided before, else
+    /// evaluated (and kept when the policy is memoisable).
     pub fn evaluate(&self, input: &Value) -> Result<Decision, PolicyError> {
+        let key = self.memo.reads.digest(input);
+        if let Some(k) = &key {
+            if let Some(d) = self.memo.get(k) {
+                return Ok(d);
+            }
+        }
+        let d = self.evaluate_unmemoised(input)?;
+        if let Some(k) = key {
+            self.memo.put(k, &d);
+        }
+        Ok(d)
+    }
+
+    /// How often [`Prepared::evaluate`] answered from the memo.
+    pub fn memo_stats(&self) -> MemoStats {
+        MemoStats {
+            hits: self.memo.hits.load(Ordering::Relaxed),
+            misses: self.memo.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the policy can read of its input (what the memo is keyed on).
+    pub fn input_reads(&self) -> &InputReads {
+        &self.memo.reads
+    }
+
+    /// Evaluates `input` with regorus, never from the memo: `allow`, then
+    /// `reasons` and `trust_vector`.
+    pub fn evaluate_unmemoised(&self, input: &Value) -> Result<Decision, PolicyError> {
         let mut engine = self.engine.clone();
         // Converted from the borrowed JSON, without cloning it first.
         let input = regorus::Value::deserialize(input).map_err(|e| PolicyError::Eval {

@@ -5,15 +5,19 @@
 //! - [`refs`]: reference values (from `tellus measure predict`), with
 //!   expiry and provenance;
 //! - [`engine`]: Rego evaluation with `regorus`, the helper library and
-//!   the shipped policies (`rego/`), decisions with explained reasons.
+//!   the shipped policies (`rego/`), decisions with explained reasons;
+//! - [`reads`]: which parts of its input a policy can read (what its
+//!   decisions are memoised by).
 //!
 //! See `policies/README.md` for the claims shape, the policy contract and
 //! examples.
 
 pub mod claims;
 pub mod engine;
+pub mod reads;
 pub mod refs;
 
 pub use claims::Claims;
-pub use engine::{Decision, Policy, PolicyError, Prepared, Reason};
+pub use engine::{Decision, MemoStats, Policy, PolicyError, Prepared, Reason};
+pub use reads::InputReads;
 pub use refs::{ReferenceSet, ReferenceValue, RefsError};

@@ -1,0 +1,509 @@
+//! Which parts of its input a policy can read, found from the policy's
+//! syntax tree, and a digest of exactly those parts.
+//!
+//! In Rego the input is reachable only through the root `input` (or an
+//! `import input…` alias of part of it): a policy's decision is therefore a
+//! function of the data document and of the input's values at the places
+//! where those references point, *provided* the policy calls nothing that
+//! is not a function of its arguments (`rand.intn`) and rebinds nothing
+//! with `with`. [`InputReads::of`] walks every module of an engine and
+//! collects, for each reference to `input`, the longest constant path it
+//! names (`input.host.labels`, `input["tee"]`,
+//! `object.get(input, ["host", "enrolled"], null)`); any other use of
+//! `input` (passed whole to a function, indexed by a variable, assigned to
+//! a variable) reads the input up to the last constant step, down to the
+//! whole document. [`InputReads::digest`] hashes the input's values at
+//! those paths, so two inputs with the same digest get the same decision
+//! from the same prepared policy: what [`crate::Prepared`] memoises.
+//!
+//! Written here because no crate answers it: regorus exposes its syntax
+//! tree (`regorus::unstable`, pinned by the exact version in Cargo.toml; a
+//! changed tree fails to compile here, as every match is exhaustive) but no
+//! dependency analysis.
+
+use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead};
+use serde_json::Value;
+
+/// A path into the input: the object keys followed from its root.
+pub type Path = Vec<String>;
+
+/// What a policy can read of its input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputReads {
+    /// Only the values at these paths (none a prefix of another; an empty
+    /// path is the whole input).
+    Paths(Vec<Path>),
+    /// The decision may differ between two evaluations of the same input
+    /// (why, for logs and tests): it is never memoised.
+    NotMemoisable(String),
+}
+
+/// Built-in functions of regorus (with this crate's features) whose
+/// result depends only on their arguments. Every built-in regorus
+/// registers must be in this list or in [`NONDETERMINISTIC_BUILTINS`]
+/// (a test checks it, so an upgrade that adds one is reviewed here).
+pub const DETERMINISTIC_BUILTINS: &[&str] = &[
+    "__builtin_sets.intersection",
+    "__builtin_sets.union",
+    "abs",
+    "array.concat",
+    "array.reverse",
+    "array.slice",
+    "bits.and",
+    "bits.lsh",
+    "bits.negate",
+    "bits.or",
+    "bits.rsh",
+    "bits.xor",
+    "ceil",
+    "concat",
+    "contains",
+    "count",
+    "endswith",
+    "floor",
+    "format_int",
+    "indexof",
+    "indexof_n",
+    "intersection",
+    "is_array",
+    "is_boolean",
+    "is_null",
+    "is_number",
+    "is_object",
+    "is_set",
+    "is_string",
+    "json.filter",
+    "json.is_valid",
+    "json.marshal",
+    "json.marshal_with_options",
+    "json.remove",
+    "json.unmarshal",
+    "lower",
+    "max",
+    "min",
+    "numbers.range",
+    "numbers.range_step",
+    "object.filter",
+    "object.get",
+    "object.keys",
+    "object.remove",
+    "object.subset",
+    "object.union",
+    "object.union_n",
+    "product",
+    "replace",
+    "round",
+    "sort",
+    "split",
+    "sprintf",
+    "startswith",
+    "strings.any_prefix_match",
+    "strings.any_suffix_match",
+    "strings.count",
+    "strings.replace_n",
+    "strings.reverse",
+    "substring",
+    "sum",
+    "to_number",
+    // Writes a note to the trace; its value is `true`.
+    "trace",
+    "trim",
+    "trim_left",
+    "trim_prefix",
+    "trim_right",
+    "trim_space",
+    "trim_suffix",
+    "type_name",
+    "union",
+    "units.parse",
+    "units.parse_bytes",
+    "upper",
+];
+
+/// Built-in functions whose result can differ between evaluations with
+/// the same arguments: a policy that calls one is never memoised.
+pub const NONDETERMINISTIC_BUILTINS: &[&str] =
+    &["rand.intn", "time.now_ns", "uuid.rfc4122", "opa.runtime", "http.send"];
+
+impl InputReads {
+    /// What the policy made of `modules` can read of its input.
+    pub fn of(modules: &[Ref<Module>]) -> InputReads {
+        let mut w = Walker { paths: Vec::new(), refused: None };
+        for m in modules {
+            for import in &m.imports {
+                // `import input.x.y as z`: everything `z` reaches is below
+                // input.x.y.
+                if let Some(path) = input_path(&import.refr, &mut w) {
+                    w.paths.push(path);
+                }
+            }
+            for rule in &m.policy {
+                w.rule(rule);
+            }
+        }
+        match w.refused {
+            Some(why) => InputReads::NotMemoisable(why),
+            None => InputReads::Paths(minimal(w.paths)),
+        }
+    }
+
+    /// SHA-256 over the input's values at the read paths (an unambiguous
+    /// encoding: type tags and lengths), or `None` when the policy is not
+    /// memoisable.
+    pub fn digest(&self, input: &Value) -> Option<[u8; 32]> {
+        let InputReads::Paths(paths) = self else { return None };
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for path in paths {
+            ctx.update(&(path.len() as u64).to_le_bytes());
+            let mut here = input;
+            let mut depth = 0;
+            for k in path {
+                match here {
+                    Value::Object(m) => match m.get(k) {
+                        Some(v) => {
+                            here = v;
+                            depth += 1;
+                        }
+                        // Absent: every lookup below it is undefined too.
+                        None => break,
+                    },
+                    // Not an object: `.k` is undefined on it, whatever it
+                    // holds; its whole value is hashed below, which is
+                    // more than needed and always enough.
+                    _ => break,
+                }
+            }
+            // How far the path was followed, then what is there (absent
+            // when it stopped at an object without the next key).
+            ctx.update(&(depth as u64).to_le_bytes());
+            let absent = depth < path.len() && matches!(here, Value::Object(_));
+            if absent {
+                ctx.update(b"A");
+            } else {
+                hash_value(&mut ctx, here);
+            }
+        }
+        let d = ctx.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Some(out)
+    }
+}
+
+fn hash_value(ctx: &mut ring::digest::Context, v: &Value) {
+    fn bytes(ctx: &mut ring::digest::Context, tag: u8, b: &[u8]) {
+        ctx.update(&[tag]);
+        ctx.update(&(b.len() as u64).to_le_bytes());
+        ctx.update(b);
+    }
+    match v {
+        Value::Null => ctx.update(b"n"),
+        Value::Bool(b) => ctx.update(if *b { b"t" } else { b"f" }),
+        // serde_json prints a number the same way each time it holds the
+        // same value; `1` and `1.0` hash apart, which only costs a miss.
+        Value::Number(n) => bytes(ctx, b'#', n.to_string().as_bytes()),
+        Value::String(s) => bytes(ctx, b's', s.as_bytes()),
+        Value::Array(items) => {
+            ctx.update(b"[");
+            ctx.update(&(items.len() as u64).to_le_bytes());
+            for i in items {
+                hash_value(ctx, i);
+            }
+        }
+        Value::Object(m) => {
+            ctx.update(b"{");
+            ctx.update(&(m.len() as u64).to_le_bytes());
+            // Sorted, whatever order the map keeps.
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_unstable();
+            for k in keys {
+                bytes(ctx, b'k', k.as_bytes());
+                if let Some(v) = m.get(k) {
+                    hash_value(ctx, v);
+                }
+            }
+        }
+    }
+}
+
+/// Drops every path that has another as a prefix (the shorter one's value
+/// contains it), and duplicates.
+fn minimal(mut paths: Vec<Path>) -> Vec<Path> {
+    paths.sort();
+    paths.dedup();
+    let mut out: Vec<Path> = Vec::new();
+    for p in paths {
+        // Sorted: a prefix of `p` sorts before it, and the last kept path
+        // is the only candidate among kept ones.
+        if out.last().is_some_and(|q| p.starts_with(q)) {
+            continue;
+        }
+        out.push(p);
+    }
+    out
+}
+
+struct Walker {
+    paths: Vec<Path>,
+    refused: Option<String>,
+}
+
+fn is_input_var(e: &Expr) -> bool {
+    matches!(e, Expr::Var { value: regorus::Value::String(s), .. } if s.as_ref() == "input")
+}
+
+fn const_key(e: &Expr) -> Option<String> {
+    match e {
+        Expr::String { value: regorus::Value::String(s), .. }
+        | Expr::RawString { value: regorus::Value::String(s), .. } => Some(s.as_ref().to_owned()),
+        _ => None,
+    }
+}
+
+/// If `e` is a reference rooted at `input`, the constant path it names up
+/// to its first non-constant step; the walker visits the indexes of the
+/// steps after it (they may read the input themselves).
+fn input_path(e: &Expr, w: &mut Walker) -> Option<Path> {
+    // Steps from the tip down to the root.
+    let mut steps: Vec<Option<String>> = Vec::new();
+    let mut dynamic: Vec<&Expr> = Vec::new();
+    let mut here = e;
+    loop {
+        match here {
+            Expr::RefDot { refr, field: (_, regorus::Value::String(s)), .. } => {
+                steps.push(Some(s.as_ref().to_owned()));
+                here = refr;
+            }
+            Expr::RefDot { refr, .. } => {
+                steps.push(None);
+                here = refr;
+            }
+            Expr::RefBrack { refr, index, .. } => {
+                match const_key(index) {
+                    Some(k) => steps.push(Some(k)),
+                    None => {
+                        steps.push(None);
+                        dynamic.push(index);
+                    }
+                }
+                here = refr;
+            }
+            other if is_input_var(other) => break,
+            _ => return None,
+        }
+    }
+    for d in dynamic {
+        w.expr(d);
+    }
+    Some(steps.into_iter().rev().map_while(|s| s).collect())
+}
+
+/// `object.get`'s key argument as constant steps: a string, or an array
+/// literal of strings (a path).
+fn const_steps(e: &Expr) -> Option<Path> {
+    if let Some(k) = const_key(e) {
+        return Some(vec![k]);
+    }
+    match e {
+        Expr::Array { items, .. } => items.iter().map(|i| const_key(i)).collect(),
+        _ => None,
+    }
+}
+
+/// `a.b.c` of a function reference.
+fn dotted(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Var { value: regorus::Value::String(s), .. } => Some(s.as_ref().to_owned()),
+        Expr::RefDot { refr, field: (_, regorus::Value::String(s)), .. } => {
+            Some(format!("{}.{}", dotted(refr)?, s))
+        }
+        _ => None,
+    }
+}
+
+impl Walker {
+    fn refuse(&mut self, why: String) {
+        if self.refused.is_none() {
+            self.refused = Some(why);
+        }
+    }
+
+    fn rule(&mut self, r: &Rule) {
+        match r {
+            Rule::Spec { head, bodies, .. } => {
+                match head {
+                    RuleHead::Compr { refr, assign, .. } => {
+                        self.expr(refr);
+                        if let Some(a) = assign {
+                            self.expr(&a.value);
+                        }
+                    }
+                    RuleHead::Set { refr, key, .. } => {
+                        self.expr(refr);
+                        if let Some(k) = key {
+                            self.expr(k);
+                        }
+                    }
+                    RuleHead::Func { refr, args, assign, .. } => {
+                        self.expr(refr);
+                        for a in args {
+                            self.expr(a);
+                        }
+                        if let Some(a) = assign {
+                            self.expr(&a.value);
+                        }
+                    }
+                }
+                for b in bodies {
+                    if let Some(a) = &b.assign {
+                        self.expr(&a.value);
+                    }
+                    self.query(&b.query);
+                }
+            }
+            Rule::Default { refr, args, value, .. } => {
+                self.expr(refr);
+                for a in args {
+                    self.expr(a);
+                }
+                self.expr(value);
+            }
+        }
+    }
+
+    fn query(&mut self, q: &Query) {
+        for s in &q.stmts {
+            if !s.with_mods.is_empty() {
+                self.refuse(format!(
+                    "line {}: `with` replaces part of the input or data for one statement",
+                    s.span.line
+                ));
+            }
+            match &s.literal {
+                Literal::SomeVars { vars, .. } => {
+                    if vars.iter().any(|v| v.text() == "input") {
+                        self.paths.push(Vec::new());
+                    }
+                }
+                Literal::SomeIn { key, value, collection, .. } => {
+                    if let Some(k) = key {
+                        self.expr(k);
+                    }
+                    self.expr(value);
+                    self.expr(collection);
+                }
+                Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
+                Literal::Every { key, value, domain, query, .. } => {
+                    if value.text() == "input" || key.as_ref().is_some_and(|k| k.text() == "input")
+                    {
+                        self.paths.push(Vec::new());
+                    }
+                    self.expr(domain);
+                    self.query(query);
+                }
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) {
+        match e {
+            Expr::String { .. }
+            | Expr::RawString { .. }
+            | Expr::Number { .. }
+            | Expr::Bool { .. }
+            | Expr::Null { .. } => {}
+            Expr::Var { .. } => {
+                if is_input_var(e) {
+                    self.paths.push(Vec::new());
+                }
+            }
+            Expr::Array { items, .. } | Expr::Set { items, .. } => {
+                for i in items {
+                    self.expr(i);
+                }
+            }
+            Expr::Object { fields, .. } => {
+                for (_, k, v) in fields {
+                    self.expr(k);
+                    self.expr(v);
+                }
+            }
+            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+                self.expr(term);
+                self.query(query);
+            }
+            Expr::ObjectCompr { key, value, query, .. } => {
+                self.expr(key);
+                self.expr(value);
+                self.query(query);
+            }
+            Expr::Call { fcn, params, span, .. } => self.call(fcn, params, span.line),
+            Expr::UnaryExpr { expr, .. } => self.expr(expr),
+            Expr::RefDot { refr, .. } => match input_path(e, self) {
+                Some(p) => self.paths.push(p),
+                None => self.expr(refr),
+            },
+            Expr::RefBrack { refr, index, .. } => match input_path(e, self) {
+                Some(p) => self.paths.push(p),
+                None => {
+                    self.expr(refr);
+                    self.expr(index);
+                }
+            },
+            Expr::BinExpr { lhs, rhs, .. }
+            | Expr::BoolExpr { lhs, rhs, .. }
+            | Expr::ArithExpr { lhs, rhs, .. }
+            | Expr::AssignExpr { lhs, rhs, .. } => {
+                self.expr(lhs);
+                self.expr(rhs);
+            }
+            Expr::Membership { key, value, collection, .. } => {
+                if let Some(k) = key {
+                    self.expr(k);
+                }
+                self.expr(value);
+                self.expr(collection);
+            }
+        }
+    }
+
+    fn call(&mut self, fcn: &Expr, params: &[Ref<Expr>], line: u32) {
+        let Some(name) = dotted(fcn) else {
+            self.refuse(format!("line {line}: a call whose function is not a plain name"));
+            return;
+        };
+        let builtin = regorus::unstable::BUILTINS.contains_key(name.as_str());
+        if NONDETERMINISTIC_BUILTINS.contains(&name.as_str())
+            || (builtin && !DETERMINISTIC_BUILTINS.contains(&name.as_str()))
+        {
+            self.refuse(format!("line {line}: {name} can answer differently each time"));
+        }
+        if name == "object.get" && params.len() == 3 {
+            if let Some(mut path) = input_path(&params[0], self) {
+                // The whole path when the reference and the key are both
+                // constant, else what the reference names.
+                let whole_ref = path_is_whole(&params[0]);
+                if let (true, Some(steps)) = (whole_ref, const_steps(&params[1])) {
+                    path.extend(steps);
+                } else {
+                    self.expr(&params[1]);
+                }
+                self.paths.push(path);
+                self.expr(&params[2]);
+                return;
+            }
+        }
+        for p in params {
+            self.expr(p);
+        }
+    }
+}
+
+/// Whether every step of a reference is constant (its path is complete).
+fn path_is_whole(e: &Expr) -> bool {
+    match e {
+        Expr::RefDot { refr, field: (_, regorus::Value::String(_)), .. } => path_is_whole(refr),
+        Expr::RefBrack { refr, index, .. } => const_key(index).is_some() && path_is_whole(refr),
+        other => is_input_var(other),
+    }
+}
