@@ -64,6 +64,10 @@ pub const MAX_REASONS: usize = 64;
 
 /// Most decisions a [`Prepared`] memoises (the oldest goes first).
 pub const MAX_MEMOISED: usize = 1024;
+/// Largest decision memoised (its reasons as JSON, bytes): a denial that
+/// copies much of its input into its reasons is evaluated each time
+/// rather than kept.
+pub const MAX_MEMOISED_BYTES: usize = 8 * 1024;
 
 /// Why a policy was refused or could not be evaluated.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -312,7 +316,7 @@ struct Memo {
 
 #[derive(Default)]
 struct Kept {
-    decisions: HashMap<[u8; 32], Decision>,
+    decisions: HashMap<[u8; 32], Arc<Decision>>,
     order: VecDeque<[u8; 32]>,
 }
 
@@ -324,12 +328,17 @@ impl Memo {
             Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
             None => self.misses.fetch_add(1, Ordering::Relaxed),
         };
-        d
+        d.map(|d| Decision::clone(&d))
     }
 
     fn put(&self, key: [u8; 32], d: &Decision) {
+        let size = d.reasons.iter().map(reason_size).sum::<usize>();
+        if size > MAX_MEMOISED_BYTES {
+            return;
+        }
+        let d = Arc::new(d.clone());
         let Ok(mut kept) = self.kept.lock() else { return };
-        if kept.decisions.insert(key, d.clone()).is_none() {
+        if kept.decisions.insert(key, d).is_none() {
             kept.order.push_back(key);
         }
         while kept.order.len() > MAX_MEMOISED {
@@ -338,6 +347,19 @@ impl Memo {
             }
         }
     }
+}
+
+/// About how many bytes a reason holds.
+fn reason_size(r: &Reason) -> usize {
+    fn value(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.len() + 8,
+            Value::Array(a) => a.iter().map(value).sum::<usize>() + 8,
+            Value::Object(m) => m.iter().map(|(k, v)| k.len() + value(v)).sum::<usize>() + 8,
+            _ => 8,
+        }
+    }
+    r.rule.len() + r.claim.len() + r.message.len() + value(&r.expected) + value(&r.found)
 }
 
 /// How often a [`Prepared`] answered from its memo.

@@ -19,7 +19,8 @@
 //! Written here because no crate answers it: regorus exposes its syntax
 //! tree (`regorus::unstable`, pinned by the exact version in Cargo.toml; a
 //! changed tree fails to compile here, as every match is exhaustive) but no
-//! dependency analysis.
+//! dependency analysis. regorus' parser bounds expression nesting (32) and
+//! policy size, which bounds the walker's recursion.
 
 use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead};
 use serde_json::Value;
@@ -128,7 +129,29 @@ pub const NONDETERMINISTIC_BUILTINS: &[&str] =
 impl InputReads {
     /// What the policy made of `modules` can read of its input.
     pub fn of(modules: &[Ref<Module>]) -> InputReads {
-        let mut w = Walker { paths: Vec::new(), refused: None };
+        // regorus resolves a call to a rule or an import alias before a
+        // built-in: where a module could make `object.get` mean its own
+        // function, its path reading is not assumed.
+        let builtin_object_get = !modules.iter().any(|m| {
+            m.imports.iter().any(|i| {
+                let alias = match &i.r#as {
+                    Some(span) => Some(span.text().to_owned()),
+                    None => last_name(&i.refr),
+                };
+                alias.as_deref() == Some("object")
+            }) || m.policy.iter().any(|r| {
+                let head = match r.as_ref() {
+                    Rule::Spec { head, .. } => match head {
+                        RuleHead::Compr { refr, .. }
+                        | RuleHead::Set { refr, .. }
+                        | RuleHead::Func { refr, .. } => refr,
+                    },
+                    Rule::Default { refr, .. } => refr,
+                };
+                root_name(head).as_deref() == Some("object")
+            })
+        });
+        let mut w = Walker { paths: Vec::new(), refused: None, builtin_object_get };
         for m in modules {
             for import in &m.imports {
                 // `import input.x.y as z`: everything `z` reaches is below
@@ -152,6 +175,12 @@ impl InputReads {
     /// memoisable.
     pub fn digest(&self, input: &Value) -> Option<[u8; 32]> {
         let InputReads::Paths(paths) = self else { return None };
+        // regorus reads an object keyed `$serde_json::private::…` as a
+        // number and refuses the input when it has other keys: such an
+        // input is evaluated (and refused), wherever the key is.
+        if has_private_key(input) {
+            return None;
+        }
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         for path in paths {
             ctx.update(&(path.len() as u64).to_le_bytes());
@@ -187,6 +216,16 @@ impl InputReads {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         Some(out)
+    }
+}
+
+fn has_private_key(v: &Value) -> bool {
+    match v {
+        Value::Array(items) => items.iter().any(has_private_key),
+        Value::Object(m) => {
+            m.iter().any(|(k, v)| k.starts_with("$serde_json::private") || has_private_key(v))
+        }
+        _ => false,
     }
 }
 
@@ -246,6 +285,33 @@ fn minimal(mut paths: Vec<Path>) -> Vec<Path> {
 struct Walker {
     paths: Vec<Path>,
     refused: Option<String>,
+    /// Whether `object.get` is surely regorus' built-in (no rule or
+    /// import named `object`).
+    builtin_object_get: bool,
+}
+
+/// The first name of a reference (`object` of `object.get`).
+fn root_name(e: &Expr) -> Option<String> {
+    let mut here = e;
+    loop {
+        match here {
+            Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => here = refr,
+            Expr::Var { value: regorus::Value::String(s), .. } => {
+                return Some(s.as_ref().to_owned())
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The last name of a reference (`lib` of `data.tellus.lib`).
+fn last_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::RefDot { field: (_, regorus::Value::String(s)), .. } => Some(s.as_ref().to_owned()),
+        Expr::RefBrack { index, .. } => const_key(index),
+        Expr::Var { value: regorus::Value::String(s), .. } => Some(s.as_ref().to_owned()),
+        _ => None,
+    }
 }
 
 fn is_input_var(e: &Expr) -> bool {
@@ -312,13 +378,23 @@ fn const_steps(e: &Expr) -> Option<Path> {
 
 /// `a.b.c` of a function reference.
 fn dotted(e: &Expr) -> Option<String> {
-    match e {
-        Expr::Var { value: regorus::Value::String(s), .. } => Some(s.as_ref().to_owned()),
-        Expr::RefDot { refr, field: (_, regorus::Value::String(s)), .. } => {
-            Some(format!("{}.{}", dotted(refr)?, s))
+    let mut names = Vec::new();
+    let mut here = e;
+    loop {
+        match here {
+            Expr::Var { value: regorus::Value::String(s), .. } => {
+                names.push(s.as_ref());
+                break;
+            }
+            Expr::RefDot { refr, field: (_, regorus::Value::String(s)), .. } => {
+                names.push(s.as_ref());
+                here = refr;
+            }
+            _ => return None,
         }
-        _ => None,
     }
+    names.reverse();
+    Some(names.join("."))
 }
 
 impl Walker {
@@ -478,7 +554,7 @@ impl Walker {
         {
             self.refuse(format!("line {line}: {name} can answer differently each time"));
         }
-        if name == "object.get" && params.len() == 3 {
+        if name == "object.get" && self.builtin_object_get && params.len() == 3 {
             if let Some(mut path) = input_path(&params[0], self) {
                 // The whole path when the reference and the key are both
                 // constant, else what the reference names.

@@ -277,3 +277,59 @@ fn a_changed_clock_is_answered_from_the_memo_only_when_the_policy_does_not_read_
     assert!(clock.evaluate(&input).unwrap().allow);
     assert_eq!(clock.memo_stats().hits, 1);
 }
+
+/// Fresh and memoised decisions of `policy` on `inputs`, in order.
+fn assert_memo_agrees(policy: &str, inputs: &[Value]) {
+    let p = Policy::compile("t.rego", policy).unwrap();
+    let p = p.prepare(&json!({})).unwrap();
+    for (i, input) in inputs.iter().enumerate() {
+        assert_eq!(p.evaluate(input), p.evaluate_unmemoised(input), "{policy}\ninput {i}: {input}");
+    }
+}
+
+#[test]
+fn a_policy_that_defines_its_own_object_get_is_not_read_as_the_builtin() {
+    // regorus calls a policy's own `object.get` (or one reached through an
+    // import named `object`) before the built-in; these return the whole
+    // object, so `.y` is read too.
+    let own = "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nobject.get(o, p, d) := o\n\nallow if object.get(input, [\"x\"], 0).y == 1\n";
+    let via_import = "package policy\n\nimport data.policy as object\nimport rego.v1\n\ndefault allow := false\n\nget(o, p, d) := o\n\nallow if object.get(input, [\"x\"], 0).y == 1\n";
+    for policy in [own, via_import] {
+        assert_eq!(
+            *Policy::compile("t.rego", policy).unwrap().input_reads(),
+            paths(&[&[]]),
+            "{policy}"
+        );
+        assert_memo_agrees(policy, &[json!({"x": 1, "y": 1}), json!({"x": 1, "y": 2})]);
+    }
+}
+
+#[test]
+fn an_input_regorus_refuses_is_refused_after_a_memoised_one_too() {
+    let policy = "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.host.enrolled == true\n";
+    let bad = json!({"host": {"$serde_json::private::Number": "1", "enrolled": true}});
+    assert_eq!(Policy::compile("t.rego", policy).unwrap().input_reads().digest(&bad), None);
+    assert_memo_agrees(policy, &[json!({"host": {"enrolled": true}}), bad.clone()]);
+    let p = Policy::compile("t.rego", policy).unwrap().prepare(&json!({})).unwrap();
+    assert!(p.evaluate(&json!({"host": {"enrolled": true}})).unwrap().allow);
+    assert!(p.evaluate(&bad).is_err(), "regorus refuses the input");
+}
+
+#[test]
+fn a_decision_that_copies_much_of_its_input_is_not_kept() {
+    let policy = Policy::compile(
+        "t.rego",
+        "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nreasons contains input.why\n",
+    )
+    .unwrap()
+    .prepare(&json!({}))
+    .unwrap();
+    let small = json!({"why": "short"});
+    let large = json!({"why": "x".repeat(tellus_policies::engine::MAX_MEMOISED_BYTES)});
+    for input in [&small, &small, &large, &large] {
+        assert!(!policy.evaluate(input).unwrap().allow);
+    }
+    // The small decision was kept and found once; the large one never.
+    assert_eq!(policy.memo_stats().hits, 1);
+    assert_eq!(policy.memo_stats().misses, 3);
+}
