@@ -362,6 +362,16 @@ fn reason_size(r: &Reason) -> usize {
     r.rule.len() + r.claim.len() + r.message.len() + value(&r.expected) + value(&r.found)
 }
 
+/// Where a decision came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The memo: an earlier input with the same values where the policy
+    /// reads.
+    Memo,
+    /// An evaluation with regorus.
+    Evaluation,
+}
+
 /// How often a [`Prepared`] answered from its memo.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoStats {
@@ -389,17 +399,23 @@ impl Prepared {
     /// values at every path the policy can read was decided before, else
     /// evaluated (and kept when the policy is memoisable).
     pub fn evaluate(&self, input: &Value) -> Result<Decision, PolicyError> {
+        self.decide(input).map(|(d, _)| d)
+    }
+
+    /// [`Prepared::evaluate`], saying whether the decision came from the
+    /// memo.
+    pub fn decide(&self, input: &Value) -> Result<(Decision, DecidedBy), PolicyError> {
         let key = self.memo.reads.digest(input);
         if let Some(k) = &key {
             if let Some(d) = self.memo.get(k) {
-                return Ok(d);
+                return Ok((d, DecidedBy::Memo));
             }
         }
         let d = self.evaluate_unmemoised(input)?;
         if let Some(k) = key {
             self.memo.put(k, &d);
         }
-        Ok(d)
+        Ok((d, DecidedBy::Evaluation))
     }
 
     /// How often [`Prepared::evaluate`] answered from the memo.

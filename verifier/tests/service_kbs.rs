@@ -366,6 +366,39 @@ async fn health_metrics_jwks_need_no_auth() {
     assert_eq!(v["keys"][0]["crv"], "P-256");
 }
 
+/// Policy decisions are counted by source: two sample attestations (and
+/// resource requests) that differ only in their nonce and key have one
+/// digest where the default policies read, so the second is answered from
+/// the memo.
+#[tokio::test]
+async fn policy_decisions_are_counted_by_memo_and_evaluation_in_the_metrics() {
+    let app = App::new(true);
+    app.upload("default/key/disk", b"secret").await;
+    for _ in 0..2 {
+        let (cookie, _, _) = attest_sample(&app).await;
+        let req = with_cookie(
+            Request::get("/kbs/v0/resource/default/key/disk").body(Body::empty()).unwrap(),
+            &cookie,
+        );
+        let (s, _, v) = app.json(req).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    }
+    let (s, _, b) = app.call(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(b.to_vec()).unwrap();
+    for (policy, source, n) in [
+        ("attestation", "memo", 1),
+        ("attestation", "evaluation", 1),
+        ("resource", "memo", 1),
+        ("resource", "evaluation", 1),
+    ] {
+        let line = format!(
+            "tellus_verifier_policy_decisions_total{{policy=\"{policy}\",source=\"{source}\"}} {n}\n"
+        );
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+}
+
 /// Two replicas share one store, and each keeps the sessions it committed
 /// in memory: a session one of them attested is attested for the other
 /// too, whichever state the other last saw.

@@ -312,8 +312,8 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
-        .into_response()
+    let text = state.metrics.render() + &state.policies.render_metrics();
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn jwks(State(state): State<AppState>) -> Response {

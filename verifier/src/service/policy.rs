@@ -21,9 +21,10 @@
 use crate::storage::{PolicyKind, Store, StoreError};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 pub use tellus_policies::Reason;
-use tellus_policies::{Decision, Policy, PolicyError, Prepared};
+use tellus_policies::{DecidedBy, Decision, Policy, PolicyError, Prepared};
 
 /// The attestation policy id that is evaluated.
 pub const ACTIVE_ATTESTATION_POLICY: &str = "default";
@@ -75,6 +76,16 @@ pub struct PolicyEngine {
     store: Arc<dyn Store>,
     required_host_labels: BTreeMap<String, String>,
     cache: RwLock<Option<Arc<Active>>>,
+    /// Decisions by [attestation, resource] × [from the memo, evaluated].
+    decided: [[AtomicU64; 2]; 2],
+}
+
+fn count(counter: &[AtomicU64; 2], by: DecidedBy) {
+    let i = match by {
+        DecidedBy::Memo => 0,
+        DecidedBy::Evaluation => 1,
+    };
+    counter[i].fetch_add(1, Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -95,6 +106,7 @@ impl PolicyEngine {
             store,
             required_host_labels: required_host_labels.clone(),
             cache: RwLock::new(None),
+            decided: Default::default(),
         }
     }
 
@@ -150,13 +162,33 @@ impl PolicyEngine {
         verifier_trust_vector: &Map<String, Value>,
     ) -> Result<Appraisal, PolicyStateError> {
         let active = self.active()?;
-        let d = active.attestation.evaluate(claims)?;
+        let (d, by) = active.attestation.decide(claims)?;
+        count(&self.decided[0], by);
         Ok(appraisal(d, verifier_trust_vector, active.attestation_id.clone()))
     }
 
     /// Decides a resource request.
     pub fn decide_resource(&self, input: &Value) -> Result<Decision, PolicyStateError> {
-        Ok(self.active()?.resource.evaluate(input)?)
+        let (d, by) = self.active()?.resource.decide(input)?;
+        count(&self.decided[1], by);
+        Ok(d)
+    }
+
+    /// `tellus_verifier_policy_decisions_total` in Prometheus' text format:
+    /// decisions by policy and by whether the memo answered.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP tellus_verifier_policy_decisions_total Policy decisions, by policy and by source (memo: an earlier input with the same values where the policy reads; evaluation: regorus).\n# TYPE tellus_verifier_policy_decisions_total counter\n",
+        );
+        for (policy, counter) in ["attestation", "resource"].iter().zip(&self.decided) {
+            for (source, n) in ["memo", "evaluation"].iter().zip(counter) {
+                out.push_str(&format!(
+                    "tellus_verifier_policy_decisions_total{{policy=\"{policy}\",source=\"{source}\"}} {}\n",
+                    n.load(Ordering::Relaxed)
+                ));
+            }
+        }
+        out
     }
 }
 
