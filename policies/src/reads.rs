@@ -126,6 +126,24 @@ pub const DETERMINISTIC_BUILTINS: &[&str] = &[
 pub const NONDETERMINISTIC_BUILTINS: &[&str] =
     &["rand.intn", "time.now_ns", "uuid.rfc4122", "opa.runtime", "http.send"];
 
+impl std::fmt::Display for InputReads {
+    /// `input.a.b, input.c` (or `all of input`), or why every input is
+    /// evaluated.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputReads::Paths(paths) if paths.iter().any(Vec::is_empty) => {
+                f.write_str("all of input")
+            }
+            InputReads::Paths(paths) => {
+                let shown: Vec<String> =
+                    paths.iter().map(|p| format!("input.{}", p.join("."))).collect();
+                f.write_str(&shown.join(", "))
+            }
+            InputReads::NotMemoisable(why) => write!(f, "not memoisable ({why})"),
+        }
+    }
+}
+
 impl InputReads {
     /// What the policy made of `modules` can read of its input.
     pub fn of(modules: &[Ref<Module>]) -> InputReads {

@@ -44,7 +44,23 @@ fn policy_check_reports_file_line_col_and_exits_non_zero() {
     let good = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/rego/tpm-launch.rego");
     let o = verifier(&["policy", "check", good]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("tpm-launch.rego: ok"), "{}", text(&o));
+    assert!(
+        text(&o).contains("tpm-launch.rego: ok; decisions are memoised by what it reads: input.host.activated, input.host.enrolled, input.host.id, input.host.labels, input.launch.absent_features, input.launch.records, input.pcr_replay.verdict, input.tee\n"),
+        "{}",
+        text(&o)
+    );
+    let random = write(
+        dir.path(),
+        "random.rego",
+        "package policy\n\nimport rego.v1\n\ndefault allow := false\n\nallow if rand.intn(\"x\", 2) == 1\n",
+    );
+    let o = verifier(&["policy", "check", &random]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(": ok; every input is evaluated: not memoisable (line 7: rand.intn can answer differently each time)"),
+        "{}",
+        text(&o)
+    );
     let o = verifier(&["policy", "check", good, &bad, &norule]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = text(&o);

@@ -7,7 +7,9 @@
 //!   SQLite in WAL mode, one transaction, and the server sees the change on
 //!   its next request (its policy cache is keyed by a revision counter).
 //! - `refs list`: the stored reference values.
-//! - `policy check FILE…`: compiles policies; errors name `file:line:col`.
+//! - `policy check FILE…`: compiles policies; errors name `file:line:col`;
+//!   a policy that compiles is shown with what of its input it reads (what
+//!   its decisions are memoised by) or why it is not memoised.
 //! - `policy test --policy P (--claims C | --evidence E --nonce HEX) --refs R`:
 //!   evaluates a policy without a server and prints allow/deny with every
 //!   reason. With `--evidence`, the quote's signature, its nonce, its PCR
@@ -29,7 +31,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tellus_policies::{Claims, Policy, ReferenceSet};
+use tellus_policies::{Claims, InputReads, Policy, ReferenceSet};
 
 /// Largest policy, claims, evidence or reference-value file read.
 const MAX_FILE: u64 = 64 << 20;
@@ -263,7 +265,13 @@ pub fn policy_main(cmd: PolicyCommand) -> ExitCode {
                     Err(e) => return input_error(e),
                 };
                 match Policy::compile(&f.display().to_string(), &text) {
-                    Ok(_) => println!("{}: ok", f.display()),
+                    Ok(p) => match p.input_reads() {
+                        r @ InputReads::Paths(_) => println!(
+                            "{}: ok; decisions are memoised by what it reads: {r}",
+                            f.display()
+                        ),
+                        r => println!("{}: ok; every input is evaluated: {r}", f.display()),
+                    },
                     Err(e) => {
                         println!("{e}");
                         failed = true;
