@@ -199,9 +199,11 @@ impl InputReads {
         if has_private_key(input) {
             return None;
         }
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        // Encoded into one buffer and hashed once: many small digest
+        // updates cost more than the hashing.
+        let mut buf = Vec::with_capacity(4096);
         for path in paths {
-            ctx.update(&(path.len() as u64).to_le_bytes());
+            buf.extend_from_slice(&(path.len() as u64).to_le_bytes());
             let mut here = input;
             let mut depth = 0;
             for k in path {
@@ -222,15 +224,15 @@ impl InputReads {
             }
             // How far the path was followed, then what is there (absent
             // when it stopped at an object without the next key).
-            ctx.update(&(depth as u64).to_le_bytes());
+            buf.extend_from_slice(&(depth as u64).to_le_bytes());
             let absent = depth < path.len() && matches!(here, Value::Object(_));
             if absent {
-                ctx.update(b"A");
+                buf.push(b'A');
             } else {
-                hash_value(&mut ctx, here);
+                encode(&mut buf, here);
             }
         }
-        let d = ctx.finish();
+        let d = ring::digest::digest(&ring::digest::SHA256, &buf);
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         Some(out)
@@ -247,36 +249,62 @@ fn has_private_key(v: &Value) -> bool {
     }
 }
 
-fn hash_value(ctx: &mut ring::digest::Context, v: &Value) {
-    fn bytes(ctx: &mut ring::digest::Context, tag: u8, b: &[u8]) {
-        ctx.update(&[tag]);
-        ctx.update(&(b.len() as u64).to_le_bytes());
-        ctx.update(b);
+/// Appends `v` to `buf` in an encoding that reads back one way only: a
+/// type tag, then lengths before contents, object keys sorted.
+fn encode(buf: &mut Vec<u8>, v: &Value) {
+    fn bytes(buf: &mut Vec<u8>, tag: u8, b: &[u8]) {
+        buf.push(tag);
+        buf.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        buf.extend_from_slice(b);
     }
     match v {
-        Value::Null => ctx.update(b"n"),
-        Value::Bool(b) => ctx.update(if *b { b"t" } else { b"f" }),
+        Value::Null => buf.push(b'n'),
+        Value::Bool(b) => buf.push(if *b { b't' } else { b'f' }),
         // serde_json prints a number the same way each time it holds the
         // same value; `1` and `1.0` hash apart, which only costs a miss.
-        Value::Number(n) => bytes(ctx, b'#', n.to_string().as_bytes()),
-        Value::String(s) => bytes(ctx, b's', s.as_bytes()),
+        Value::Number(n) => {
+            use std::io::Write;
+            buf.push(b'#');
+            let at = buf.len();
+            buf.extend_from_slice(&[0; 8]);
+            // Writing to a Vec cannot fail.
+            let _ = write!(buf, "{n}");
+            let len = (buf.len() - at - 8) as u64;
+            buf[at..at + 8].copy_from_slice(&len.to_le_bytes());
+        }
+        Value::String(s) => bytes(buf, b's', s.as_bytes()),
         Value::Array(items) => {
-            ctx.update(b"[");
-            ctx.update(&(items.len() as u64).to_le_bytes());
+            buf.push(b'[');
+            buf.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for i in items {
-                hash_value(ctx, i);
+                encode(buf, i);
             }
         }
         Value::Object(m) => {
-            ctx.update(b"{");
-            ctx.update(&(m.len() as u64).to_le_bytes());
-            // Sorted, whatever order the map keeps.
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_unstable();
-            for k in keys {
-                bytes(ctx, b'k', k.as_bytes());
-                if let Some(v) = m.get(k) {
-                    hash_value(ctx, v);
+            buf.push(b'{');
+            buf.extend_from_slice(&(m.len() as u64).to_le_bytes());
+            // serde_json keeps keys sorted unless built with
+            // `preserve_order`; sort only when they are not.
+            let mut sorted = true;
+            let mut last: Option<&String> = None;
+            for k in m.keys() {
+                if last.is_some_and(|l| l > k) {
+                    sorted = false;
+                    break;
+                }
+                last = Some(k);
+            }
+            if sorted {
+                for (k, v) in m {
+                    bytes(buf, b'k', k.as_bytes());
+                    encode(buf, v);
+                }
+            } else {
+                let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (k, v) in entries {
+                    bytes(buf, b'k', k.as_bytes());
+                    encode(buf, v);
                 }
             }
         }
