@@ -64,9 +64,9 @@ pub const MAX_REASONS: usize = 64;
 
 /// Most decisions a [`Prepared`] memoises (the oldest goes first).
 pub const MAX_MEMOISED: usize = 1024;
-/// Largest decision memoised (its reasons as JSON, bytes): a denial that
-/// copies much of its input into its reasons is evaluated each time
-/// rather than kept.
+/// Largest decision memoised (about how many bytes its reasons and trust
+/// vector hold): a decision that copies much of its input is evaluated
+/// each time rather than kept.
 pub const MAX_MEMOISED_BYTES: usize = 8 * 1024;
 
 /// Why a policy was refused or could not be evaluated.
@@ -332,7 +332,8 @@ impl Memo {
     }
 
     fn put(&self, key: [u8; 32], d: &Decision) {
-        let size = d.reasons.iter().map(reason_size).sum::<usize>();
+        let size = d.reasons.iter().map(reason_size).sum::<usize>()
+            + d.trust_vector.keys().map(|k| k.len() + 8).sum::<usize>();
         if size > MAX_MEMOISED_BYTES {
             return;
         }
