@@ -174,7 +174,7 @@ impl InputReads {
             for import in &m.imports {
                 // `import input.x.y as z`: everything `z` reaches is below
                 // input.x.y.
-                if let Some(path) = input_path(&import.refr, &mut w) {
+                if let Some((path, _)) = input_path(&import.refr, &mut w) {
                     w.paths.push(path);
                 }
             }
@@ -373,9 +373,10 @@ fn const_key(e: &Expr) -> Option<String> {
 }
 
 /// If `e` is a reference rooted at `input`, the constant path it names up
-/// to its first non-constant step; the walker visits the indexes of the
-/// steps after it (they may read the input themselves).
-fn input_path(e: &Expr, w: &mut Walker) -> Option<Path> {
+/// to its first non-constant step, and whether every step is constant; the
+/// walker visits the non-constant indexes (they may read the input
+/// themselves).
+fn input_path(e: &Expr, w: &mut Walker) -> Option<(Path, bool)> {
     // Steps from the tip down to the root.
     let mut steps: Vec<Option<String>> = Vec::new();
     let mut dynamic: Vec<&Expr> = Vec::new();
@@ -404,10 +405,11 @@ fn input_path(e: &Expr, w: &mut Walker) -> Option<Path> {
             _ => return None,
         }
     }
+    let whole = steps.iter().all(Option::is_some);
     for d in dynamic {
         w.expr(d);
     }
-    Some(steps.into_iter().rev().map_while(|s| s).collect())
+    Some((steps.into_iter().rev().map_while(|s| s).collect(), whole))
 }
 
 /// `object.get`'s key argument as constant steps: a string, or an array
@@ -562,11 +564,11 @@ impl Walker {
             Expr::Call { fcn, params, span, .. } => self.call(fcn, params, span.line),
             Expr::UnaryExpr { expr, .. } => self.expr(expr),
             Expr::RefDot { refr, .. } => match input_path(e, self) {
-                Some(p) => self.paths.push(p),
+                Some((p, _)) => self.paths.push(p),
                 None => self.expr(refr),
             },
             Expr::RefBrack { refr, index, .. } => match input_path(e, self) {
-                Some(p) => self.paths.push(p),
+                Some((p, _)) => self.paths.push(p),
                 None => {
                     self.expr(refr);
                     self.expr(index);
@@ -601,10 +603,9 @@ impl Walker {
             self.refuse(format!("line {line}: {name} can answer differently each time"));
         }
         if name == "object.get" && self.builtin_object_get && params.len() == 3 {
-            if let Some(mut path) = input_path(&params[0], self) {
+            if let Some((mut path, whole_ref)) = input_path(&params[0], self) {
                 // The whole path when the reference and the key are both
                 // constant, else what the reference names.
-                let whole_ref = path_is_whole(&params[0]);
                 if let (true, Some(steps)) = (whole_ref, const_steps(&params[1])) {
                     path.extend(steps);
                 } else {
@@ -618,14 +619,5 @@ impl Walker {
         for p in params {
             self.expr(p);
         }
-    }
-}
-
-/// Whether every step of a reference is constant (its path is complete).
-fn path_is_whole(e: &Expr) -> bool {
-    match e {
-        Expr::RefDot { refr, field: (_, regorus::Value::String(_)), .. } => path_is_whole(refr),
-        Expr::RefBrack { refr, index, .. } => const_key(index).is_some() && path_is_whole(refr),
-        other => is_input_var(other),
     }
 }
