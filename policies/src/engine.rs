@@ -25,7 +25,6 @@ use crate::reads::InputReads;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The helper library every policy can import as `data.tellus.lib`.
@@ -287,12 +286,7 @@ impl Policy {
         Ok(Prepared {
             file: self.file.clone(),
             engine,
-            memo: Arc::new(Memo {
-                reads: self.reads.clone(),
-                kept: Mutex::default(),
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
-            }),
+            memo: Arc::new(Memo { reads: self.reads.clone(), kept: Mutex::default() }),
         })
     }
 }
@@ -310,8 +304,6 @@ pub struct Prepared {
 struct Memo {
     reads: Arc<InputReads>,
     kept: Mutex<Kept>,
-    hits: AtomicU64,
-    misses: AtomicU64,
 }
 
 #[derive(Default)]
@@ -324,10 +316,6 @@ impl Memo {
     fn get(&self, key: &[u8; 32]) -> Option<Decision> {
         // A poisoned lock only means a panic elsewhere mid-insert: evaluate.
         let d = self.kept.lock().ok()?.decisions.get(key).cloned();
-        match d {
-            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
-            None => self.misses.fetch_add(1, Ordering::Relaxed),
-        };
         d.map(|d| Decision::clone(&d))
     }
 
@@ -373,15 +361,6 @@ pub enum DecidedBy {
     Evaluation,
 }
 
-/// How often a [`Prepared`] answered from its memo.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoStats {
-    /// Inputs answered from the memo.
-    pub hits: u64,
-    /// Memoisable inputs that were evaluated.
-    pub misses: u64,
-}
-
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared").field("file", &self.file).finish_non_exhaustive()
@@ -417,14 +396,6 @@ impl Prepared {
             self.memo.put(k, &d);
         }
         Ok((d, DecidedBy::Evaluation))
-    }
-
-    /// How often [`Prepared::evaluate`] answered from the memo.
-    pub fn memo_stats(&self) -> MemoStats {
-        MemoStats {
-            hits: self.memo.hits.load(Ordering::Relaxed),
-            misses: self.memo.misses.load(Ordering::Relaxed),
-        }
     }
 
     /// What the policy can read of its input (what the memo is keyed on).

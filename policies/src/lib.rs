@@ -18,6 +18,6 @@ pub mod reads;
 pub mod refs;
 
 pub use claims::Claims;
-pub use engine::{DecidedBy, Decision, MemoStats, Policy, PolicyError, Prepared, Reason};
+pub use engine::{DecidedBy, Decision, Policy, PolicyError, Prepared, Reason};
 pub use reads::InputReads;
 pub use refs::{ReferenceSet, ReferenceValue, RefsError};

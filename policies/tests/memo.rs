@@ -7,7 +7,7 @@ mod fixtures;
 use fixtures::{predict, predicted_claims};
 use serde_json::{json, Value};
 use tellus_policies::reads::{DETERMINISTIC_BUILTINS, NONDETERMINISTIC_BUILTINS};
-use tellus_policies::{InputReads, Policy, Prepared, ReferenceSet};
+use tellus_policies::{DecidedBy, InputReads, Policy, Prepared, ReferenceSet};
 
 /// 2026-01-01T00:00:00Z.
 const NOW: i64 = 1_767_225_600;
@@ -221,6 +221,7 @@ fn memoised_decisions_equal_evaluations_on_randomly_changed_inputs() {
     }
     let mut same_digest_pairs = 0;
     let mut allowed = 0;
+    let mut from_memo = 0;
     let reads = attestation.input_reads().clone();
     for (i, input) in inputs.iter().enumerate() {
         let fresh = attestation.evaluate_unmemoised(input);
@@ -228,7 +229,9 @@ fn memoised_decisions_equal_evaluations_on_randomly_changed_inputs() {
         // Twice: the first may fill the memo, the second may be answered
         // from it.
         for _ in 0..2 {
-            assert_eq!(attestation.evaluate(input), fresh, "input {i}: {input}");
+            let decided = attestation.decide(input);
+            from_memo += usize::from(matches!(decided, Ok((_, DecidedBy::Memo))));
+            assert_eq!(decided.map(|(d, _)| d), fresh, "input {i}: {input}");
         }
         // Inputs with one digest get one decision, however they differ.
         if i > 0 && reads.digest(input) == reads.digest(&inputs[i - 1]) {
@@ -236,8 +239,7 @@ fn memoised_decisions_equal_evaluations_on_randomly_changed_inputs() {
             assert_eq!(fresh, attestation.evaluate_unmemoised(&inputs[i - 1]), "input {i}");
         }
     }
-    let stats = attestation.memo_stats();
-    assert!(stats.hits >= 400, "{stats:?}");
+    assert!(from_memo >= 400, "{from_memo} answers from the memo");
     // Both verdicts occur (the changes mostly deny).
     assert!(allowed >= 5 && allowed + 5 <= inputs.len(), "{allowed} of {} allowed", inputs.len());
     assert!(same_digest_pairs > 0, "the random changes never fell outside what the policy reads");
@@ -247,11 +249,11 @@ fn memoised_decisions_equal_evaluations_on_randomly_changed_inputs() {
 fn a_changed_clock_is_answered_from_the_memo_only_when_the_policy_does_not_read_it() {
     let mut input = predicted_claims().to_json();
     let attestation = prepared(&Policy::default_attestation());
-    let first = attestation.evaluate(&input).unwrap();
+    let (first, by) = attestation.decide(&input).unwrap();
     assert!(first.allow, "{}", first.describe());
+    assert_eq!(by, DecidedBy::Evaluation);
     input["host"]["clock"]["clock"] = json!(123_456_789);
-    assert_eq!(attestation.evaluate(&input).unwrap(), first);
-    assert_eq!(attestation.memo_stats().hits, 1);
+    assert_eq!(attestation.decide(&input).unwrap(), (first, DecidedBy::Memo));
     // A changed kernel is read: evaluated, and denied.
     for r in input["launch"]["records"].as_array_mut().unwrap() {
         if r["kind"] == "kernel" {
@@ -259,8 +261,9 @@ fn a_changed_clock_is_answered_from_the_memo_only_when_the_policy_does_not_read_
             r["file"]["sha256"] = json!("sha256:00");
         }
     }
-    assert!(!attestation.evaluate(&input).unwrap().allow);
-    assert_eq!(attestation.memo_stats().hits, 1);
+    let (changed, by) = attestation.decide(&input).unwrap();
+    assert!(!changed.allow);
+    assert_eq!(by, DecidedBy::Evaluation);
 
     // A policy that reads the clock sees every change of it.
     let clock = Policy::compile(
@@ -269,13 +272,13 @@ fn a_changed_clock_is_answered_from_the_memo_only_when_the_policy_does_not_read_
     )
     .unwrap();
     let clock = prepared(&clock);
-    let mut input = json!({"host": {"clock": {"clock": 10}}});
-    assert!(clock.evaluate(&input).unwrap().allow);
-    input["host"]["clock"]["clock"] = json!(5000);
-    assert!(!clock.evaluate(&input).unwrap().allow);
-    input["host"]["clock"]["clock"] = json!(10);
-    assert!(clock.evaluate(&input).unwrap().allow);
-    assert_eq!(clock.memo_stats().hits, 1);
+    let decide = |c: u64| {
+        let (d, by) = clock.decide(&json!({"host": {"clock": {"clock": c}}})).unwrap();
+        (d.allow, by)
+    };
+    assert_eq!(decide(10), (true, DecidedBy::Evaluation));
+    assert_eq!(decide(5000), (false, DecidedBy::Evaluation));
+    assert_eq!(decide(10), (true, DecidedBy::Memo));
 }
 
 /// Fresh and memoised decisions of `policy` on `inputs`, in order.
@@ -326,10 +329,15 @@ fn a_decision_that_copies_much_of_its_input_is_not_kept() {
     .unwrap();
     let small = json!({"why": "short"});
     let large = json!({"why": "x".repeat(tellus_policies::engine::MAX_MEMOISED_BYTES)});
-    for input in [&small, &small, &large, &large] {
-        assert!(!policy.evaluate(input).unwrap().allow);
-    }
+    let by: Vec<DecidedBy> = [&small, &small, &large, &large]
+        .into_iter()
+        .map(|input| {
+            let (d, by) = policy.decide(input).unwrap();
+            assert!(!d.allow);
+            by
+        })
+        .collect();
     // The small decision was kept and found once; the large one never.
-    assert_eq!(policy.memo_stats().hits, 1);
-    assert_eq!(policy.memo_stats().misses, 3);
+    use DecidedBy::{Evaluation, Memo};
+    assert_eq!(by, [Evaluation, Memo, Evaluation, Evaluation]);
 }

@@ -534,12 +534,10 @@ fn main() {
             .collect();
         (round.len(), round.iter().filter(|e| !e.signature.is_empty()).count())
     };
-    // How often the timed phase's policy decisions came from the memo
-    // (`tellus_policies::engine`: inputs equal where the policy reads).
-    let (att_memo, res_memo) = {
-        let active = state.policies.active().unwrap();
-        (active.attestation.memo_stats(), active.resource.memo_stats())
-    };
+    // How often the policy decisions so far (the timed phase's) came from
+    // the memo (`tellus_policies::engine`: inputs equal where the policy
+    // reads): (from the memo, evaluated) of each policy.
+    let [att_memo, res_memo] = state.policies.decision_counts();
 
     // ---- HTTP floor: the same load generator against a server that only
     // speaks HTTP (no JSON, store, crypto or policy), answering with bodies
@@ -783,10 +781,10 @@ fn main() {
     );
     println!(
         "  timed phase: attestation decisions from the memo {} of {}, resource decisions {} of {}",
-        att_memo.hits,
-        att_memo.hits + att_memo.misses,
-        res_memo.hits,
-        res_memo.hits + res_memo.misses
+        att_memo.0,
+        att_memo.0 + att_memo.1,
+        res_memo.0,
+        res_memo.0 + res_memo.1
     );
     println!(
         "  both {:.1} us per round trip = {:.1}% of the server CPU time per round trip ({:.1} us = cores / rate), {:.1}% of the p50 round-trip latency",

@@ -174,17 +174,24 @@ impl PolicyEngine {
         Ok(d)
     }
 
+    /// Decisions so far, (from the memo, evaluated), of the attestation
+    /// and of the resource policy.
+    pub fn decision_counts(&self) -> [(u64, u64); 2] {
+        self.decided.each_ref().map(|[m, e]| (m.load(Ordering::Relaxed), e.load(Ordering::Relaxed)))
+    }
+
     /// `tellus_verifier_policy_decisions_total` in Prometheus' text format:
     /// decisions by policy and by whether the memo answered.
     pub fn render_metrics(&self) -> String {
         let mut out = String::from(
             "# HELP tellus_verifier_policy_decisions_total Policy decisions, by policy and by source (memo: an earlier input with the same values where the policy reads; evaluation: regorus).\n# TYPE tellus_verifier_policy_decisions_total counter\n",
         );
-        for (policy, counter) in ["attestation", "resource"].iter().zip(&self.decided) {
-            for (source, n) in ["memo", "evaluation"].iter().zip(counter) {
+        for (policy, (memo, evaluation)) in
+            ["attestation", "resource"].iter().zip(self.decision_counts())
+        {
+            for (source, n) in [("memo", memo), ("evaluation", evaluation)] {
                 out.push_str(&format!(
-                    "tellus_verifier_policy_decisions_total{{policy=\"{policy}\",source=\"{source}\"}} {}\n",
-                    n.load(Ordering::Relaxed)
+                    "tellus_verifier_policy_decisions_total{{policy=\"{policy}\",source=\"{source}\"}} {n}\n"
                 ));
             }
         }
