@@ -58,7 +58,8 @@ use tellus_verifier::config::Config;
 use tellus_verifier::service::policy::policy_input;
 use tellus_verifier::service::{self, jwe, token};
 use tellus_verifier::storage::{
-    AttestationRecord, Attested, HostClock, HostRecord, ResourcePath, Session, TpmClock,
+    AttestationRecord, Attested, GroupCommit, HostClock, HostRecord, ResourcePath, Session,
+    TpmClock,
 };
 use tellus_verifier::tpm::binding::runtime_data_binding;
 use tellus_verifier::tpm::evidence::{evidence_from_json, verify_evidence};
@@ -71,11 +72,14 @@ struct Args {
     concurrency: usize,
     seconds: u64,
     pool: usize,
+    /// Compare the configured group-commit delay with this one (µs)
+    /// within the timed phase.
+    ab_commit_delay_us: Option<u64>,
 }
 
 fn args() -> Args {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut a = Args { concurrency: 2 * cores, seconds: 10, pool: 2000 };
+    let mut a = Args { concurrency: 2 * cores, seconds: 10, pool: 2000, ab_commit_delay_us: None };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
@@ -88,6 +92,7 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = value(i).max(1) as usize,
             "--seconds" => a.seconds = value(i).max(1),
             "--pool" => a.pool = value(i).max(1) as usize,
+            "--ab-commit-delay-us" => a.ab_commit_delay_us = Some(value(i)),
             // `cargo bench` passes `--bench`; ignore anything else.
             _ => {
                 i += 1;
@@ -395,6 +400,8 @@ async fn http_floor_server(
 
 fn main() {
     let args = args();
+    // As `tellus-verifier serve` runs.
+    tellus_verifier::service::cli::no_transparent_huge_pages();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
     // ---- setup (not timed) ----
@@ -412,6 +419,7 @@ fn main() {
         token_lifetime_secs: 3600,
         ..Config::default()
     };
+    let configured_commit = config.group_commit();
     let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let bound = server_rt.block_on(service::bind(config)).unwrap();
     let addr = bound.local_addr();
@@ -516,14 +524,74 @@ fn main() {
     // ---- timed phase ----
     let auth = Bytes::from(auth_body("tpm").to_string());
     let sizes = Arc::new(std::sync::OnceLock::new());
-    let (lat, elapsed, cpu_secs) = client_rt.block_on(drive(
-        addr,
-        args.concurrency,
-        Duration::from_secs(args.seconds),
-        pool.clone(),
-        auth.clone(),
-        Some(sizes.clone()),
-    ));
+    let (lat, elapsed, cpu_secs) = match args.ab_commit_delay_us {
+        None => client_rt.block_on(drive(
+            addr,
+            args.concurrency,
+            Duration::from_secs(args.seconds),
+            pool.clone(),
+            auth.clone(),
+            Some(sizes.clone()),
+        )),
+        // The configured group-commit rule (A) against the same with
+        // another delay (B), in slices of the pool in the order
+        // A B B A A B B A: the machine's speed drifts over minutes, and
+        // alternating within one run cancels most of it.
+        Some(other) => {
+            let b_rule = GroupCommit { delay: Duration::from_micros(other), ..configured_commit };
+            let order = [false, true, true, false, false, true, true, false];
+            let per = pool.len() / order.len();
+            assert!(per > 0, "--ab-commit-delay-us needs a pool of at least 8");
+            let mut all = Lat::default();
+            let (mut elapsed, mut cpu) = (Duration::ZERO, 0.0);
+            let mut by = [(0usize, Duration::ZERO, 0.0f64); 2];
+            for (k, &b) in order.iter().enumerate() {
+                state.store.set_group_commit(if b { b_rule } else { configured_commit });
+                let slice: Arc<Vec<Entry>> = Arc::new(
+                    pool[k * per..(k + 1) * per]
+                        .iter()
+                        .map(|e| Entry {
+                            cookie: e.cookie.clone(),
+                            attest_body: e.attest_body.clone(),
+                        })
+                        .collect(),
+                );
+                let (l, e, c) = client_rt.block_on(drive(
+                    addr,
+                    args.concurrency,
+                    Duration::from_secs(args.seconds),
+                    slice,
+                    auth.clone(),
+                    Some(sizes.clone()),
+                ));
+                let v = &mut by[usize::from(b)];
+                (v.0, v.1, v.2) = (v.0 + l.round.len(), v.1 + e, v.2 + c);
+                elapsed += e;
+                cpu += c;
+                all.auth.extend(l.auth);
+                all.attest.extend(l.attest);
+                all.resource.extend(l.resource);
+                all.round.extend(l.round);
+            }
+            state.store.set_group_commit(configured_commit);
+            let show = |name: &str, rule: GroupCommit, (n, e, c): (usize, Duration, f64)| {
+                eprintln!(
+                    "  commit delay {name} = {} us (siblings {}): {n} round trips, {:.0} round trips/s, {:.0} us CPU per round trip, {:.2} cores busy",
+                    rule.delay.as_micros(),
+                    rule.siblings,
+                    n as f64 / e.as_secs_f64(),
+                    c / n as f64 * 1e6,
+                    c / e.as_secs_f64()
+                );
+            };
+            eprintln!("group-commit A/B within the timed phase (slices of {per} round trips, A B B A A B B A):");
+            show("A", configured_commit, by[0]);
+            show("B", b_rule, by[1]);
+            let cpu_rt = |(n, _, c): (usize, Duration, f64)| c / n as f64;
+            eprintln!("  B / A CPU per round trip = {:.3}", cpu_rt(by[1]) / cpu_rt(by[0]));
+            (all, elapsed, cpu)
+        }
+    };
     // The audit entries the timed phase wrote (attestations and releases),
     // and how many of them carry a signature (one per group commit).
     let (audit_entries, audit_signed) = {

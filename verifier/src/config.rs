@@ -10,6 +10,7 @@
 //! the admin token (`admin-token`), the resource encryption key
 //! (`resource-key`) and the token-signing key (`token-signing-key.p8`).
 
+use crate::storage::GroupCommit;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,17 @@ pub struct Config {
     /// may arrive out of order by a few milliseconds; a TPM state restored
     /// from a snapshot older than this is caught. 0: no lag at all.
     pub tpm_clock_tolerance_ms: u64,
+    /// Group commit of the KBS round trip's writes (sessions, attestations,
+    /// audit entries; see `storage::sqlite::GroupCommit`): when the store's
+    /// writer finds at least `commit_siblings` writes waiting, it waits
+    /// this many microseconds for more before it commits them together.
+    /// Fewer, larger commits cost less CPU per write; each write may wait
+    /// this much longer. 0: never wait.
+    pub commit_delay_us: u64,
+    /// How many writes must be waiting for the writer to wait
+    /// `commit_delay_us` (at least 1; 1 delays every write, even a lone
+    /// one).
+    pub commit_siblings: usize,
 }
 
 impl Default for Config {
@@ -121,6 +133,8 @@ impl Default for Config {
             enrollment_ttl_secs: 300,
             required_host_labels: std::collections::BTreeMap::new(),
             tpm_clock_tolerance_ms: crate::service::tpm_verifier::DEFAULT_CLOCK_TOLERANCE_MS,
+            commit_delay_us: GroupCommit::default().delay.as_micros() as u64,
+            commit_siblings: GroupCommit::default().siblings,
         }
     }
 }
@@ -163,6 +177,9 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Zero { field: "max_body_bytes" });
         }
+        if self.commit_siblings == 0 {
+            return Err(ConfigError::Zero { field: "commit_siblings" });
+        }
         if let Some(k) = &self.resource_key {
             parse_resource_key(k)?;
         }
@@ -177,6 +194,15 @@ impl Config {
             _ => {}
         }
         self.resource_key.as_deref().map(parse_resource_key).transpose()
+    }
+
+    /// The store's group-commit rule from `commit_delay_us` and
+    /// `commit_siblings`.
+    pub fn group_commit(&self) -> GroupCommit {
+        GroupCommit {
+            delay: std::time::Duration::from_micros(self.commit_delay_us),
+            siblings: self.commit_siblings,
+        }
     }
 
     /// The EK CA directory: `ek_ca_dir`, or `<state_dir>/ek-ca`.
@@ -240,6 +266,13 @@ enrollment_ttl_secs = {enroll_ttl}
 # concurrent attestations of one host arriving out of order; 0 allows no lag.
 tpm_clock_tolerance_ms = {clock_tolerance}
 
+# Group commit of the KBS round trip's writes: when the store's writer finds at least
+# commit_siblings writes waiting, it waits commit_delay_us microseconds for more and
+# commits them together (less CPU per write under load; each may wait this much
+# longer). commit_delay_us = 0 never waits; commit_siblings = 1 delays even a lone write.
+commit_delay_us = {commit_delay}
+commit_siblings = {commit_siblings}
+
 # Host labels every attesting host must carry (data.requirements.host_labels of the
 # attestation policy). Per-resource requirements are set at upload (?required-labels=).
 # A table must come last in TOML, so this is the last field.
@@ -257,6 +290,8 @@ tpm_clock_tolerance_ms = {clock_tolerance}
             uncertified = d.allow_uncertified_ek,
             enroll_ttl = d.enrollment_ttl_secs,
             clock_tolerance = d.tpm_clock_tolerance_ms,
+            commit_delay = d.commit_delay_us,
+            commit_siblings = d.commit_siblings,
         )
     }
 }
@@ -297,5 +332,12 @@ mod tests {
         assert_eq!(Config::default().tpm_clock_tolerance_ms, 60_000);
         let c = Config::from_toml("tpm_clock_tolerance_ms = 1000", Path::new("c")).unwrap();
         assert_eq!(c.tpm_clock_tolerance_ms, 1000);
+        assert_eq!(Config::default().group_commit(), GroupCommit::default());
+        let e = Config::from_toml("commit_siblings = 0", Path::new("c.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Zero { field: "commit_siblings" }), "{e}");
+        let c =
+            Config::from_toml("commit_delay_us = 0\ncommit_siblings = 4", Path::new("c")).unwrap();
+        let g = c.group_commit();
+        assert_eq!((g.delay, g.siblings), (std::time::Duration::ZERO, 4));
     }
 }

@@ -132,7 +132,8 @@ impl AppState {
         if let Some(p) = &secrets.admin_token_file {
             tracing::info!(path = %p.display(), "admin token file");
         }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in(&config.state_dir)?);
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_with(&config.state_dir, config.group_commit())?);
         let signer = token::TokenSigner::from_pkcs8(&secrets.signing_key_pkcs8)?;
         let mut verifiers: BTreeMap<String, Arc<dyn EvidenceVerifier>> = BTreeMap::new();
         verifiers.insert(

@@ -14,7 +14,7 @@ pub mod sealing;
 pub mod sqlite;
 
 pub use sealing::{ResourceKey, SealError, SealedResource};
-pub use sqlite::SqliteStore;
+pub use sqlite::{GroupCommit, SqliteStore};
 
 use crate::audit::{AuditEntry, AuditError, AuditSigner};
 pub use crate::registrar::enrollment::PendingEnrollment;
@@ -371,6 +371,10 @@ pub trait Store: Send + Sync {
     fn queue_mark_attested(&self, record: AttestationRecord, audit: AuditMaker, done: Done<bool>) {
         done(self.mark_attested(&record, &|last| audit.signed(last)))
     }
+
+    /// Changes how queued writes are gathered into commits from now on
+    /// ([`GroupCommit`]); a store that does not group commits ignores it.
+    fn set_group_commit(&self, _gather: GroupCommit) {}
 
     /// [`Store::append_audit`], queued. The entry reported is the one
     /// written, which a group commit leaves unsigned when it is not the
