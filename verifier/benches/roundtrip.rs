@@ -3,7 +3,13 @@
 //! swtpm, plus the single-core crypto ceiling of one round trip.
 //!
 //! `cargo bench -p tellus-verifier --bench roundtrip -- [--concurrency N]
-//! [--seconds S] [--pool K]`
+//! [--seconds S] [--pool K] [--ab-commit-delay-us D]`
+//!
+//! `--ab-commit-delay-us D` runs the timed phase in eight slices of the
+//! pool, alternating the configured group-commit delay (A) and D µs (B)
+//! in the order A B B A A B B A, and prints each one's rate and CPU per
+//! round trip and their ratio: the machine's speed drifts over minutes,
+//! and alternating within one run cancels most of that.
 //!
 //! Design: the quote must carry SHA-384(JCS(tee-pubkey, session nonce)), and
 //! the nonce is random per session, so evidence cannot be made ahead for a
@@ -198,6 +204,7 @@ impl Conn {
 }
 
 /// A session opened in setup and its attestation body with real evidence.
+#[derive(Clone)]
 struct Entry {
     cookie: String,
     attest_body: Bytes,
@@ -547,22 +554,16 @@ fn main() {
             let mut by = [(0usize, Duration::ZERO, 0.0f64); 2];
             for (k, &b) in order.iter().enumerate() {
                 state.store.set_group_commit(if b { b_rule } else { configured_commit });
-                let slice: Arc<Vec<Entry>> = Arc::new(
-                    pool[k * per..(k + 1) * per]
-                        .iter()
-                        .map(|e| Entry {
-                            cookie: e.cookie.clone(),
-                            attest_body: e.attest_body.clone(),
-                        })
-                        .collect(),
-                );
+                let slice = Arc::new(pool[k * per..(k + 1) * per].to_vec());
+                let seconds = Duration::from_secs(args.seconds);
+                let sizes = Some(sizes.clone());
                 let (l, e, c) = client_rt.block_on(drive(
                     addr,
                     args.concurrency,
-                    Duration::from_secs(args.seconds),
+                    seconds,
                     slice,
                     auth.clone(),
-                    Some(sizes.clone()),
+                    sizes,
                 ));
                 let v = &mut by[usize::from(b)];
                 (v.0, v.1, v.2) = (v.0 + l.round.len(), v.1 + e, v.2 + c);
@@ -616,11 +617,7 @@ fn main() {
     let (floor_addr, floor_stop, floor_server) = floor_rt.block_on(http_floor_server(sizes));
     let floor_pool: Arc<Vec<Entry>> = Arc::new(
         // Enough round trips for the tick-granular CPU clock (10 ms).
-        pool.iter()
-            .cycle()
-            .take(pool.len().max(20_000))
-            .map(|e| Entry { cookie: e.cookie.clone(), attest_body: e.attest_body.clone() })
-            .collect(),
+        pool.iter().cycle().take(pool.len().max(20_000)).cloned().collect(),
     );
     let (floor_lat, floor_elapsed, floor_cpu) = client_rt.block_on(drive(
         floor_addr,

@@ -80,6 +80,13 @@ pub(crate) fn parse_json(body: &[u8], what: &str) -> Result<Value, ApiError> {
     })
 }
 
+/// The answer to a successful `POST /kbs/v0/attest` (serialised from the
+/// borrowed token, which is ~6 KB).
+#[derive(serde::Serialize)]
+struct TokenAnswer<'a> {
+    token: &'a str,
+}
+
 fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response {
     match serde_json::to_vec(value) {
         Ok(b) => (status, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
@@ -282,11 +289,10 @@ async fn record_attestation(state: &AppState, a: Accepted) -> Result<Response, A
     if !found {
         return attested_elsewhere(state, &session_id).await;
     }
-    let resp_body = json!({"token": attested.token});
+    let mut resp = json_response(StatusCode::OK, &TokenAnswer { token: &attested.token });
     state.sessions.attested(&session_id, &nonce, &tee, attested, expires_at_ms);
     state.metrics.attest_ok.fetch_add(1, Ordering::Relaxed);
     tracing::info!(session = &session_id[..8], tee = %tee, status, "attested");
-    let mut resp = json_response(StatusCode::OK, &resp_body);
     resp.headers_mut().insert(header::SET_COOKIE, session_cookie(&session_id, expires_at_ms)?);
     Ok(resp)
 }
@@ -302,7 +308,7 @@ async fn attested_elsewhere(state: &AppState, id: &str) -> Result<Response, ApiE
         Some(Session { attested: Some(a), expires_at_ms, nonce, tee, .. })
             if expires_at_ms > now_ms() =>
         {
-            let mut resp = json_response(StatusCode::OK, &json!({"token": a.token}));
+            let mut resp = json_response(StatusCode::OK, &TokenAnswer { token: &a.token });
             resp.headers_mut().insert(header::SET_COOKIE, session_cookie(id, expires_at_ms)?);
             state.sessions.attested(id, &nonce, &tee, a, expires_at_ms);
             Ok(resp)
@@ -335,7 +341,7 @@ fn attest_session(
     // A repeated attest in an attested session returns the cached token.
     if let Some(a) = &session.attested {
         let cookie = session_cookie(&session.id, session.expires_at_ms)?;
-        let mut resp = json_response(StatusCode::OK, &json!({"token": a.token}));
+        let mut resp = json_response(StatusCode::OK, &TokenAnswer { token: &a.token });
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
         return Ok(Judged::Answer(resp));
     }
