@@ -64,10 +64,11 @@ fn init_tracing() {
 ///
 /// The allocator (mimalloc) asks for huge pages on its arenas
 /// (`MADV_HUGEPAGE`), so each first touch of a 2 MiB region makes the
-/// kernel clear all of it while the request that touched it waits: 3.8 %
-/// of the service's CPU under load (perf, `BENCHMARKS.md`), for memory a
-/// request uses a few KiB of. A failure leaves the service as it was,
-/// with a warning.
+/// kernel clear all of it while the request that touched it waits, for
+/// memory a request uses a few KiB of: 3.8 % of the CPU samples of the KBS
+/// round-trip bench, whose heap grows, and 1.04× the CPU per round trip
+/// with huge pages on (`BENCHMARKS.md`). A failure leaves the service as
+/// it was, with a warning.
 pub fn no_transparent_huge_pages() {
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         tracing::warn!(error = %e, "cannot turn transparent huge pages off (prctl PR_SET_THP_DISABLE); the service runs, with more CPU per request");

@@ -190,9 +190,9 @@ pub struct GroupCommit {
 }
 
 impl Default for GroupCommit {
-    /// 500 µs with 2 siblings: measured in `BENCHMARKS.md` (KBS round
-    /// trips), the CPU per round trip fell by about a sixth at concurrency
-    /// 64 against no delay, and longer delays left cores idle.
+    /// 500 µs with 2 siblings: in `BENCHMARKS.md` (KBS round trips at
+    /// concurrency 64, compared within one run), a round trip without the
+    /// delay took 1.08× the CPU, and longer delays left cores idle.
     fn default() -> Self {
         GroupCommit { delay: std::time::Duration::from_micros(500), siblings: 2 }
     }
