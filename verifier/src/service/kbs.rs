@@ -210,7 +210,7 @@ fn attest_failed(state: &AppState, e: ApiError) -> ApiError {
 }
 
 /// `POST /kbs/v0/attest`. Judging the evidence runs in one piece
-/// ([`super::run_sync`]): the session lookup, the evidence verification,
+/// (`super::run_sync`): the session lookup, the evidence verification,
 /// the policy and the token signature. Recording the attestation (session,
 /// TPM clock and audit entry in one write) is then queued for the store's
 /// group commit, and the token is sent once it is committed.

@@ -80,7 +80,7 @@ impl StateArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum RefsCommand {
     /// Merge reference values from a file (`tellus measure predict --output
-    /// json`, or {"<name>": ["alg:hex", …]}) into the verifier's database.
+    /// json`, or `{"<name>": ["alg:hex", …]}`) into the verifier's database.
     Add {
         /// The reference-value file (`-`: standard input).
         file: PathBuf,

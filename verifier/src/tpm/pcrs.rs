@@ -3,9 +3,9 @@
 //!
 //! - `serialized` (the default of tpm2-tools 5.x; keylime's `quotepcr.out`):
 //!   the C structures dumped little-endian, `TPML_PCR_SELECTION` (u32 count,
-//!   16 × 8-byte `TPMS_PCR_SELECTION` {u16 hash, u8 sizeofSelect, u8[4]
+//!   16 × 8-byte `TPMS_PCR_SELECTION` {u16 hash, u8 sizeofSelect, `u8[4]`
 //!   pcrSelect, 1 pad byte}), a u32 count n, then n × `TPML_DIGEST` (u32
-//!   count, 8 × `TPM2B_DIGEST` {u16 size, u8[64]}): 136 + 532 n bytes
+//!   count, 8 × `TPM2B_DIGEST` {u16 size, `u8[64]`}): 136 + 532 n bytes
 //!   (tpm2-tools `lib/pcr.c` `pcr_fwrite_serialized`);
 //! - `marshaled` (newer tpm2-tools): the same three parts in TPM (big-endian,
 //!   variable-length) marshalling;
