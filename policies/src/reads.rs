@@ -283,29 +283,18 @@ fn encode(buf: &mut Vec<u8>, v: &Value) {
         Value::Object(m) => {
             buf.push(b'{');
             buf.extend_from_slice(&(m.len() as u64).to_le_bytes());
+            let mut entry = |k: &String, v: &Value| {
+                bytes(buf, b'k', k.as_bytes());
+                encode(buf, v);
+            };
             // serde_json keeps keys sorted unless built with
             // `preserve_order`; sort only when they are not.
-            let mut sorted = true;
-            let mut last: Option<&String> = None;
-            for k in m.keys() {
-                if last.is_some_and(|l| l > k) {
-                    sorted = false;
-                    break;
-                }
-                last = Some(k);
-            }
-            if sorted {
-                for (k, v) in m {
-                    bytes(buf, b'k', k.as_bytes());
-                    encode(buf, v);
-                }
+            if m.keys().zip(m.keys().skip(1)).all(|(a, b)| a <= b) {
+                m.iter().for_each(|(k, v)| entry(k, v));
             } else {
                 let mut entries: Vec<(&String, &Value)> = m.iter().collect();
                 entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                for (k, v) in entries {
-                    bytes(buf, b'k', k.as_bytes());
-                    encode(buf, v);
-                }
+                entries.into_iter().for_each(|(k, v)| entry(k, v));
             }
         }
     }

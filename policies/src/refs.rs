@@ -303,8 +303,8 @@ impl ReferenceSet {
         Value::Object(out)
     }
 
-    /// The first expiry after `now_unix` (when [`to_policy_data`]
-    /// (Self::to_policy_data) changes next).
+    /// The first expiry after `now_unix` (when
+    /// [`to_policy_data`](Self::to_policy_data) changes next).
     pub fn next_expiry_after(&self, now_unix: i64) -> Option<i64> {
         self.values
             .values()

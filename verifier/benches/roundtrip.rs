@@ -218,6 +218,15 @@ struct Lat {
     round: Vec<Duration>,
 }
 
+impl Lat {
+    fn extend(&mut self, other: Lat) {
+        self.auth.extend(other.auth);
+        self.attest.extend(other.attest);
+        self.resource.extend(other.resource);
+        self.round.extend(other.round);
+    }
+}
+
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -345,11 +354,7 @@ async fn drive(
     }
     let mut all = Lat::default();
     for t in tasks {
-        let l = t.await.unwrap();
-        all.auth.extend(l.auth);
-        all.attest.extend(l.attest);
-        all.resource.extend(l.resource);
-        all.round.extend(l.round);
+        all.extend(t.await.unwrap());
     }
     let result = (all, start.elapsed(), process_cpu_secs() - cpu_start);
     if counted {
@@ -569,10 +574,7 @@ fn main() {
                 (v.0, v.1, v.2) = (v.0 + l.round.len(), v.1 + e, v.2 + c);
                 elapsed += e;
                 cpu += c;
-                all.auth.extend(l.auth);
-                all.attest.extend(l.attest);
-                all.resource.extend(l.resource);
-                all.round.extend(l.round);
+                all.extend(l);
             }
             state.store.set_group_commit(configured_commit);
             let show = |name: &str, rule: GroupCommit, (n, e, c): (usize, Duration, f64)| {

@@ -289,8 +289,31 @@ struct Writer {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Group commits run so far (transactions begun).
     groups: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The group-commit rule in force: delay in µs, siblings.
-    gather: std::sync::Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicUsize)>,
+    /// The group-commit rule in force (changed by `set_group_commit`).
+    gather: std::sync::Arc<GatherRule>,
+}
+
+/// [`GroupCommit`] as the writer thread reads it before each group.
+#[derive(Default)]
+struct GatherRule {
+    delay_us: std::sync::atomic::AtomicU64,
+    siblings: std::sync::atomic::AtomicUsize,
+}
+
+impl GatherRule {
+    fn set(&self, g: GroupCommit) {
+        let us = u64::try_from(g.delay.as_micros()).unwrap_or(u64::MAX);
+        self.delay_us.store(us, std::sync::atomic::Ordering::Relaxed);
+        self.siblings.store(g.siblings.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long to wait before committing `queued` writes, if at all.
+    fn wait_for(&self, queued: usize) -> Option<std::time::Duration> {
+        let us = self.delay_us.load(std::sync::atomic::Ordering::Relaxed);
+        let siblings = self.siblings.load(std::sync::atomic::Ordering::Relaxed);
+        (us > 0 && queued >= siblings && queued < MAX_GROUP)
+            .then(|| std::time::Duration::from_micros(us))
+    }
 }
 
 impl Writer {
@@ -299,9 +322,9 @@ impl Writer {
         let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let groups = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = groups.clone();
-        let rule = std::sync::Arc::new(Default::default());
-        Writer::set_rule(&rule, gather);
-        let gather = rule.clone();
+        let rule = std::sync::Arc::new(GatherRule::default());
+        rule.set(gather);
+        let thread_rule = rule.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
@@ -316,10 +339,8 @@ impl Writer {
                 while let Ok(first) = queue.recv() {
                     let mut group = vec![first];
                     take_queued(&mut group);
-                    let delay_us = gather.0.load(std::sync::atomic::Ordering::Relaxed);
-                    let siblings = gather.1.load(std::sync::atomic::Ordering::Relaxed);
-                    if delay_us > 0 && group.len() >= siblings && group.len() < MAX_GROUP {
-                        std::thread::sleep(std::time::Duration::from_micros(delay_us));
+                    if let Some(delay) = thread_rule.wait_for(group.len()) {
+                        std::thread::sleep(delay);
                         take_queued(&mut group);
                     }
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -328,15 +349,6 @@ impl Writer {
             })
             .map_err(StoreError::WriterThread)?;
         Ok(Writer { jobs: Some(jobs), thread: Some(thread), groups, gather: rule })
-    }
-
-    fn set_rule(
-        rule: &(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicUsize),
-        g: GroupCommit,
-    ) {
-        let us = u64::try_from(g.delay.as_micros()).unwrap_or(u64::MAX);
-        rule.0.store(us, std::sync::atomic::Ordering::Relaxed);
-        rule.1.store(g.siblings.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn queue(&self, job: Box<dyn Job>) {
@@ -547,8 +559,7 @@ impl SqliteStore {
         SqliteStore::open_with(path, GroupCommit::default())
     }
 
-    /// [`SqliteStore::open`] with the given group-commit rule.
-    pub fn open_with(path: &Path, gather: GroupCommit) -> Result<SqliteStore, StoreError> {
+    fn open_with(path: &Path, gather: GroupCommit) -> Result<SqliteStore, StoreError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
         let checkpoints = Checkpoints::start(path)?;
@@ -1107,7 +1118,7 @@ impl Store for SqliteStore {
 
     /// Takes effect for the groups the writer begins from now on.
     fn set_group_commit(&self, gather: GroupCommit) {
-        Writer::set_rule(&self.writer.gather, gather);
+        self.writer.gather.set(gather);
     }
 
     fn queue_create_session(&self, session: Session, done: Done<()>) {
