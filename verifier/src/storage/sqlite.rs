@@ -1515,23 +1515,28 @@ mod tests {
         drop(s);
 
         let dir = tempfile::tempdir().unwrap();
-        let gather = GroupCommit { delay: std::time::Duration::from_millis(800), siblings: 2 };
+        let gather = GroupCommit { delay: std::time::Duration::from_secs(2), siblings: 2 };
         let s = SqliteStore::open_in_with(dir.path(), gather).unwrap();
         let before = s.group_commits();
-        // Hold the writer so that the next two writes are queued together
-        // when it is free: two siblings, so it waits, and the writes
-        // queued as soon as the held one is committed (well within the
-        // wait) join the same group.
+        // Hold the writer in a write alone in its group (it has begun, so
+        // its group is formed before anything else is queued) so that the
+        // next two writes are queued together when it is free: two
+        // siblings, so it waits, and the writes queued as soon as the held
+        // one is committed (well within the wait) join the same group.
+        let (begun, has_begun) = std::sync::mpsc::channel::<()>();
+        let begun = Mutex::new(begun);
         let (release, released) = std::sync::mpsc::channel::<()>();
         let released = Mutex::new(released);
         let (htx, hrx) = std::sync::mpsc::channel();
         s.queue_append_audit(
             test_maker(move |prev| {
+                let _ = begun.lock().unwrap().send(());
                 let _ = released.lock().unwrap().recv();
                 test_entry(prev)
             }),
             to(&htx, 0),
         );
+        has_begun.recv().unwrap();
         for i in 1..=2 {
             s.queue_append_audit(test_maker(test_entry), to(&tx, i));
         }
